@@ -1,0 +1,189 @@
+//! `hangfree-hostile`: a worker that speaks the hangfree protocol and misbehaves on
+//! command, for the engine's tests and benchmarks.
+//!
+//! A task payload that does not start with `!` is echoed back as the value (the fast path
+//! the benchmarks use). Commands, one per task:
+//!
+//! | payload                 | behaviour                                                    |
+//! |-------------------------|--------------------------------------------------------------|
+//! | `!sleep MS`             | sleeps, then answers `slept`                                 |
+//! | `!exit N`               | exits with code N mid-task                                   |
+//! | `!abort`                | calls abort() (SIGABRT)                                      |
+//! | `!segv`                 | writes through a null pointer (SIGSEGV)                      |
+//! | `!raise TEXT`           | answers with a `Raised` frame carrying TEXT                  |
+//! | `!stderr TEXT`          | writes TEXT to stderr, then answers `ok`                     |
+//! | `!ignore-term MS`       | ignores SIGTERM, then sleeps                                 |
+//! | `!grandchild`           | starts a grandchild that ignores SIGTERM and holds the channel open, answers its pid |
+//! | `!grandchild-exit N`    | starts such a grandchild, writes its pid to stderr, exits N  |
+//! | `!garbage`              | writes bytes that are not a frame                            |
+//! | `!wrong-id`             | answers with a task id it was not given                      |
+//! | `!alloc MIB`            | allocates and touches MIB MiB, answers the count             |
+//! | `!close-channel`        | closes its channel and keeps running                         |
+//! | `!sigstop`              | stops itself with SIGSTOP                                    |
+//! | `!pid`                  | answers its own pid                                          |
+//!
+//! The `Init` payload may be empty (ready at once), `fail TEXT` (sends `InitFailed`),
+//! `exit N` (exits before ready), `hang` (never ready) or `sleep MS` (slow start).
+
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use hangfree::wire::Kind;
+use hangfree::worker::WorkerChannel;
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--grandchild") {
+        ignore_sigterm();
+        // Holds the inherited channel (its stdin) open until killed.
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    let mut ch = match WorkerChannel::from_stdin() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hangfree-hostile: {e}");
+            std::process::exit(70);
+        }
+    };
+    loop {
+        let frame = match ch.recv() {
+            Ok(Some(f)) => f,
+            Ok(None) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("hangfree-hostile: {e}");
+                std::process::exit(71);
+            }
+        };
+        match frame.kind {
+            Kind::Init => init(&mut ch, &frame.payload),
+            Kind::Shutdown => std::process::exit(0),
+            Kind::Task => run(&mut ch, frame.task_id, &frame.payload),
+            other => {
+                eprintln!("hangfree-hostile: unexpected {other:?}");
+                std::process::exit(72);
+            }
+        }
+    }
+}
+
+fn init(ch: &mut WorkerChannel, payload: &[u8]) {
+    let cmd = String::from_utf8_lossy(payload);
+    let (verb, arg) = cmd.split_once(' ').unwrap_or((&cmd, ""));
+    match verb {
+        "fail" => {
+            eprintln!("initializer failing: {arg}");
+            send(ch, Kind::InitFailed, 0, arg.as_bytes());
+            std::process::exit(1);
+        }
+        "exit" => std::process::exit(arg.parse().unwrap_or(1)),
+        "hang" => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+        "sleep" => std::thread::sleep(Duration::from_millis(arg.parse().unwrap_or(0))),
+        _ => {}
+    }
+    send(ch, Kind::Ready, 0, b"");
+}
+
+fn send(ch: &mut WorkerChannel, kind: Kind, id: u64, payload: &[u8]) {
+    if ch.send(kind, id, payload).is_err() {
+        std::process::exit(73);
+    }
+}
+
+fn run(ch: &mut WorkerChannel, id: u64, payload: &[u8]) {
+    if payload.first() != Some(&b'!') {
+        send(ch, Kind::Value, id, payload);
+        return;
+    }
+    let cmd = String::from_utf8_lossy(&payload[1..]).into_owned();
+    let (verb, arg) = cmd.split_once(' ').unwrap_or((&cmd, ""));
+    let num = || arg.trim().parse::<u64>().unwrap_or(0);
+    match verb {
+        "sleep" => {
+            std::thread::sleep(Duration::from_millis(num()));
+            send(ch, Kind::Value, id, b"slept");
+        }
+        "exit" => std::process::exit(num() as i32),
+        "abort" => std::process::abort(),
+        "segv" => unsafe {
+            // Deliberate: this worker exists to crash on command.
+            std::ptr::null_mut::<u8>().write_volatile(1);
+        },
+        "raise" => send(ch, Kind::Raised, id, arg.as_bytes()),
+        "stderr" => {
+            let _ = std::io::stderr().write_all(arg.as_bytes());
+            send(ch, Kind::Value, id, b"ok");
+        }
+        "ignore-term" => {
+            ignore_sigterm();
+            std::thread::sleep(Duration::from_millis(num()));
+            send(ch, Kind::Value, id, b"slept");
+        }
+        "grandchild" => {
+            let pid = grandchild(ch);
+            send(ch, Kind::Value, id, pid.to_string().as_bytes());
+        }
+        "grandchild-exit" => {
+            let pid = grandchild(ch);
+            eprintln!("grandchild {pid}");
+            std::process::exit(num() as i32);
+        }
+        "garbage" => {
+            let _ = ch.send_raw(b"\xfe this is not a hangfree frame at all");
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        "wrong-id" => send(ch, Kind::Value, id.wrapping_add(1_000_000), b"stray"),
+        "alloc" => {
+            let mib = num() as usize;
+            let mut v: Vec<u8> = Vec::with_capacity(mib << 20);
+            // Touch every page so the memory is really resident.
+            for _ in 0..(mib << 20) / 4096 {
+                v.extend_from_slice(&[1u8; 4096]);
+            }
+            std::hint::black_box(&v);
+            send(ch, Kind::Value, id, mib.to_string().as_bytes());
+        }
+        "close-channel" => {
+            let (a, b) = std::mem::replace(ch, dummy_channel()).into_fds();
+            drop((a, b));
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        "sigstop" => {
+            let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
+            send(ch, Kind::Value, id, b"continued");
+        }
+        "pid" => send(ch, Kind::Value, id, std::process::id().to_string().as_bytes()),
+        _ => send(ch, Kind::Raised, id, format!("unknown command {verb:?}").as_bytes()),
+    }
+}
+
+/// A channel on /dev/null, to put in place of the real one when closing it.
+fn dummy_channel() -> WorkerChannel {
+    let f = std::fs::File::open("/dev/null").expect("/dev/null");
+    WorkerChannel::from_fd(OwnedFd::from(f)).expect("dup /dev/null")
+}
+
+/// Starts a grandchild in this worker's process group that ignores SIGTERM and holds a
+/// copy of the channel open; returns its pid.
+fn grandchild(ch: &WorkerChannel) -> u32 {
+    let chan_copy: OwnedFd = rustix::io::fcntl_dupfd_cloexec(ch.as_fd(), 3).expect("dup channel");
+    let child = Command::new(std::env::current_exe().expect("own path"))
+        .arg("--grandchild")
+        .stdin(Stdio::from(chan_copy))
+        .spawn()
+        .expect("spawn grandchild");
+    child.id()
+}
+
+fn ignore_sigterm() {
+    // SAFETY: installing SIG_IGN has no handler code to be unsafe in.
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
+}

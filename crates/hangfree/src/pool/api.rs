@@ -1,0 +1,394 @@
+//! The pool as callers see it: a builder, submission, and bounded shutdown.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::handle::{BatchHandle, BatchSink, Sink, Slot, Task, TaskHandle, lock};
+use super::lifecycle::Timing;
+use super::stats::Stats;
+use super::supervisor::{Command, Config, Gate, Shared, Supervisor};
+use crate::outcome::StartupFailure;
+use crate::process::WorkerCommand;
+use crate::wire::DEFAULT_MAX_FRAME;
+
+/// Why a pool could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A setting is out of range.
+    #[error("invalid pool setting: {0}")]
+    Invalid(&'static str),
+    /// The first worker could not be started (the program is missing, not executable…).
+    #[error("{0}")]
+    Spawn(std::io::Error),
+    /// The pool's own resources (epoll, eventfd, thread) could not be created.
+    #[error("cannot create the pool: {0}")]
+    Resources(std::io::Error),
+}
+
+/// Why a submission was refused. Nothing of a refused submission was queued.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// `close` was called.
+    #[error("the pool is closed to new tasks")]
+    Closed,
+    /// `terminate` was called, or the pool was dropped.
+    #[error("the pool was terminated")]
+    Terminated,
+    /// Workers keep failing to start; no task can run.
+    #[error("the pool cannot start workers: {0}")]
+    Broken(StartupFailure),
+    /// The process forked after the pool was made; the pool belongs to the parent.
+    #[error("this pool was created by process {owner} and cannot be used in its forked child {current}")]
+    Forked {
+        /// The process that created the pool.
+        owner: u32,
+        /// This process.
+        current: u32,
+    },
+    /// A payload is larger than the pool's maximum frame size.
+    #[error("item {index} of the submission is {len} bytes, more than the maximum frame size of {max} bytes")]
+    TooLarge {
+        /// The item's index in its submission.
+        index: usize,
+        /// Its payload length.
+        len: usize,
+        /// The limit.
+        max: u32,
+    },
+}
+
+/// `join` did not finish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// `join` needs `close` or `terminate` first, or it could wait forever.
+    #[error("join() needs close() or terminate() first")]
+    StillOpen,
+    /// The workers were still finishing when the limit passed; the pool goes on winding
+    /// down and `join` may be called again.
+    #[error("the pool did not finish within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Builds a [`Pool`]. Every setting has a default; see each method.
+#[derive(Clone, Debug)]
+pub struct PoolBuilder {
+    cfg: Config,
+}
+
+impl PoolBuilder {
+    /// Number of worker processes (default: the number of CPUs).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.cfg.workers = n;
+        self
+    }
+
+    /// Default time limit of every task (default: none). A task past its limit ends as
+    /// timed out and its worker is stopped; other tasks go on.
+    pub fn task_timeout(mut self, limit: Duration) -> Self {
+        self.cfg.task_timeout = Some(limit);
+        self
+    }
+
+    /// Time between SIGTERM and SIGKILL when a worker is stopped (default: 1 s).
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.cfg.timing.grace = grace;
+        self
+    }
+
+    /// Time after SIGKILL before a process that has still not exited is abandoned:
+    /// reported in [`Stats::workers_abandoned`] and never waited for again (default: 1 s).
+    pub fn kill_wait(mut self, wait: Duration) -> Self {
+        self.cfg.timing.kill_wait = wait;
+        self
+    }
+
+    /// How long a new worker may take to send `Ready`, initializer included (default:
+    /// 60 s). A worker past it is stopped and counts as a start-up failure.
+    pub fn startup_timeout(mut self, limit: Duration) -> Self {
+        self.cfg.startup_timeout = limit;
+        self
+    }
+
+    /// Retire a worker after it has been given this many tasks and start a fresh one
+    /// (default: never).
+    pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
+        self.cfg.max_tasks_per_worker = Some(n);
+        self
+    }
+
+    /// After this many start-up failures in a row (default: 3), the pool stops trying:
+    /// every waiting task and every later submission fails with the last failure,
+    /// instead of the pool respawning forever.
+    pub fn max_startup_failures(mut self, n: u32) -> Self {
+        self.cfg.max_startup_failures = n;
+        self
+    }
+
+    /// Payload sent to every worker in its `Init` frame (default: empty).
+    pub fn init_payload(mut self, payload: impl Into<Vec<u8>>) -> Self {
+        self.cfg.init_payload = payload.into();
+        self
+    }
+
+    /// Largest frame accepted in either direction (default: 1 GiB).
+    pub fn max_frame(mut self, bytes: u32) -> Self {
+        self.cfg.max_frame = bytes;
+        self
+    }
+
+    /// Chunks a worker may hold at once: 1 sends work only to idle workers; 2 (the
+    /// default) keeps the next chunk waiting in the worker's channel, which hides the
+    /// round trip between tasks. Tasks sent ahead to a worker that dies are run elsewhere.
+    pub fn prefetch(mut self, chunks: usize) -> Self {
+        self.cfg.prefetch = chunks;
+        self
+    }
+
+    /// Bytes of each worker's stderr kept for *worker lost* reports (default: 4 KiB).
+    pub fn stderr_tail(mut self, bytes: usize) -> Self {
+        self.cfg.stderr_tail = bytes;
+        self
+    }
+
+    /// Whether worker stderr is copied to this process's stderr as it arrives (default:
+    /// true).
+    pub fn forward_stderr(mut self, on: bool) -> Self {
+        self.cfg.forward_stderr = on;
+        self
+    }
+
+    /// Starts the supervisor thread and the first worker. Fails if the first worker cannot
+    /// be started at all; later start-up failures are handled by the pool.
+    pub fn build(self) -> Result<Pool, BuildError> {
+        let cfg = self.cfg;
+        if cfg.workers == 0 {
+            return Err(BuildError::Invalid("workers must be at least 1"));
+        }
+        if cfg.max_startup_failures == 0 {
+            return Err(BuildError::Invalid("max_startup_failures must be at least 1"));
+        }
+        if cfg.max_tasks_per_worker == Some(0) {
+            return Err(BuildError::Invalid("max_tasks_per_worker must be at least 1"));
+        }
+        if cfg.init_payload.len() > cfg.max_frame as usize {
+            return Err(BuildError::Invalid("init payload is larger than max_frame"));
+        }
+        let max_frame = cfg.max_frame;
+        let grace = cfg.timing.grace + cfg.timing.kill_wait;
+        let shared = Arc::new(Shared::new().map_err(BuildError::Resources)?);
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let sh = shared.clone();
+        // The supervisor thread spawns every worker: PR_SET_PDEATHSIG follows the thread
+        // that forked, and this thread lives exactly as long as the pool's workers.
+        let thread = std::thread::Builder::new()
+            .name("hangfree-supervisor".into())
+            .spawn(move || {
+                let mut sup = match Supervisor::new(sh, cfg) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.send(Err(BuildError::Resources(e)));
+                        return;
+                    }
+                };
+                if let Err(e) = sup.start_first() {
+                    let _ = tx.send(Err(BuildError::Spawn(e)));
+                    return;
+                }
+                let _ = tx.send(Ok(()));
+                sup.run();
+            })
+            .map_err(BuildError::Resources)?;
+        let started = rx.recv().unwrap_or_else(|_| Err(BuildError::Invalid("supervisor thread died")));
+        if let Err(e) = started {
+            let _ = thread.join();
+            return Err(e);
+        }
+        Ok(Pool { shared, thread: Mutex::new(Some(thread)), owner: std::process::id(), max_frame, shutdown_bound: grace })
+    }
+}
+
+/// A pool of worker processes that cannot hang.
+///
+/// Tasks are opaque byte payloads; what they mean is between the submitter and the worker
+/// program (see `PROTOCOL.md`). Every submitted task ends in exactly one
+/// [`crate::Outcome`]; every wait is bounded or woken by `terminate`; stopping a worker is
+/// SIGTERM to its process group, the grace period, then SIGKILL to the group.
+///
+/// `Pool` is `Send + Sync`: share it with an `Arc` and submit from any thread. Dropping
+/// it terminates it and waits, bounded, for its workers to be gone.
+pub struct Pool {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    owner: u32,
+    max_frame: u32,
+    shutdown_bound: Duration,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("stats", &self.stats()).finish()
+    }
+}
+
+impl Pool {
+    /// A builder for a pool whose workers run `cmd`.
+    pub fn builder(cmd: WorkerCommand) -> PoolBuilder {
+        PoolBuilder {
+            cfg: Config {
+                cmd,
+                workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                task_timeout: None,
+                timing: Timing { grace: Duration::from_secs(1), kill_wait: Duration::from_secs(1) },
+                startup_timeout: Duration::from_secs(60),
+                max_tasks_per_worker: None,
+                max_startup_failures: 3,
+                init_payload: Vec::new(),
+                max_frame: DEFAULT_MAX_FRAME,
+                prefetch: 2,
+                stderr_tail: 4096,
+                forward_stderr: true,
+            },
+        }
+    }
+
+    /// Submits one task.
+    pub fn submit(&self, task: impl Into<Task>) -> Result<TaskHandle, SubmitError> {
+        let slot = Arc::new(Slot::default());
+        let ids = self.submit_to(slot.clone(), vec![task.into()], 1)?;
+        Ok(TaskHandle { id: ids.start, slot, shared: self.shared.clone() })
+    }
+
+    /// Submits many tasks at once, sent to workers `chunksize` at a time. Outcomes stream
+    /// back as each item finishes. If a worker dies mid-chunk, the item it was running
+    /// ends as *worker lost*, items already done keep their values, and items not yet
+    /// started run elsewhere.
+    pub fn submit_batch<T: Into<Task>>(
+        &self,
+        tasks: impl IntoIterator<Item = T>,
+        chunksize: usize,
+    ) -> Result<BatchHandle, SubmitError> {
+        let tasks: Vec<Task> = tasks.into_iter().map(Into::into).collect();
+        let sink = Arc::new(BatchSink::new(tasks.len()));
+        let ids = self.submit_to(sink.clone(), tasks, chunksize)?;
+        Ok(BatchHandle { ids, sink, shared: self.shared.clone(), yielded: 0 })
+    }
+
+    /// Submits tasks whose outcomes go to `sink` (called once per task with its index).
+    /// Returns the range of ids given to the tasks, in order. This is the primitive the
+    /// other submit methods and the language fronts build on.
+    pub fn submit_to(
+        &self,
+        sink: Arc<dyn Sink>,
+        tasks: Vec<Task>,
+        chunksize: usize,
+    ) -> Result<std::ops::Range<u64>, SubmitError> {
+        let current = std::process::id();
+        if current != self.owner {
+            return Err(SubmitError::Forked { owner: self.owner, current });
+        }
+        if let Some((index, t)) = tasks.iter().enumerate().find(|(_, t)| t.payload.len() > self.max_frame as usize) {
+            return Err(SubmitError::TooLarge { index, len: t.payload.len(), max: self.max_frame });
+        }
+        let n = tasks.len() as u64;
+        let mut inbox = lock(&self.shared.inbox);
+        match &inbox.gate {
+            Gate::Open => {}
+            Gate::Closed => return Err(SubmitError::Closed),
+            Gate::Terminated => return Err(SubmitError::Terminated),
+            Gate::Broken(f) => return Err(SubmitError::Broken(f.clone())),
+        }
+        let first_id = self.shared.next_id.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.shared.stats.submitted.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        if n > 0 {
+            inbox.cmds.push(Command::Submit { sink, first_id, tasks, chunksize });
+        }
+        drop(inbox);
+        self.shared.wake();
+        Ok(first_id..first_id + n)
+    }
+
+    /// Cancels a task by id (see [`TaskHandle::cancel`]).
+    pub fn cancel(&self, id: u64) {
+        self.shared.cancel(id);
+    }
+
+    /// Accepts no more tasks; workers exit once the queued tasks are done.
+    pub fn close(&self) {
+        let mut inbox = lock(&self.shared.inbox);
+        if matches!(inbox.gate, Gate::Open) {
+            inbox.gate = Gate::Closed;
+            inbox.cmds.push(Command::Close);
+            drop(inbox);
+            self.shared.wake();
+        }
+    }
+
+    /// Ends every unfinished task as terminated and stops every worker with the
+    /// escalation. Returns at once; `join` waits for the workers to be gone, which takes
+    /// at most the grace period plus `kill_wait` and a few milliseconds.
+    pub fn terminate(&self) {
+        let mut inbox = lock(&self.shared.inbox);
+        if matches!(inbox.gate, Gate::Open | Gate::Closed) {
+            inbox.gate = Gate::Terminated;
+            inbox.cmds.push(Command::Terminate);
+        }
+        drop(inbox);
+        self.shared.wake();
+    }
+
+    /// Waits until every worker is gone (after `close` or `terminate`), at most `limit`
+    /// if given. After a successful join no process, thread or descriptor of the pool is
+    /// left.
+    pub fn join(&self, limit: Option<Duration>) -> Result<(), JoinError> {
+        if matches!(lock(&self.shared.inbox).gate, Gate::Open) {
+            return Err(JoinError::StillOpen);
+        }
+        let deadline = limit.map(|l| Instant::now() + l);
+        let mut done = lock(&self.shared.finished);
+        while !*done {
+            done = match deadline {
+                None => self.shared.finished_cv.wait(done).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.checked_duration_since(Instant::now()).ok_or(JoinError::Timeout(limit.unwrap()))?;
+                    self.shared.finished_cv.wait_timeout(done, left).unwrap_or_else(|e| e.into_inner()).0
+                }
+            };
+        }
+        drop(done);
+        if let Some(t) = lock(&self.thread).take() {
+            // The loop has returned; this only collects the thread.
+            let _ = t.join();
+        }
+        Ok(())
+    }
+
+    /// Whether the pool has finished: closed or terminated, and every worker gone.
+    pub fn is_finished(&self) -> bool {
+        *lock(&self.shared.finished)
+    }
+
+    /// The pool's counters now.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats.snapshot()
+    }
+
+    /// The start-up failure that broke the pool, if workers keep failing to start.
+    pub fn startup_failure(&self) -> Option<StartupFailure> {
+        match &lock(&self.shared.inbox).gate {
+            Gate::Broken(f) => Some(f.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if std::process::id() != self.owner {
+            // A forked child's copy: the workers and thread belong to the parent.
+            return;
+        }
+        self.terminate();
+        let _ = self.join(Some(self.shutdown_bound + Duration::from_secs(2)));
+    }
+}

@@ -1,0 +1,257 @@
+//! What callers hold: tasks to submit, sinks that receive outcomes, and the two built-in
+//! sinks — a handle for one task and a stream for a batch.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::supervisor::Shared;
+use crate::outcome::Outcome;
+
+/// One unit of work: an opaque payload for the worker, with an optional time limit and a
+/// label used in error messages.
+#[derive(Clone, Debug)]
+pub struct Task {
+    pub(crate) payload: Vec<u8>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) label: Option<Arc<str>>,
+}
+
+impl Task {
+    /// A task carrying `payload`, with the pool's default time limit.
+    pub fn new(payload: impl Into<Vec<u8>>) -> Task {
+        Task { payload: payload.into(), timeout: None, label: None }
+    }
+
+    /// Gives this task its own time limit, overriding the pool's.
+    pub fn timeout(mut self, limit: Duration) -> Task {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// Names the task in error messages (for example `square(3)`).
+    pub fn label(mut self, label: impl Into<Arc<str>>) -> Task {
+        self.label = Some(label.into());
+        self
+    }
+}
+
+impl From<Vec<u8>> for Task {
+    fn from(p: Vec<u8>) -> Task {
+        Task::new(p)
+    }
+}
+
+impl From<&[u8]> for Task {
+    fn from(p: &[u8]) -> Task {
+        Task::new(p.to_vec())
+    }
+}
+
+/// Receives outcomes from the pool's supervisor thread.
+///
+/// `complete` is called exactly once per task, with the task's index in its submission,
+/// from the supervisor thread. It must return quickly and must not block or call back
+/// into the pool: the supervisor is the thread that notices deaths and deadlines.
+pub trait Sink: Send + Sync + 'static {
+    /// Takes the outcome of the task at `index` of its submission.
+    fn complete(&self, index: usize, outcome: Outcome);
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere cannot leave these small states half-written; keep serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Default)]
+pub(crate) struct Slot {
+    outcome: Mutex<Option<Outcome>>,
+    cv: Condvar,
+}
+
+impl Sink for Slot {
+    fn complete(&self, _index: usize, outcome: Outcome) {
+        *lock(&self.outcome) = Some(outcome);
+        self.cv.notify_all();
+    }
+}
+
+/// A submitted task. Dropping the handle does not cancel the task.
+pub struct TaskHandle {
+    pub(crate) id: u64,
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for TaskHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskHandle").field("id", &self.id).field("done", &self.is_done()).finish()
+    }
+}
+
+impl TaskHandle {
+    /// The task's id in its pool.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether the outcome is available.
+    pub fn is_done(&self) -> bool {
+        lock(&self.slot.outcome).is_some()
+    }
+
+    /// Waits for the outcome. This returns even if the pool is terminated or dropped
+    /// meanwhile: the task then ends as [`crate::TaskError::Terminated`].
+    pub fn wait(self) -> Outcome {
+        let mut g = lock(&self.slot.outcome);
+        loop {
+            if let Some(o) = g.take() {
+                return o;
+            }
+            g = self.slot.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Waits at most `limit`; `None` if the outcome is not there yet (the task goes on).
+    pub fn wait_timeout(&self, limit: Duration) -> Option<Outcome> {
+        let deadline = Instant::now() + limit;
+        let mut g = lock(&self.slot.outcome);
+        loop {
+            if let Some(o) = g.take() {
+                return Some(o);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            g = self.slot.cv.wait_timeout(g, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// The outcome if it is there, without waiting.
+    pub fn try_outcome(&self) -> Option<Outcome> {
+        lock(&self.slot.outcome).take()
+    }
+
+    /// Asks the pool to cancel the task. A queued task ends as cancelled at once; a
+    /// running one ends as cancelled and its worker is stopped with the escalation
+    /// (SIGTERM to its group, the grace period, SIGKILL). Returns `false` if the task had
+    /// already finished (its outcome stands).
+    pub fn cancel(&self) -> bool {
+        if self.is_done() {
+            return false;
+        }
+        self.shared.cancel(self.id);
+        true
+    }
+}
+
+struct BatchState {
+    ready: VecDeque<(usize, Outcome)>,
+    remaining: usize,
+}
+
+pub(crate) struct BatchSink {
+    state: Mutex<BatchState>,
+    cv: Condvar,
+}
+
+impl Sink for BatchSink {
+    fn complete(&self, index: usize, outcome: Outcome) {
+        let mut g = lock(&self.state);
+        g.ready.push_back((index, outcome));
+        g.remaining -= 1;
+        drop(g);
+        self.cv.notify_all();
+    }
+}
+
+impl BatchSink {
+    pub(crate) fn new(n: usize) -> BatchSink {
+        BatchSink { state: Mutex::new(BatchState { ready: VecDeque::new(), remaining: n }), cv: Condvar::new() }
+    }
+}
+
+/// The outcomes of a batch, each as soon as it is done, as `(index, outcome)` pairs in
+/// completion order. Iterating blocks until the next outcome arrives and ends after the
+/// last one; every item yields exactly once.
+pub struct BatchHandle {
+    pub(crate) ids: std::ops::Range<u64>,
+    pub(crate) sink: Arc<BatchSink>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) yielded: usize,
+}
+
+impl std::fmt::Debug for BatchHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchHandle").field("ids", &self.ids).field("yielded", &self.yielded).finish()
+    }
+}
+
+impl BatchHandle {
+    /// Number of items in the batch.
+    pub fn len(&self) -> usize {
+        (self.ids.end - self.ids.start) as usize
+    }
+
+    /// Whether the batch has no items.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The task ids of the items, in index order.
+    pub fn task_ids(&self) -> std::ops::Range<u64> {
+        self.ids.clone()
+    }
+
+    /// The next outcome, waiting at most `limit`. `Ok(None)` when every item has been
+    /// yielded; `Err(())` if none arrived in time.
+    #[allow(clippy::result_unit_err)]
+    pub fn next_timeout(&mut self, limit: Duration) -> Result<Option<(usize, Outcome)>, ()> {
+        let deadline = Instant::now() + limit;
+        let mut g = lock(&self.sink.state);
+        loop {
+            if let Some(item) = g.ready.pop_front() {
+                self.yielded += 1;
+                return Ok(Some(item));
+            }
+            if g.remaining == 0 {
+                return Ok(None);
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return Err(()) };
+            g = self.sink.cv.wait_timeout(g, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Cancels every item not yet finished.
+    pub fn cancel(&self) {
+        for id in self.ids.clone() {
+            self.shared.cancel(id);
+        }
+    }
+
+    /// Waits for every item and returns the outcomes in index order.
+    pub fn wait_all(self) -> Vec<Outcome> {
+        let n = self.len();
+        let mut out: Vec<Option<Outcome>> = (0..n).map(|_| None).collect();
+        for (i, o) in self {
+            out[i] = Some(o);
+        }
+        out.into_iter().map(|o| o.expect("every item yields once")).collect()
+    }
+}
+
+impl Iterator for BatchHandle {
+    type Item = (usize, Outcome);
+
+    fn next(&mut self) -> Option<(usize, Outcome)> {
+        let mut g = lock(&self.sink.state);
+        loop {
+            if let Some(item) = g.ready.pop_front() {
+                self.yielded += 1;
+                return Some(item);
+            }
+            if g.remaining == 0 {
+                return None;
+            }
+            g = self.sink.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}

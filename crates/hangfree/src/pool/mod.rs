@@ -1,0 +1,12 @@
+//! The pool: a supervisor thread per pool, workers as small state machines, and the
+//! handles callers hold.
+
+mod api;
+mod handle;
+pub(crate) mod lifecycle;
+mod stats;
+mod supervisor;
+
+pub use api::{BuildError, JoinError, Pool, PoolBuilder, SubmitError};
+pub use handle::{BatchHandle, Sink, Task, TaskHandle};
+pub use stats::Stats;

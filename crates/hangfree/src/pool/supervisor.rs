@@ -1,0 +1,1024 @@
+//! The supervisor: one thread per pool, an epoll loop over every worker's pidfd, channel
+//! and stderr, a waker for commands from callers, and a heap of deadlines.
+//!
+//! It owns all task and worker state; callers only push [`Command`]s into the inbox and
+//! read outcomes from their sinks. Every task it accepts leaves it through exactly one
+//! `Sink::complete` call — on success, failure, terminate, or even a panic in this thread.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::event::epoll;
+use rustix::event::{EventfdFlags, eventfd};
+use rustix::process::Signal;
+
+use super::handle::{Sink, Task, lock};
+use super::lifecycle::{self, Action, Event, Phase, Timing};
+use super::stats::{Counters, bump};
+use crate::outcome::{LossCause, Outcome, StartupFailure, TaskError, TaskRef, WorkerLost};
+use crate::process::{self, WorkerCommand};
+use crate::wire::{self, Decoder, Kind, ProtocolError};
+
+/// Everything the pool's policy needs, fixed at build time.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub cmd: WorkerCommand,
+    pub workers: usize,
+    pub task_timeout: Option<Duration>,
+    pub timing: Timing,
+    pub startup_timeout: Duration,
+    pub max_tasks_per_worker: Option<u64>,
+    pub max_startup_failures: u32,
+    pub init_payload: Vec<u8>,
+    pub max_frame: u32,
+    pub prefetch: usize,
+    pub stderr_tail: usize,
+    pub forward_stderr: bool,
+}
+
+/// How long a worker that closed its channel may take to exit before it is deemed alive
+/// and broken: the kernel closes a dying process's descriptors just before its exit is
+/// reported, so an end of file usually means "exit in a moment".
+const LINGER: Duration = Duration::from_millis(100);
+
+/// What callers may still do.
+#[derive(Clone, Debug)]
+pub(crate) enum Gate {
+    Open,
+    Closed,
+    Terminated,
+    Broken(StartupFailure),
+}
+
+pub(crate) enum Command {
+    Submit { sink: Arc<dyn Sink>, first_id: u64, tasks: Vec<Task>, chunksize: usize },
+    Cancel(u64),
+    Close,
+    Terminate,
+}
+
+pub(crate) struct Inbox {
+    pub cmds: Vec<Command>,
+    pub gate: Gate,
+}
+
+/// State shared by the pool's handles and its supervisor thread.
+pub(crate) struct Shared {
+    pub inbox: Mutex<Inbox>,
+    waker: OwnedFd,
+    woken: AtomicBool,
+    pub stats: Counters,
+    pub finished: Mutex<bool>,
+    pub finished_cv: Condvar,
+    pub next_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new() -> io::Result<Shared> {
+        Ok(Shared {
+            inbox: Mutex::new(Inbox { cmds: Vec::new(), gate: Gate::Open }),
+            waker: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?,
+            woken: AtomicBool::new(false),
+            stats: Counters::default(),
+            finished: Mutex::new(false),
+            finished_cv: Condvar::new(),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// Wakes the supervisor; only the first wake since it last looked costs a syscall.
+    pub fn wake(&self) {
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            let _ = rustix::io::write(&self.waker, &1u64.to_ne_bytes());
+        }
+    }
+
+    pub fn push(&self, cmd: Command) {
+        lock(&self.inbox).cmds.push(cmd);
+        self.wake();
+    }
+
+    pub fn cancel(&self, id: u64) {
+        self.push(Command::Cancel(id));
+    }
+}
+
+struct Entry {
+    sink: Arc<dyn Sink>,
+    index: usize,
+    payload: Vec<u8>,
+    timeout: Option<Duration>,
+    label: Option<Arc<str>>,
+    /// The slot of the worker it was sent to, while it is there.
+    worker: Option<usize>,
+    /// Outcome already delivered (cancelled while sent ahead to a worker).
+    cancelled: bool,
+}
+
+struct InFlight {
+    id: u64,
+    ends_chunk: bool,
+}
+
+struct Worker {
+    generation: u32,
+    pid: i32,
+    pidfd: OwnedFd,
+    chan: Option<UnixStream>,
+    stderr: Option<OwnedFd>,
+    phase: Phase,
+    /// Bumped on each phase change, so stale phase deadlines in the heap are ignored.
+    epoch: u64,
+    dec: Decoder,
+    out: Vec<u8>,
+    out_pos: usize,
+    want_out: bool,
+    inflight: VecDeque<InFlight>,
+    chunks: usize,
+    head_deadline: Option<Instant>,
+    /// Tasks sent to it over its life (for `max_tasks_per_worker`).
+    sent: u64,
+    tail: VecDeque<u8>,
+    /// A startup failure was already counted for it.
+    startup_counted: bool,
+}
+
+impl Worker {
+    fn is_ready(&self) -> bool {
+        self.phase == Phase::Running && self.chan.is_some()
+    }
+
+    fn tail_string(&self) -> String {
+        let (a, b) = self.tail.as_slices();
+        let mut v = Vec::with_capacity(a.len() + b.len());
+        v.extend_from_slice(a);
+        v.extend_from_slice(b);
+        String::from_utf8_lossy(&v).into_owned()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Phase { slot: usize, generation: u32, epoch: u64 },
+    TaskDeadline { slot: usize, generation: u32, task: u64 },
+    Linger { slot: usize, generation: u32 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Run {
+    Open,
+    Closing,
+    Terminating,
+    Broken,
+}
+
+const WAKER: u64 = u64::MAX;
+const FD_PID: u64 = 0;
+const FD_CHAN: u64 = 1;
+const FD_ERR: u64 = 2;
+
+fn token(slot: usize, generation: u32, kind: u64) -> u64 {
+    ((slot as u64) << 34) | ((generation as u64) << 2) | kind
+}
+
+fn untoken(t: u64) -> (usize, u32, u64) {
+    ((t >> 34) as usize, ((t >> 2) & 0xffff_ffff) as u32, t & 3)
+}
+
+pub(crate) struct Supervisor {
+    shared: Arc<Shared>,
+    cfg: Config,
+    epoll: OwnedFd,
+    workers: Vec<Option<Worker>>,
+    next_generation: u32,
+    tasks: HashMap<u64, Entry>,
+    queue: VecDeque<Vec<u64>>,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    run: Run,
+    broken: Option<StartupFailure>,
+    startup_failures: u32,
+    scratch: Vec<u8>,
+}
+
+impl Supervisor {
+    pub fn new(shared: Arc<Shared>, cfg: Config) -> io::Result<Supervisor> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        epoll::add(&epoll, &shared.waker, epoll::EventData::new_u64(WAKER), epoll::EventFlags::IN)?;
+        Ok(Supervisor {
+            shared,
+            cfg,
+            epoll,
+            workers: Vec::new(),
+            next_generation: 1,
+            tasks: HashMap::new(),
+            queue: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            run: Run::Open,
+            broken: None,
+            startup_failures: 0,
+            scratch: vec![0; 64 * 1024],
+        })
+    }
+
+    /// Starts the first worker, so a command that cannot run is reported by `build`.
+    pub fn start_first(&mut self) -> io::Result<()> {
+        self.spawn_worker(Instant::now())
+    }
+
+    /// Runs the loop until the pool is closed or terminated and every worker is gone.
+    /// Whatever happens — even a panic in here — every accepted task gets its outcome.
+    pub fn run(mut self) {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop()));
+        if result.is_err() {
+            self.terminate_all(Instant::now());
+            for w in self.workers.iter().flatten() {
+                process::signal_group(w.pid, Signal::KILL);
+            }
+        }
+        self.finish();
+        if let Err(p) = result {
+            std::panic::resume_unwind(p);
+        }
+    }
+
+    fn run_loop(&mut self) {
+        let mut events = Vec::with_capacity(64);
+        let mut now = Instant::now();
+        loop {
+            self.drain_inbox(now);
+            self.retire_idle(now);
+            self.ensure_workers(now);
+            self.dispatch(now);
+            if self.is_finished() {
+                return;
+            }
+            let timeout = self.timers.peek().map(|Reverse((at, _))| {
+                let d = at.saturating_duration_since(now);
+                rustix::time::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: d.subsec_nanos() as i64 }
+            });
+            events.clear();
+            match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), timeout.as_ref()) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => panic!("epoll_wait failed: {e}"),
+            }
+            now = Instant::now();
+            for ev in events.iter() {
+                let (flags, data) = ({ ev.flags }, { ev.data }.u64());
+                if data == WAKER {
+                    self.shared.woken.store(false, Ordering::Release);
+                    let mut b = [0u8; 8];
+                    let _ = rustix::io::read(&self.shared.waker, &mut b);
+                    continue;
+                }
+                let (slot, generation, kind) = untoken(data);
+                if !self.workers.get(slot).and_then(|w| w.as_ref()).is_some_and(|w| w.generation == generation) {
+                    continue;
+                }
+                match kind {
+                    FD_PID => self.on_exit(slot, now),
+                    FD_CHAN => {
+                        if flags.contains(epoll::EventFlags::OUT) {
+                            self.flush(slot, now);
+                        }
+                        if flags.intersects(epoll::EventFlags::IN | epoll::EventFlags::HUP | epoll::EventFlags::ERR) {
+                            self.on_readable(slot, now);
+                        }
+                    }
+                    _ => self.read_stderr(slot),
+                }
+            }
+            self.fire_timers(now);
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        let no_workers = self.workers.iter().all(|w| w.is_none());
+        match self.run {
+            Run::Open => false,
+            Run::Closing => no_workers && self.tasks.is_empty(),
+            Run::Terminating | Run::Broken => no_workers,
+        }
+    }
+
+    fn finish(&mut self) {
+        let leftover = {
+            let mut inbox = lock(&self.shared.inbox);
+            if !matches!(inbox.gate, Gate::Broken(_)) {
+                inbox.gate = Gate::Terminated;
+            }
+            std::mem::take(&mut inbox.cmds)
+        };
+        // Submissions cannot arrive after the gate closed, but be exact about any that did.
+        for cmd in leftover {
+            if let Command::Submit { sink, first_id, tasks, .. } = cmd {
+                for (i, t) in tasks.into_iter().enumerate() {
+                    let task = TaskRef { id: first_id + i as u64, label: t.label };
+                    bump(&self.shared.stats.terminated);
+                    sink.complete(i, Outcome::Failed(TaskError::Terminated(task)));
+                }
+            }
+        }
+        *lock(&self.shared.finished) = true;
+        self.shared.finished_cv.notify_all();
+    }
+
+    // ----- commands -------------------------------------------------------------------
+
+    fn drain_inbox(&mut self, now: Instant) {
+        let cmds = std::mem::take(&mut lock(&self.shared.inbox).cmds);
+        for cmd in cmds {
+            match cmd {
+                Command::Submit { sink, first_id, tasks, chunksize } => {
+                    let chunksize = chunksize.max(1);
+                    let mut chunk = Vec::with_capacity(chunksize.min(tasks.len()));
+                    for (i, t) in tasks.into_iter().enumerate() {
+                        let id = first_id + i as u64;
+                        self.tasks.insert(
+                            id,
+                            Entry {
+                                sink: sink.clone(),
+                                index: i,
+                                payload: t.payload,
+                                timeout: t.timeout.or(self.cfg.task_timeout),
+                                label: t.label,
+                                worker: None,
+                                cancelled: false,
+                            },
+                        );
+                        chunk.push(id);
+                        if chunk.len() == chunksize {
+                            self.queue.push_back(std::mem::replace(&mut chunk, Vec::with_capacity(chunksize)));
+                        }
+                    }
+                    if !chunk.is_empty() {
+                        self.queue.push_back(chunk);
+                    }
+                    if self.run == Run::Broken {
+                        self.fail_queue();
+                    }
+                }
+                Command::Cancel(id) => self.cancel(id, now),
+                Command::Close => {
+                    if self.run == Run::Open {
+                        self.run = Run::Closing;
+                    }
+                }
+                Command::Terminate => {
+                    if matches!(self.run, Run::Open | Run::Closing) {
+                        self.run = Run::Terminating;
+                        self.terminate_all(now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn cancel(&mut self, id: u64, now: Instant) {
+        let Some(e) = self.tasks.get_mut(&id) else { return };
+        if e.cancelled {
+            return;
+        }
+        match e.worker {
+            None => {
+                // Still queued: its id stays in the queue and is skipped at dispatch.
+                self.complete(id, Outcome::Failed(TaskError::Cancelled(self.task_ref(id))));
+            }
+            Some(slot) => {
+                let is_head = self.workers[slot].as_ref().is_some_and(|w| w.inflight.front().is_some_and(|f| f.id == id));
+                if is_head {
+                    let task = self.task_ref(id);
+                    self.pop_head(slot);
+                    self.complete(id, Outcome::Failed(TaskError::Cancelled(task)));
+                    self.stop_worker(slot, now);
+                } else {
+                    // Sent ahead and not started: report it now, drop its result later.
+                    let task = self.task_ref(id);
+                    let e = self.tasks.get_mut(&id).expect("present");
+                    e.cancelled = true;
+                    let (sink, index) = (e.sink.clone(), e.index);
+                    bump(&self.shared.stats.cancelled);
+                    sink.complete(index, Outcome::Failed(TaskError::Cancelled(task)));
+                }
+            }
+        }
+    }
+
+    /// Fails every task and stops every worker (terminate, or a panic).
+    fn terminate_all(&mut self, now: Instant) {
+        let ids: Vec<u64> = self.tasks.keys().copied().collect();
+        for id in ids {
+            let t = self.task_ref(id);
+            self.complete(id, Outcome::Failed(TaskError::Terminated(t)));
+        }
+        self.queue.clear();
+        for slot in 0..self.workers.len() {
+            if let Some(w) = self.workers[slot].as_mut() {
+                w.inflight.clear();
+                w.chunks = 0;
+                self.stop_worker(slot, now);
+            }
+        }
+    }
+
+    // ----- task bookkeeping -----------------------------------------------------------
+
+    fn task_ref(&self, id: u64) -> TaskRef {
+        TaskRef { id, label: self.tasks.get(&id).and_then(|e| e.label.clone()) }
+    }
+
+    /// Delivers a task's one outcome and forgets the task.
+    fn complete(&mut self, id: u64, outcome: Outcome) {
+        let Some(e) = self.tasks.remove(&id) else { return };
+        if e.cancelled {
+            return;
+        }
+        let s = &self.shared.stats;
+        bump(match &outcome {
+            Outcome::Value(_) => &s.values,
+            Outcome::Raised(_) => &s.raised,
+            Outcome::Failed(TaskError::WorkerLost(_)) => &s.worker_lost,
+            Outcome::Failed(TaskError::TimedOut { .. }) => &s.timed_out,
+            Outcome::Failed(TaskError::Cancelled(_)) => &s.cancelled,
+            Outcome::Failed(TaskError::Terminated(_)) => &s.terminated,
+            Outcome::Failed(TaskError::StartupFailed { .. }) => &s.startup_failed,
+            Outcome::Failed(TaskError::Protocol { .. }) => &s.protocol_errors,
+        });
+        e.sink.complete(e.index, outcome);
+    }
+
+    fn fail_queue(&mut self) {
+        let failure = self.broken.clone().expect("broken pools have a failure");
+        while let Some(chunk) = self.queue.pop_front() {
+            for id in chunk {
+                if self.tasks.contains_key(&id) {
+                    let task = self.task_ref(id);
+                    self.complete(id, Outcome::Failed(TaskError::StartupFailed { task, failure: failure.clone() }));
+                }
+            }
+        }
+    }
+
+    /// Removes the running task from a worker's queue; the caller gives it its outcome.
+    fn pop_head(&mut self, slot: usize) -> Option<u64> {
+        let w = self.workers[slot].as_mut()?;
+        let f = w.inflight.pop_front()?;
+        if f.ends_chunk {
+            w.chunks -= 1;
+        }
+        w.head_deadline = None;
+        if let Some(e) = self.tasks.get_mut(&f.id) {
+            e.worker = None;
+        }
+        Some(f.id)
+    }
+
+    /// Puts every task still sent to the worker back at the front of the queue: none of
+    /// them had started.
+    fn requeue_inflight(&mut self, slot: usize) {
+        let Some(w) = self.workers[slot].as_mut() else { return };
+        let ids: Vec<u64> = w.inflight.drain(..).map(|f| f.id).collect();
+        w.chunks = 0;
+        w.head_deadline = None;
+        let mut chunk = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.tasks.get_mut(&id) {
+                Some(e) if e.cancelled => {
+                    self.tasks.remove(&id);
+                }
+                Some(e) => {
+                    e.worker = None;
+                    chunk.push(id);
+                }
+                None => {}
+            }
+        }
+        if !chunk.is_empty() {
+            self.queue.push_front(chunk);
+        }
+    }
+
+    /// Starts the clock of the task now at the head of a worker's queue.
+    fn start_head(&mut self, slot: usize, now: Instant) {
+        let Some(w) = self.workers[slot].as_mut() else { return };
+        w.head_deadline = None;
+        let Some(f) = w.inflight.front() else { return };
+        let Some(limit) = self.tasks.get(&f.id).and_then(|e| e.timeout) else { return };
+        let at = now + limit;
+        w.head_deadline = Some(at);
+        let t = Timer::TaskDeadline { slot, generation: w.generation, task: f.id };
+        self.timers.push(Reverse((at, t)));
+    }
+
+    // ----- workers --------------------------------------------------------------------
+
+    fn live_count(&self) -> usize {
+        self.workers.iter().flatten().filter(|w| !w.phase.is_going() && w.phase.is_live()).count()
+    }
+
+    fn ensure_workers(&mut self, now: Instant) {
+        let target = match self.run {
+            Run::Open => self.cfg.workers,
+            Run::Closing => self.cfg.workers.min(self.queue.len()),
+            Run::Terminating | Run::Broken => 0,
+        };
+        while self.live_count() < target {
+            if let Err(e) = self.spawn_worker(now) {
+                self.startup_failed(StartupFailure::Spawn(e.to_string()), now);
+                break;
+            }
+        }
+    }
+
+    fn spawn_worker(&mut self, now: Instant) -> io::Result<()> {
+        let s = process::spawn(&self.cfg.cmd, self.cfg.max_frame)?;
+        bump(&self.shared.stats.workers_spawned);
+        let slot = self.workers.iter().position(|w| w.is_none()).unwrap_or_else(|| {
+            self.workers.push(None);
+            self.workers.len() - 1
+        });
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        let ep = &self.epoll;
+        let regs = epoll::add(ep, &s.pidfd, epoll::EventData::new_u64(token(slot, generation, FD_PID)), epoll::EventFlags::IN)
+            .and_then(|_| epoll::add(ep, &s.channel, epoll::EventData::new_u64(token(slot, generation, FD_CHAN)), epoll::EventFlags::IN))
+            .and_then(|_| epoll::add(ep, &s.stderr, epoll::EventData::new_u64(token(slot, generation, FD_ERR)), epoll::EventFlags::IN));
+        if let Err(e) = regs {
+            process::signal_group(s.pid, Signal::KILL);
+            // Bounded: SIGKILL lands within milliseconds; a stuck one is left as a zombie.
+            for _ in 0..200 {
+                if process::peek_exit(&s.pidfd).is_some() {
+                    process::sweep_and_reap(s.pid, &s.pidfd);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            return Err(e.into());
+        }
+        let ready_by = now + self.cfg.startup_timeout;
+        let mut w = Worker {
+            generation,
+            pid: s.pid,
+            pidfd: s.pidfd,
+            chan: Some(s.channel),
+            stderr: Some(s.stderr),
+            phase: Phase::Starting { ready_by },
+            epoch: 0,
+            dec: Decoder::new(self.cfg.max_frame),
+            out: Vec::new(),
+            out_pos: 0,
+            want_out: false,
+            inflight: VecDeque::new(),
+            chunks: 0,
+            head_deadline: None,
+            sent: 0,
+            tail: VecDeque::new(),
+            startup_counted: false,
+        };
+        wire::encode_into(&mut w.out, Kind::Init, 0, &self.cfg.init_payload);
+        self.timers.push(Reverse((ready_by, Timer::Phase { slot, generation, epoch: 0 })));
+        self.workers[slot] = Some(w);
+        self.flush(slot, now);
+        Ok(())
+    }
+
+    /// Feeds an event to a worker's lifecycle and carries out the resulting action.
+    fn transition(&mut self, slot: usize, ev: Event, now: Instant) {
+        let timing = self.cfg.timing;
+        let Some(w) = self.workers[slot].as_mut() else { return };
+        let (next, action) = lifecycle::step(w.phase, ev, now, &timing);
+        if next != w.phase {
+            w.phase = next;
+            w.epoch += 1;
+            if let Some(at) = next.deadline() {
+                self.timers.push(Reverse((at, Timer::Phase { slot, generation: w.generation, epoch: w.epoch })));
+            }
+        }
+        match action {
+            None | Some(Action::Collect) => {}
+            Some(Action::SendShutdown) => {
+                wire::encode_into(&mut w.out, Kind::Shutdown, 0, &[]);
+                self.flush(slot, now);
+            }
+            Some(Action::Term) => process::signal_group(w.pid, Signal::TERM),
+            Some(Action::Kill) => process::signal_group(w.pid, Signal::KILL),
+            Some(Action::Abandon) => {
+                bump(&self.shared.stats.workers_abandoned);
+                self.remove_worker(slot);
+            }
+        }
+    }
+
+    /// Stops a worker with the escalation. Its running task must already have been given
+    /// its outcome by the caller; tasks sent ahead are queued again.
+    fn stop_worker(&mut self, slot: usize, now: Instant) {
+        self.requeue_inflight(slot);
+        self.close_channel(slot);
+        self.transition(slot, Event::Stop, now);
+    }
+
+    fn close_channel(&mut self, slot: usize) {
+        if let Some(w) = self.workers[slot].as_mut() {
+            if let Some(c) = w.chan.take() {
+                let _ = epoll::delete(&self.epoll, &c);
+            }
+            w.out.clear();
+            w.out_pos = 0;
+        }
+    }
+
+    fn remove_worker(&mut self, slot: usize) {
+        if let Some(w) = self.workers[slot].take() {
+            let _ = epoll::delete(&self.epoll, &w.pidfd);
+            if let Some(c) = &w.chan {
+                let _ = epoll::delete(&self.epoll, c);
+            }
+            if let Some(e) = &w.stderr {
+                let _ = epoll::delete(&self.epoll, e);
+            }
+        }
+    }
+
+    fn startup_failed(&mut self, failure: StartupFailure, now: Instant) {
+        bump(&self.shared.stats.startup_failures);
+        self.startup_failures += 1;
+        if self.startup_failures >= self.cfg.max_startup_failures && self.run != Run::Broken {
+            self.run = Run::Broken;
+            self.broken = Some(failure.clone());
+            {
+                let mut inbox = lock(&self.shared.inbox);
+                inbox.gate = Gate::Broken(failure.clone());
+            }
+            // Tasks the workers hold were not started by a ready worker (none is ready),
+            // but fail any that are, too: the pool is going away.
+            for slot in 0..self.workers.len() {
+                if self.workers[slot].is_some() {
+                    self.requeue_inflight(slot);
+                    self.stop_worker(slot, now);
+                }
+            }
+            self.fail_queue();
+        }
+    }
+
+    fn retire_idle(&mut self, now: Instant) {
+        let closing = self.run == Run::Closing && self.queue.is_empty();
+        for slot in 0..self.workers.len() {
+            let Some(w) = self.workers[slot].as_ref() else { continue };
+            if !w.is_ready() || !w.inflight.is_empty() {
+                continue;
+            }
+            let used_up = self.cfg.max_tasks_per_worker.is_some_and(|m| w.sent >= m);
+            if used_up {
+                bump(&self.shared.stats.workers_recycled);
+            }
+            if closing || used_up {
+                self.transition(slot, Event::Retire, now);
+            }
+        }
+    }
+
+    // ----- dispatch and I/O -----------------------------------------------------------
+
+    fn dispatch(&mut self, now: Instant) {
+        if self.queue.is_empty() {
+            return;
+        }
+        // Idle workers first, then one more chunk ahead per worker up to `prefetch`.
+        for depth in 0..self.cfg.prefetch.max(1) {
+            for slot in 0..self.workers.len() {
+                if self.queue.is_empty() {
+                    return;
+                }
+                let ok = self.workers[slot].as_ref().is_some_and(|w| w.is_ready() && w.chunks == depth);
+                if ok {
+                    self.send_chunk(slot, now);
+                }
+            }
+        }
+    }
+
+    fn send_chunk(&mut self, slot: usize, now: Instant) {
+        let budget = {
+            let w = self.workers[slot].as_ref().expect("ready worker");
+            match self.cfg.max_tasks_per_worker {
+                Some(m) => m.saturating_sub(w.sent) as usize,
+                None => usize::MAX,
+            }
+        };
+        if budget == 0 {
+            return;
+        }
+        let Some(mut chunk) = self.queue.pop_front() else { return };
+        // Drop ids already finished (cancelled while queued).
+        chunk.retain(|id| self.tasks.get(id).is_some_and(|e| !e.cancelled));
+        if chunk.len() > budget {
+            let rest = chunk.split_off(budget);
+            self.queue.push_front(rest);
+        }
+        if chunk.is_empty() {
+            return;
+        }
+        let w = self.workers[slot].as_mut().expect("ready worker");
+        let was_idle = w.inflight.is_empty();
+        let n = chunk.len();
+        for (i, id) in chunk.into_iter().enumerate() {
+            let e = self.tasks.get_mut(&id).expect("retained");
+            e.worker = Some(slot);
+            wire::encode_into(&mut w.out, Kind::Task, id, &e.payload);
+            w.inflight.push_back(InFlight { id, ends_chunk: i + 1 == n });
+        }
+        w.chunks += 1;
+        w.sent += n as u64;
+        if was_idle {
+            self.start_head(slot, now);
+        }
+        self.flush(slot, now);
+    }
+
+    /// Writes as much of the worker's output buffer as the socket takes, never blocking;
+    /// the rest waits for EPOLLOUT.
+    fn flush(&mut self, slot: usize, now: Instant) {
+        let Some(w) = self.workers[slot].as_mut() else { return };
+        let Some(chan) = w.chan.as_mut() else { return };
+        let mut failed = false;
+        while w.out_pos < w.out.len() {
+            match chan.write(&w.out[w.out_pos..]) {
+                Ok(n) => w.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            self.on_channel_closed(slot, now);
+            return;
+        }
+        let done = w.out_pos == w.out.len();
+        if done {
+            w.out.clear();
+            w.out_pos = 0;
+        }
+        if done == w.want_out {
+            w.want_out = !done;
+            let flags = if done { epoll::EventFlags::IN } else { epoll::EventFlags::IN | epoll::EventFlags::OUT };
+            let _ = epoll::modify(&self.epoll, &*chan, epoll::EventData::new_u64(token(slot, w.generation, FD_CHAN)), flags);
+        }
+    }
+
+    fn on_readable(&mut self, slot: usize, now: Instant) {
+        // Bounded reads per wake-up keep one chatty worker from starving the others.
+        for _ in 0..16 {
+            let Some(w) = self.workers[slot].as_mut() else { return };
+            let Some(chan) = w.chan.as_mut() else { return };
+            let want = w.dec.wanted().clamp(64 * 1024, 4 << 20);
+            match w.dec.read_from(chan, want) {
+                Ok(0) => {
+                    self.drain_frames(slot, now);
+                    self.on_channel_closed(slot, now);
+                    return;
+                }
+                Ok(_) => {
+                    if !self.drain_frames(slot, now) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.on_channel_closed(slot, now);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handles every whole frame buffered; false if the channel is no longer usable.
+    fn drain_frames(&mut self, slot: usize, now: Instant) -> bool {
+        loop {
+            let Some(w) = self.workers[slot].as_mut() else { return false };
+            if w.chan.is_none() {
+                return false;
+            }
+            match w.dec.next_frame() {
+                Ok(None) => return true,
+                Ok(Some(f)) => self.on_frame(slot, f, now),
+                Err(e) => {
+                    self.on_protocol_error(slot, e, now);
+                    return false;
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, slot: usize, f: wire::Frame, now: Instant) {
+        let w = self.workers[slot].as_mut().expect("caller checked");
+        match (w.phase, f.kind) {
+            (Phase::Starting { .. }, Kind::Ready) => {
+                self.startup_failures = 0;
+                self.transition(slot, Event::Ready, now);
+            }
+            (Phase::Starting { .. }, Kind::InitFailed) => {
+                w.startup_counted = true;
+                let failure = StartupFailure::InitFailed { payload: f.payload, stderr_tail: w.tail_string() };
+                self.stop_worker(slot, now);
+                self.startup_failed(failure, now);
+            }
+            (Phase::Running | Phase::Retiring { .. }, Kind::Value | Kind::Raised) => {
+                if w.inflight.front().map(|h| h.id) != Some(f.task_id) {
+                    self.on_protocol_violation(slot, format!("answer for task {} it was not running", f.task_id), now);
+                    return;
+                }
+                self.pop_head(slot);
+                let outcome = if f.kind == Kind::Value { Outcome::Value(f.payload) } else { Outcome::Raised(f.payload) };
+                self.complete(f.task_id, outcome);
+                self.start_head(slot, now);
+            }
+            (_, kind) => {
+                self.on_protocol_violation(slot, format!("unexpected {kind:?} frame"), now);
+            }
+        }
+    }
+
+    fn on_protocol_violation(&mut self, slot: usize, what: String, now: Instant) {
+        self.on_protocol_error(slot, ProtocolError::Unexpected(what), now);
+    }
+
+    fn on_protocol_error(&mut self, slot: usize, error: ProtocolError, now: Instant) {
+        let w = self.workers[slot].as_ref().expect("caller checked");
+        let pid = w.pid;
+        if matches!(w.phase, Phase::Starting { .. }) {
+            if let Some(w) = self.workers[slot].as_mut() {
+                w.startup_counted = true;
+            }
+            self.stop_worker(slot, now);
+            self.startup_failed(StartupFailure::Broken(format!("worker {pid} broke the channel protocol: {error}")), now);
+            return;
+        }
+        bump(&self.shared.stats.workers_lost);
+        if let Some(id) = self.pop_head(slot) {
+            let task = self.task_ref(id);
+            self.complete(id, Outcome::Failed(TaskError::Protocol { task, pid, error }));
+        }
+        self.stop_worker(slot, now);
+    }
+
+    fn on_channel_closed(&mut self, slot: usize, now: Instant) {
+        let Some(w) = self.workers[slot].as_mut() else { return };
+        if let Some(c) = w.chan.take() {
+            let _ = epoll::delete(&self.epoll, &c);
+        }
+        if !w.phase.is_going() && w.phase.is_live() {
+            // Most often the process is exiting; give its exit a moment to be reported.
+            if process::peek_exit(&w.pidfd).is_some() {
+                self.on_exit(slot, now);
+            } else {
+                self.timers.push(Reverse((now + LINGER, Timer::Linger { slot, generation: w.generation })));
+            }
+        }
+    }
+
+    fn on_linger(&mut self, slot: usize, now: Instant) {
+        let Some(w) = self.workers[slot].as_ref() else { return };
+        if w.phase.is_going() || !w.phase.is_live() {
+            return;
+        }
+        if process::peek_exit(&w.pidfd).is_some() {
+            self.on_exit(slot, now);
+            return;
+        }
+        let pid = w.pid;
+        if matches!(w.phase, Phase::Starting { .. }) {
+            self.workers[slot].as_mut().expect("present").startup_counted = true;
+            self.stop_worker(slot, now);
+            self.startup_failed(StartupFailure::Broken(format!("worker {pid} closed its channel before it was ready")), now);
+            return;
+        }
+        bump(&self.shared.stats.workers_lost);
+        if let Some(id) = self.pop_head(slot) {
+            let task = self.task_ref(id);
+            let tail = self.workers[slot].as_ref().map(|w| w.tail_string()).unwrap_or_default();
+            let lost = WorkerLost { task, pid, cause: LossCause::ChannelClosed, stderr_tail: tail };
+            self.complete(id, Outcome::Failed(TaskError::WorkerLost(lost)));
+        }
+        self.stop_worker(slot, now);
+    }
+
+    fn read_stderr(&mut self, slot: usize) {
+        let Some(w) = self.workers[slot].as_mut() else { return };
+        let Some(fd) = w.stderr.as_ref() else { return };
+        let mut eof = false;
+        for _ in 0..16 {
+            match rustix::io::read(fd, &mut self.scratch[..]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    let bytes = &self.scratch[..n];
+                    if self.cfg.forward_stderr {
+                        let _ = io::stderr().write_all(bytes);
+                    }
+                    let cap = self.cfg.stderr_tail;
+                    let keep = &bytes[n.saturating_sub(cap)..];
+                    w.tail.extend(keep);
+                    let excess = w.tail.len().saturating_sub(cap);
+                    w.tail.drain(..excess);
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => break,
+            }
+        }
+        if eof {
+            if let Some(fd) = w.stderr.take() {
+                let _ = epoll::delete(&self.epoll, &fd);
+            }
+        }
+    }
+
+    fn on_exit(&mut self, slot: usize, now: Instant) {
+        let Some(w) = self.workers[slot].as_ref() else { return };
+        let Some(status) = process::peek_exit(&w.pidfd) else { return };
+        // Read what it wrote last before the pipe is closed: a crash message lives there.
+        self.read_stderr(slot);
+        let w = self.workers[slot].as_ref().expect("present");
+        process::sweep_and_reap(w.pid, &w.pidfd);
+        let (pid, phase, counted) = (w.pid, w.phase, w.startup_counted);
+        match phase {
+            Phase::Starting { .. } if !counted => {
+                let tail = w.tail_string();
+                self.requeue_inflight(slot);
+                self.startup_failed(StartupFailure::ExitedEarly { status, stderr_tail: tail }, now);
+            }
+            Phase::Running => {
+                bump(&self.shared.stats.workers_lost);
+                if let Some(id) = self.pop_head(slot) {
+                    let task = self.task_ref(id);
+                    let tail = self.workers[slot].as_ref().map(|w| w.tail_string()).unwrap_or_default();
+                    let lost = WorkerLost { task, pid, cause: LossCause::Exited(status), stderr_tail: tail };
+                    self.complete(id, Outcome::Failed(TaskError::WorkerLost(lost)));
+                }
+                self.requeue_inflight(slot);
+            }
+            _ => self.requeue_inflight(slot),
+        }
+        self.transition(slot, Event::Exited(status), now);
+        self.remove_worker(slot);
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, t))) = self.timers.peek().copied() {
+            if at > now {
+                return;
+            }
+            self.timers.pop();
+            match t {
+                Timer::Phase { slot, generation, epoch } => {
+                    let current = self.workers.get(slot).and_then(|w| w.as_ref()).is_some_and(|w| w.generation == generation && w.epoch == epoch);
+                    if !current {
+                        continue;
+                    }
+                    let was_starting = matches!(self.workers[slot].as_ref().map(|w| w.phase), Some(Phase::Starting { .. }));
+                    self.transition(slot, Event::Deadline, now);
+                    if was_starting {
+                        if let Some(w) = self.workers[slot].as_mut() {
+                            w.startup_counted = true;
+                        }
+                        self.close_channel(slot);
+                        self.requeue_inflight(slot);
+                        self.startup_failed(StartupFailure::Timeout(self.cfg.startup_timeout), now);
+                    }
+                }
+                Timer::TaskDeadline { slot, generation, task } => {
+                    let Some(w) = self.workers.get(slot).and_then(|w| w.as_ref()) else { continue };
+                    let due = w.generation == generation
+                        && w.phase == Phase::Running
+                        && w.inflight.front().is_some_and(|f| f.id == task)
+                        && w.head_deadline.is_some_and(|d| d <= now);
+                    if !due {
+                        continue;
+                    }
+                    let pid = w.pid;
+                    let limit = self.tasks.get(&task).and_then(|e| e.timeout).unwrap_or_default();
+                    let t = self.task_ref(task);
+                    self.pop_head(slot);
+                    self.complete(task, Outcome::Failed(TaskError::TimedOut { task: t, limit, pid }));
+                    self.stop_worker(slot, now);
+                }
+                Timer::Linger { slot, generation } => {
+                    if self.workers.get(slot).and_then(|w| w.as_ref()).is_some_and(|w| w.generation == generation) {
+                        self.on_linger(slot, now);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! One supervised child process: spawn by exec in its own process group, a pidfd for its
+//! exit, signals to the whole group, and a bounded collect (status, sweep, reap).
+//!
+//! Nothing here blocks: exits are observed by polling the pidfd in the pool's epoll loop,
+//! and every function returns at once. The escalation *policy* (when to send what) lives
+//! in [`crate::pool::lifecycle`]; this module only carries it out.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use rustix::io::Errno;
+use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
+
+use crate::outcome::ExitStatus;
+
+/// Environment variable that tells a worker its parent's pid, so it can notice that it was
+/// orphaned between its start and its `PR_SET_PDEATHSIG` call.
+pub const ENV_PARENT_PID: &str = "HANGFREE_PARENT_PID";
+/// Environment variable that tells a worker the largest frame it may accept.
+pub const ENV_MAX_FRAME: &str = "HANGFREE_MAX_FRAME";
+
+/// The program a pool runs as its workers. The channel arrives on the worker's standard
+/// input; see `PROTOCOL.md`.
+#[derive(Clone, Debug)]
+pub struct WorkerCommand {
+    program: PathBuf,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    cwd: Option<PathBuf>,
+}
+
+impl WorkerCommand {
+    /// A worker started as `program` with no arguments.
+    pub fn new(program: impl AsRef<Path>) -> WorkerCommand {
+        WorkerCommand { program: program.as_ref().to_owned(), args: Vec::new(), env: Vec::new(), cwd: None }
+    }
+
+    /// Appends an argument.
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> WorkerCommand {
+        self.args.push(a.as_ref().to_owned());
+        self
+    }
+
+    /// Appends arguments.
+    pub fn args<I, S>(mut self, args: I) -> WorkerCommand
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets an environment variable for the worker (the rest is inherited).
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> WorkerCommand {
+        self.env.push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets the worker's working directory.
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> WorkerCommand {
+        self.cwd = Some(dir.as_ref().to_owned());
+        self
+    }
+
+    /// The program path.
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+}
+
+/// A worker process just started: its pid (also its process group id), a pidfd for its
+/// exit, our end of its channel and the read end of its stderr, all non-blocking.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    pub channel: UnixStream,
+    pub stderr: OwnedFd,
+}
+
+/// Starts one worker.
+///
+/// `std::process::Command` with only stdio redirection and `process_group(0)` takes the
+/// posix_spawn path: the host (which has threads) is never forked into running code. The
+/// channel is the child's stdin; the worker moves it off fd 0 before running any task.
+pub(crate) fn spawn(cmd: &WorkerCommand, max_frame: u32) -> io::Result<Spawned> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let mut c = Command::new(&cmd.program);
+    c.args(&cmd.args)
+        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+        .env(ENV_PARENT_PID, std::process::id().to_string())
+        .env(ENV_MAX_FRAME, max_frame.to_string())
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if let Some(d) = &cmd.cwd {
+        c.current_dir(d);
+    }
+    let mut child = c.spawn().map_err(|e| {
+        io::Error::new(e.kind(), format!("cannot start `{}`: {e}", cmd.program.display()))
+    })?;
+    let pid = child.id() as i32;
+    let stderr: OwnedFd = child.stderr.take().expect("stderr was piped").into();
+    // `child` is dropped without waiting: the pidfd owns the exit from here on.
+    drop(child);
+    let pidfd = match rustix::process::pidfd_open(to_pid(pid), PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Only possible if the kernel already reaped it (SIGCHLD ignored by the host)
+            // and the pid is gone; nothing of ours is left to supervise.
+            let _ = rustix::process::kill_process_group(to_pid(pid), Signal::KILL);
+            return Err(io::Error::new(io::ErrorKind::Other, format!("pidfd_open({pid}) failed: {e}")));
+        }
+    };
+    ours.set_nonblocking(true)?;
+    set_nonblocking(&stderr)?;
+    Ok(Spawned { pid, pidfd, channel: ours, stderr })
+}
+
+pub(crate) fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(&fd)?;
+    rustix::fs::fcntl_setfl(&fd, flags | rustix::fs::OFlags::NONBLOCK)?;
+    Ok(())
+}
+
+fn to_pid(pid: i32) -> Pid {
+    Pid::from_raw(pid).expect("child pids are positive")
+}
+
+/// Sends `sig` to the worker's whole process group (the worker leads it), so its
+/// descendants get it too. A group already gone is not an error.
+pub(crate) fn signal_group(pid: i32, sig: Signal) {
+    match rustix::process::kill_process_group(to_pid(pid), sig) {
+        Ok(()) | Err(Errno::SRCH) => {}
+        // EPERM means a member changed credentials; nothing better can be done for it.
+        Err(_) => {}
+    }
+}
+
+/// Reads the exit status without reaping, if the process has exited.
+///
+/// While the leader is an unreaped zombie its pid, and so its process group id, cannot be
+/// reused: that is what makes the group sweep after it safe.
+pub(crate) fn peek_exit(pidfd: &OwnedFd) -> Option<ExitStatus> {
+    let opts = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
+    match rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), opts) {
+        Ok(Some(st)) => {
+            if let Some(code) = st.exit_status() {
+                Some(ExitStatus::Code(code))
+            } else if let Some(sig) = st.terminating_signal() {
+                Some(ExitStatus::Signal(sig))
+            } else if st.exited() || st.killed() || st.dumped() {
+                Some(ExitStatus::Unknown)
+            } else {
+                // A child that has not changed state yet: siginfo comes back zeroed.
+                None
+            }
+        }
+        Ok(None) => None,
+        // ECHILD: the kernel reaped it already (the host ignores SIGCHLD).
+        Err(Errno::CHILD) => Some(ExitStatus::Unknown),
+        Err(_) => None,
+    }
+}
+
+/// Collects an exited worker: sweeps its process group with SIGKILL (grandchildren that
+/// outlived it), then reaps it. Call only after [`peek_exit`] returned a status.
+pub(crate) fn sweep_and_reap(pid: i32, pidfd: &OwnedFd) {
+    signal_group(pid, Signal::KILL);
+    let _ = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn wait_exit(s: &Spawned) -> ExitStatus {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = peek_exit(&s.pidfd) {
+                return st;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "child did not exit");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn exit_code_and_signal_are_read_then_reaped() {
+        let s = spawn(&WorkerCommand::new("/bin/sh").args(["-c", "exit 3"]), 1024).unwrap();
+        assert_eq!(wait_exit(&s), ExitStatus::Code(3));
+        // Still a zombie until swept and reaped: the status can be read twice.
+        assert_eq!(peek_exit(&s.pidfd), Some(ExitStatus::Code(3)));
+        sweep_and_reap(s.pid, &s.pidfd);
+        assert!(!std::path::Path::new(&format!("/proc/{}", s.pid)).exists());
+
+        let s = spawn(&WorkerCommand::new("/bin/sleep").arg("30"), 1024).unwrap();
+        assert_eq!(peek_exit(&s.pidfd), None);
+        signal_group(s.pid, Signal::KILL);
+        assert_eq!(wait_exit(&s), ExitStatus::Signal(9));
+        sweep_and_reap(s.pid, &s.pidfd);
+    }
+
+    #[test]
+    fn worker_leads_its_own_group() {
+        let s = spawn(&WorkerCommand::new("/bin/sleep").arg("30"), 1024).unwrap();
+        let pgid = rustix::process::getpgid(Some(to_pid(s.pid))).unwrap();
+        assert_eq!(pgid.as_raw_nonzero().get(), s.pid);
+        signal_group(s.pid, Signal::KILL);
+        wait_exit(&s);
+        sweep_and_reap(s.pid, &s.pidfd);
+    }
+
+    #[test]
+    fn missing_program_is_a_clear_error() {
+        let e = spawn(&WorkerCommand::new("/nonexistent/worker"), 1024).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/worker"), "{e}");
+    }
+}

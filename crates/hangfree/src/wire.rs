@@ -1,0 +1,421 @@
+//! The wire: length-prefixed frames on the private channel between the pool and a worker.
+//!
+//! Every frame is a fixed 16-byte header followed by an opaque payload:
+//!
+//! ```text
+//! offset size field
+//!  0     1    kind      (see [`Kind`])
+//!  1     3    reserved  (must be zero)
+//!  4     4    length    payload length in bytes, little-endian u32
+//!  8     8    task id   little-endian u64 (0 for frames about no task)
+//! 16     len  payload
+//! ```
+//!
+//! The task id sits outside the payload so that any failure can be pinned on one task
+//! even when the payload is garbage. The [`Decoder`] checks the kind, the reserved bytes
+//! and the length against a maximum *before* it buffers the payload, so a claimed length
+//! is never allocated blindly and no input makes it panic. `PROTOCOL.md` at the root of
+//! the repository describes the same format for authors of workers in other languages.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+
+/// Size of a frame header in bytes.
+pub const HEADER_LEN: usize = 16;
+
+/// Default largest payload accepted by a [`Decoder`]: 1 GiB.
+pub const DEFAULT_MAX_FRAME: u32 = 1 << 30;
+
+/// What a frame means. Values 1–15 travel from the pool to a worker, 16–31 back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// Pool → worker, once, first: the initializer payload (may be empty).
+    Init = 1,
+    /// Pool → worker: run this task.
+    Task = 2,
+    /// Pool → worker: finish the current task, then exit with status 0.
+    Shutdown = 3,
+    /// Worker → pool: initialised, ready for tasks.
+    Ready = 16,
+    /// Worker → pool: the initializer failed; the payload describes why. The worker exits.
+    InitFailed = 17,
+    /// Worker → pool: the task's value.
+    Value = 18,
+    /// Worker → pool: the task raised; the payload describes the error.
+    Raised = 19,
+}
+
+impl Kind {
+    /// The kind for a raw byte, if it names one.
+    pub fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Init,
+            2 => Kind::Task,
+            3 => Kind::Shutdown,
+            16 => Kind::Ready,
+            17 => Kind::InitFailed,
+            18 => Kind::Value,
+            19 => Kind::Raised,
+            _ => return None,
+        })
+    }
+}
+
+/// One decoded frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// What the frame means.
+    pub kind: Kind,
+    /// The task it is about (0 for none).
+    pub task_id: u64,
+    /// The opaque payload.
+    pub payload: Vec<u8>,
+}
+
+/// A frame that breaks the protocol. The peer that sent it cannot be trusted further.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The kind byte names no known frame kind.
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    /// The reserved header bytes were not zero.
+    #[error("reserved header bytes are not zero: {0:02x?}")]
+    Reserved([u8; 3]),
+    /// The claimed payload is larger than the maximum frame size.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The length the header claimed.
+        len: u32,
+        /// The decoder's limit.
+        max: u32,
+    },
+    /// A well-formed frame that makes no sense at this point (an answer for a task the
+    /// worker was not running, a frame kind only the pool may send).
+    #[error("{0}")]
+    Unexpected(String),
+    /// The stream ended in the middle of a frame.
+    #[error("channel closed in the middle of a frame ({have} of {need} bytes)")]
+    Truncated {
+        /// Bytes received of the frame.
+        have: usize,
+        /// Bytes the frame needs.
+        need: usize,
+    },
+}
+
+/// Parses the fixed header; returns (kind, payload length, task id).
+pub fn parse_header(h: &[u8; HEADER_LEN], max: u32) -> Result<(Kind, u32, u64), ProtocolError> {
+    let kind = Kind::from_u8(h[0]).ok_or(ProtocolError::UnknownKind(h[0]))?;
+    if h[1..4] != [0, 0, 0] {
+        return Err(ProtocolError::Reserved([h[1], h[2], h[3]]));
+    }
+    let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    if len > max {
+        return Err(ProtocolError::TooLarge { len, max });
+    }
+    let id = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
+    Ok((kind, len, id))
+}
+
+/// Builds a frame header.
+pub fn header(kind: Kind, task_id: u64, len: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0] = kind as u8;
+    h[4..8].copy_from_slice(&len.to_le_bytes());
+    h[8..16].copy_from_slice(&task_id.to_le_bytes());
+    h
+}
+
+/// Appends one encoded frame to `out`.
+///
+/// # Panics
+///
+/// If the payload is longer than `u32::MAX` bytes; callers check against their maximum
+/// frame size first.
+pub fn encode_into(out: &mut Vec<u8>, kind: Kind, task_id: u64, payload: &[u8]) {
+    let len = u32::try_from(payload.len()).expect("payload length checked by the caller");
+    out.reserve(HEADER_LEN + payload.len());
+    out.extend_from_slice(&header(kind, task_id, len));
+    out.extend_from_slice(payload);
+}
+
+/// An incremental frame decoder for a non-blocking byte stream.
+///
+/// Feed it whatever bytes arrive with [`Decoder::buffer_mut`]/[`Decoder::commit`] or
+/// [`Decoder::feed`], then take frames with [`Decoder::next_frame`] until it returns
+/// `Ok(None)`.
+pub struct Decoder {
+    buf: Vec<u8>,
+    start: usize,
+    max: u32,
+}
+
+impl fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decoder").field("buffered", &self.buffered()).field("max", &self.max).finish()
+    }
+}
+
+impl Decoder {
+    /// A decoder that refuses payloads larger than `max_frame` bytes.
+    pub fn new(max_frame: u32) -> Decoder {
+        Decoder { buf: Vec::new(), start: 0, max: max_frame }
+    }
+
+    /// Bytes received and not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// Appends received bytes.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.compact();
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Reads once from `r` (up to `chunk` bytes) into the buffer; returns the count read.
+    pub fn read_from<R: Read>(&mut self, r: &mut R, chunk: usize) -> io::Result<usize> {
+        self.compact();
+        let old = self.buf.len();
+        // Read straight into the buffer's tail: the stream's bytes are copied once.
+        self.buf.resize(old + chunk, 0);
+        match r.read(&mut self.buf[old..]) {
+            Ok(n) => {
+                self.buf.truncate(old + n);
+                Ok(n)
+            }
+            Err(e) => {
+                self.buf.truncate(old);
+                Err(e)
+            }
+        }
+    }
+
+    /// How many more bytes the frame at the head of the buffer needs (at least 1 when a
+    /// partial frame is buffered, 0 when the buffer is empty or holds a whole frame).
+    pub fn wanted(&self) -> usize {
+        let have = self.buffered();
+        if have < HEADER_LEN {
+            return if have == 0 { 0 } else { HEADER_LEN - have };
+        }
+        let len = u32::from_le_bytes(self.buf[self.start + 4..self.start + 8].try_into().unwrap());
+        (HEADER_LEN + len as usize).saturating_sub(have)
+    }
+
+    /// The next whole frame, `Ok(None)` if more bytes are needed, or the protocol error
+    /// that makes the rest of the stream meaningless.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        let avail = &self.buf[self.start..];
+        if avail.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let h: &[u8; HEADER_LEN] = avail[..HEADER_LEN].try_into().expect("16 bytes");
+        let (kind, len, task_id) = parse_header(h, self.max)?;
+        let total = HEADER_LEN + len as usize;
+        if avail.len() < total {
+            return Ok(None);
+        }
+        let payload = avail[HEADER_LEN..total].to_vec();
+        self.start += total;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        Ok(Some(Frame { kind, task_id, payload }))
+    }
+
+    /// The error to report when the stream ended: `Some` if a partial frame was left.
+    pub fn finish(&self) -> Option<ProtocolError> {
+        let have = self.buffered();
+        (have > 0).then(|| ProtocolError::Truncated { have, need: have + self.wanted().max(1) })
+    }
+
+    fn compact(&mut self) {
+        if self.start > 0 && self.start * 2 >= self.buf.len() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+    }
+}
+
+/// Reads one whole frame from a blocking stream. `Ok(None)` on a clean end of stream
+/// (no byte of a new frame read).
+///
+/// This is the worker side's reader: it allocates the payload only after the header has
+/// passed [`parse_header`], and fills it as bytes arrive.
+pub fn read_frame<R: Read>(r: &mut R, max: u32) -> Result<Option<Frame>, ReadError> {
+    let mut h = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        match r.read(&mut h[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(ProtocolError::Truncated { have: got, need: HEADER_LEN }.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let (kind, len, task_id) = parse_header(&h, max)?;
+    let mut payload = Vec::new();
+    let need = len as usize;
+    // Grow in steps so a lying length costs at most what the peer really sent.
+    while payload.len() < need {
+        let step = (need - payload.len()).min(1 << 20);
+        let old = payload.len();
+        payload.resize(old + step, 0);
+        let mut filled = 0;
+        while filled < step {
+            match r.read(&mut payload[old + filled..old + step]) {
+                Ok(0) => {
+                    return Err(ProtocolError::Truncated {
+                        have: HEADER_LEN + old + filled,
+                        need: HEADER_LEN + need,
+                    }
+                    .into())
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(Some(Frame { kind, task_id, payload }))
+}
+
+/// Writes one frame to a blocking stream.
+pub fn write_frame<W: Write>(w: &mut W, kind: Kind, task_id: u64, payload: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(payload.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "payload longer than 4 GiB"))?;
+    let h = header(kind, task_id, len);
+    if payload.len() <= 64 * 1024 {
+        let mut buf = Vec::with_capacity(HEADER_LEN + payload.len());
+        buf.extend_from_slice(&h);
+        buf.extend_from_slice(payload);
+        w.write_all(&buf)
+    } else {
+        w.write_all(&h)?;
+        w.write_all(payload)
+    }
+}
+
+/// A failure to read a frame from a blocking stream.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The bytes broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The read itself failed.
+    #[error("channel read failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn kinds() -> impl Strategy<Value = Kind> {
+        prop_oneof![
+            Just(Kind::Init),
+            Just(Kind::Task),
+            Just(Kind::Shutdown),
+            Just(Kind::Ready),
+            Just(Kind::InitFailed),
+            Just(Kind::Value),
+            Just(Kind::Raised),
+        ]
+    }
+
+    #[test]
+    fn header_layout_is_as_documented() {
+        let mut out = Vec::new();
+        encode_into(&mut out, Kind::Value, 0x0102_0304_0506_0708, b"abc");
+        assert_eq!(
+            out,
+            [18, 0, 0, 0, 3, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1, b'a', b'b', b'c']
+        );
+    }
+
+    #[test]
+    fn oversized_claim_is_refused_before_allocation() {
+        let mut d = Decoder::new(1024);
+        d.feed(&header(Kind::Value, 1, u32::MAX));
+        assert_eq!(d.next_frame(), Err(ProtocolError::TooLarge { len: u32::MAX, max: 1024 }));
+        let mut r = &header(Kind::Value, 1, u32::MAX)[..];
+        assert!(matches!(read_frame(&mut r, 1024), Err(ReadError::Protocol(ProtocolError::TooLarge { .. }))));
+    }
+
+    #[test]
+    fn garbage_kind_and_reserved_bytes_are_errors() {
+        let mut d = Decoder::new(1024);
+        d.feed(&[0xff; 16]);
+        assert_eq!(d.next_frame(), Err(ProtocolError::UnknownKind(0xff)));
+        let mut h = header(Kind::Task, 1, 0);
+        h[2] = 7;
+        let mut d = Decoder::new(1024);
+        d.feed(&h);
+        assert_eq!(d.next_frame(), Err(ProtocolError::Reserved([0, 7, 0])));
+    }
+
+    #[test]
+    fn truncated_stream_is_reported() {
+        let mut out = Vec::new();
+        encode_into(&mut out, Kind::Task, 9, b"hello");
+        let mut d = Decoder::new(1024);
+        d.feed(&out[..10]);
+        assert_eq!(d.next_frame(), Ok(None));
+        assert_eq!(d.finish(), Some(ProtocolError::Truncated { have: 10, need: 16 }));
+        let mut r = &out[..18];
+        assert!(matches!(read_frame(&mut r, 1024), Err(ReadError::Protocol(ProtocolError::Truncated { .. }))));
+        let mut empty: &[u8] = &[];
+        assert!(read_frame(&mut empty, 1024).unwrap().is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip_in_any_split(
+            frames in proptest::collection::vec((kinds(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300)), 0..20),
+            cut in 1usize..64,
+        ) {
+            let mut stream = Vec::new();
+            for (k, id, p) in &frames {
+                encode_into(&mut stream, *k, *id, p);
+            }
+            let mut d = Decoder::new(4096);
+            let mut got = Vec::new();
+            for piece in stream.chunks(cut) {
+                d.feed(piece);
+                while let Some(f) = d.next_frame().unwrap() {
+                    got.push((f.kind, f.task_id, f.payload));
+                }
+            }
+            prop_assert_eq!(d.finish(), None);
+            prop_assert_eq!(&got, &frames);
+            let mut r = &stream[..];
+            let mut again = Vec::new();
+            while let Some(f) = read_frame(&mut r, 4096).unwrap() {
+                again.push((f.kind, f.task_id, f.payload));
+            }
+            prop_assert_eq!(again, frames);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048), cut in 1usize..100) {
+            let mut d = Decoder::new(512);
+            'outer: for piece in bytes.chunks(cut) {
+                d.feed(piece);
+                loop {
+                    match d.next_frame() {
+                        Ok(Some(f)) => prop_assert!(f.payload.len() <= 512),
+                        Ok(None) => break,
+                        Err(_) => break 'outer,
+                    }
+                }
+            }
+            let _ = d.finish();
+            let mut r = &bytes[..];
+            while let Ok(Some(_)) = read_frame(&mut r, 512) {}
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! The worker side of the channel, for worker programs written in Rust (and, through the
+//! Python extension, for the Python worker): one implementation of the protocol.
+
+use std::fs::File;
+use std::io::{self, BufReader, Write};
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::process::Signal;
+
+use crate::process::{ENV_MAX_FRAME, ENV_PARENT_PID};
+use crate::wire::{self, Frame, Kind, ReadError, DEFAULT_MAX_FRAME};
+
+/// The worker's end of its channel to the pool.
+#[derive(Debug)]
+pub struct WorkerChannel {
+    reader: BufReader<File>,
+    writer: File,
+    max_frame: u32,
+}
+
+impl WorkerChannel {
+    /// Takes the channel the pool passed on standard input and prepares the process to be
+    /// a worker:
+    ///
+    /// - moves the channel off fd 0 (to a close-on-exec descriptor) and puts `/dev/null`
+    ///   on fd 0, so nothing a task reads or runs can touch the channel;
+    /// - asks the kernel to SIGKILL this process when its parent dies
+    ///   (`PR_SET_PDEATHSIG`), then checks the parent is still the pool's process, which
+    ///   closes the race where the parent died before the request was made.
+    ///
+    /// Returns an error if the parent is already gone; the worker should then exit.
+    pub fn from_stdin() -> io::Result<WorkerChannel> {
+        let stdin = rustix::stdio::stdin();
+        let chan: OwnedFd = rustix::io::fcntl_dupfd_cloexec(stdin, 3)?;
+        let devnull = File::open("/dev/null")?;
+        // SAFETY: fd 0 is ours to replace: the channel now lives on `chan`.
+        rustix::stdio::dup2_stdin(devnull.as_fd())?;
+        set_parent_death_signal()?;
+        Self::from_fd(chan)
+    }
+
+    /// Wraps an already-prepared channel descriptor.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<WorkerChannel> {
+        let max_frame = std::env::var(ENV_MAX_FRAME)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MAX_FRAME);
+        let reader = File::from(fd);
+        let writer = reader.try_clone()?;
+        Ok(WorkerChannel { reader: BufReader::with_capacity(64 * 1024, reader), writer, max_frame })
+    }
+
+    /// Receives the next frame; `Ok(None)` when the pool closed the channel.
+    pub fn recv(&mut self) -> Result<Option<Frame>, ReadError> {
+        wire::read_frame(&mut self.reader, self.max_frame)
+    }
+
+    /// Sends one frame.
+    pub fn send(&mut self, kind: Kind, task_id: u64, payload: &[u8]) -> io::Result<()> {
+        wire::write_frame(&mut self.writer, kind, task_id, payload)
+    }
+
+    /// Writes raw bytes on the channel, bypassing framing. Only for tests of the pool's
+    /// handling of a worker that writes garbage.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.writer.write_all(bytes)
+    }
+
+    /// The two descriptors of the channel, to close it (a worker that wants to stop
+    /// talking without exiting).
+    pub fn into_fds(self) -> (File, File) {
+        (self.reader.into_inner(), self.writer)
+    }
+}
+
+impl AsFd for WorkerChannel {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.writer.as_fd()
+    }
+}
+
+/// Sets `PR_SET_PDEATHSIG` to SIGKILL and exits the process at once if the parent named in
+/// the environment is already gone (we were re-parented before the call took effect).
+fn set_parent_death_signal() -> io::Result<()> {
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+    let expected: Option<i32> = std::env::var(ENV_PARENT_PID).ok().and_then(|v| v.parse().ok());
+    let actual = rustix::process::getppid().map(|p| p.as_raw_nonzero().get());
+    if let Some(want) = expected {
+        if actual != Some(want) {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!("the pool's process {want} is gone (parent is now {actual:?})"),
+            ));
+        }
+    }
+    Ok(())
+}
