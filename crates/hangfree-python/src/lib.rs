@@ -1,0 +1,402 @@
+//! `hangfree._core`: the engine as seen from Python.
+//!
+//! Deliberately thin. Payloads are bytes (the Python package pickles); outcomes go to one
+//! queue per engine, which the package's result thread drains. The engine's supervisor
+//! thread never touches Python objects or the GIL: it only pushes plain Rust values into
+//! that queue. Every blocking call here releases the GIL and wakes at least every 50 ms
+//! to let Python run its signal handlers (Ctrl-C).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use hangfree::wire::Kind;
+use hangfree::worker::WorkerChannel as RawChannel;
+use hangfree::{
+    ExitStatus, LossCause, Outcome, Pool, Sink, StartupFailure, SubmitError, Task, TaskError, WorkerCommand,
+};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+/// How often blocking calls come back to check for signals.
+const SLICE: Duration = Duration::from_millis(50);
+
+pyo3::create_exception!(_core, SubmitRefused, PyRuntimeError, "The engine refused a submission.");
+
+struct Done {
+    key: u64,
+    index: usize,
+    outcome: Outcome,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: Mutex<VecDeque<Done>>,
+    cv: Condvar,
+}
+
+struct KeyedSink {
+    key: u64,
+    queue: Arc<Queue>,
+}
+
+impl Sink for KeyedSink {
+    fn complete(&self, index: usize, outcome: Outcome) {
+        let mut q = self.queue.items.lock().unwrap_or_else(|e| e.into_inner());
+        q.push_back(Done { key: self.key, index, outcome });
+        drop(q);
+        self.queue.cv.notify_one();
+    }
+}
+
+fn secs(v: Option<f64>, what: &str) -> PyResult<Option<Duration>> {
+    match v {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s >= 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Err(PyValueError::new_err(format!("{what} must be a non-negative number of seconds, not {s}"))),
+    }
+}
+
+/// A pool engine: worker processes running `argv`, supervised by a Rust thread.
+#[pyclass(module = "hangfree._core")]
+struct Engine {
+    pool: Pool,
+    queue: Arc<Queue>,
+}
+
+#[pymethods]
+impl Engine {
+    #[new]
+    #[pyo3(signature = (argv, *, workers, task_timeout=None, grace=1.0, kill_wait=1.0,
+        startup_timeout=60.0, max_tasks_per_worker=None, max_startup_failures=3,
+        init_payload=Vec::new(), prefetch=2, forward_stderr=true, env=Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        argv: Vec<String>,
+        workers: usize,
+        task_timeout: Option<f64>,
+        grace: f64,
+        kill_wait: f64,
+        startup_timeout: f64,
+        max_tasks_per_worker: Option<u64>,
+        max_startup_failures: u32,
+        init_payload: Vec<u8>,
+        prefetch: usize,
+        forward_stderr: bool,
+        env: Vec<(String, String)>,
+    ) -> PyResult<Engine> {
+        let Some((program, args)) = argv.split_first() else {
+            return Err(PyValueError::new_err("argv must name the worker program"));
+        };
+        let mut cmd = WorkerCommand::new(program).args(args);
+        for (k, v) in env {
+            cmd = cmd.env(k, v);
+        }
+        let mut b = Pool::builder(cmd)
+            .workers(workers)
+            .grace(secs(Some(grace), "grace")?.unwrap_or_default())
+            .kill_wait(secs(Some(kill_wait), "kill_wait")?.unwrap_or_default())
+            .startup_timeout(secs(Some(startup_timeout), "startup_timeout")?.unwrap_or_default())
+            .max_startup_failures(max_startup_failures)
+            .init_payload(init_payload)
+            .prefetch(prefetch)
+            .forward_stderr(forward_stderr);
+        if let Some(t) = secs(task_timeout, "task_timeout")? {
+            b = b.task_timeout(t);
+        }
+        if let Some(n) = max_tasks_per_worker {
+            b = b.max_tasks_per_worker(n);
+        }
+        let pool = py.detach(|| b.build()).map_err(|e| match e {
+            hangfree::BuildError::Invalid(m) => PyValueError::new_err(m),
+            other => PyRuntimeError::new_err(other.to_string()),
+        })?;
+        Ok(Engine { pool, queue: Arc::new(Queue::default()) })
+    }
+
+    /// Submits payloads as one submission; outcomes arrive tagged with `key` and each
+    /// payload's index. Returns the first task id (ids are consecutive).
+    #[pyo3(signature = (key, payloads, *, chunksize=1, timeout=None, labels=None))]
+    fn submit(
+        &self,
+        py: Python<'_>,
+        key: u64,
+        payloads: Vec<Vec<u8>>,
+        chunksize: usize,
+        timeout: Option<f64>,
+        labels: Option<Vec<String>>,
+    ) -> PyResult<u64> {
+        let timeout = secs(timeout, "timeout")?;
+        let mut labels = labels.map(|l| l.into_iter());
+        let tasks: Vec<Task> = payloads
+            .into_iter()
+            .map(|p| {
+                let mut t = Task::new(p);
+                if let Some(d) = timeout {
+                    t = t.timeout(d);
+                }
+                if let Some(l) = labels.as_mut().and_then(|l| l.next()) {
+                    t = t.label(l);
+                }
+                t
+            })
+            .collect();
+        let sink = Arc::new(KeyedSink { key, queue: self.queue.clone() });
+        let r = py.detach(|| self.pool.submit_to(sink, tasks, chunksize));
+        match r {
+            Ok(ids) => Ok(ids.start),
+            Err(e) => {
+                let kind = match &e {
+                    SubmitError::Closed => "closed",
+                    SubmitError::Terminated => "terminated",
+                    SubmitError::Broken(_) => "broken",
+                    SubmitError::Forked { .. } => "forked",
+                    SubmitError::TooLarge { .. } => "too_large",
+                };
+                let detail = match &e {
+                    SubmitError::Broken(f) => Some(failure_details(py, f)?),
+                    SubmitError::TooLarge { index, .. } => Some((*index).into_pyobject(py)?.into_any().unbind()),
+                    _ => None,
+                };
+                Err(SubmitRefused::new_err((kind, e.to_string(), detail)))
+            }
+        }
+    }
+
+    /// Waits up to `timeout` seconds (GIL released, waking every 50 ms for signals) for
+    /// outcomes; returns every outcome ready, as `(key, index, kind, data)` tuples where
+    /// kind is "value" or "raised" (data: bytes) or a failure kind (data: a dict).
+    fn next_outcomes<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+        let items: Vec<Done> = loop {
+            let got = py.detach(|| {
+                let left = deadline.saturating_duration_since(Instant::now()).min(SLICE);
+                let mut q = self.queue.items.lock().unwrap_or_else(|e| e.into_inner());
+                if q.is_empty() && !left.is_zero() {
+                    q = self.queue.cv.wait_timeout(q, left).unwrap_or_else(|e| e.into_inner()).0;
+                }
+                q.drain(..).collect::<Vec<_>>()
+            });
+            if !got.is_empty() || Instant::now() >= deadline {
+                break got;
+            }
+            py.check_signals()?;
+        };
+        items.into_iter().map(|d| outcome_tuple(py, d)).collect()
+    }
+
+    /// Cancels a task by id (a running one has its worker stopped).
+    fn cancel(&self, task_id: u64) {
+        self.pool.cancel(task_id);
+    }
+
+    /// Accepts no more tasks; workers exit after the queued ones.
+    fn close(&self) {
+        self.pool.close();
+    }
+
+    /// Ends every unfinished task as terminated and stops every worker.
+    fn terminate(&self) {
+        self.pool.terminate();
+    }
+
+    /// Waits for every worker to be gone, at most `timeout` seconds if given; returns
+    /// whether it finished. Raises KeyboardInterrupt promptly on Ctrl-C.
+    #[pyo3(signature = (timeout=None))]
+    fn join(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let deadline = secs(timeout, "timeout")?.map(|d| Instant::now() + d);
+        loop {
+            let slice = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(SLICE),
+                None => SLICE,
+            };
+            match py.detach(|| self.pool.join(Some(slice))) {
+                Ok(()) => return Ok(true),
+                Err(hangfree::JoinError::StillOpen) => {
+                    return Err(PyValueError::new_err("join() needs close() or terminate() first"));
+                }
+                Err(hangfree::JoinError::Timeout(_)) => {}
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+            py.check_signals()?;
+        }
+    }
+
+    /// Whether every worker is gone after close or terminate.
+    fn is_finished(&self) -> bool {
+        self.pool.is_finished()
+    }
+
+    /// The pool's counters, as a dict.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.pool.stats();
+        let d = PyDict::new(py);
+        for (k, v) in [
+            ("submitted", s.submitted),
+            ("values", s.values),
+            ("raised", s.raised),
+            ("worker_lost", s.worker_lost),
+            ("timed_out", s.timed_out),
+            ("cancelled", s.cancelled),
+            ("terminated", s.terminated),
+            ("startup_failed", s.startup_failed),
+            ("protocol_errors", s.protocol_errors),
+            ("workers_spawned", s.workers_spawned),
+            ("workers_lost", s.workers_lost),
+            ("workers_recycled", s.workers_recycled),
+            ("workers_abandoned", s.workers_abandoned),
+            ("startup_failures", s.startup_failures),
+        ] {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+
+    /// The start-up failure that broke the engine, as a dict, or None.
+    fn startup_failure(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.pool.startup_failure().map(|f| failure_details(py, &f)).transpose()
+    }
+}
+
+fn status_fields(d: &Bound<'_, PyDict>, st: &ExitStatus) -> PyResult<()> {
+    match *st {
+        ExitStatus::Code(c) => d.set_item("exitcode", c)?,
+        ExitStatus::Signal(s) => {
+            d.set_item("signal", s)?;
+            d.set_item("signal_name", hangfree::outcome::signal_name(s))?;
+        }
+        ExitStatus::Unknown => {}
+    }
+    Ok(())
+}
+
+fn failure_details(py: Python<'_>, f: &StartupFailure) -> PyResult<Py<PyAny>> {
+    let d = PyDict::new(py);
+    d.set_item("message", f.to_string())?;
+    match f {
+        StartupFailure::InitFailed { payload, stderr_tail } => {
+            d.set_item("cause", "init_failed")?;
+            d.set_item("payload", PyBytes::new(py, payload))?;
+            d.set_item("stderr_tail", stderr_tail)?;
+        }
+        StartupFailure::ExitedEarly { status, stderr_tail } => {
+            d.set_item("cause", "exited")?;
+            status_fields(&d, status)?;
+            d.set_item("stderr_tail", stderr_tail)?;
+        }
+        StartupFailure::Timeout(t) => {
+            d.set_item("cause", "timeout")?;
+            d.set_item("limit", t.as_secs_f64())?;
+        }
+        StartupFailure::Spawn(_) => d.set_item("cause", "spawn")?,
+        StartupFailure::Broken(_) => d.set_item("cause", "broken")?,
+    }
+    Ok(d.into_any().unbind())
+}
+
+fn outcome_tuple<'py>(py: Python<'py>, done: Done) -> PyResult<Bound<'py, PyAny>> {
+    let (kind, data): (&str, Bound<'py, PyAny>) = match done.outcome {
+        Outcome::Value(v) => ("value", PyBytes::new(py, &v).into_any()),
+        Outcome::Raised(v) => ("raised", PyBytes::new(py, &v).into_any()),
+        Outcome::Failed(e) => {
+            let d = PyDict::new(py);
+            d.set_item("message", e.to_string())?;
+            d.set_item("task_id", e.task().id)?;
+            let kind = match &e {
+                TaskError::WorkerLost(w) => {
+                    d.set_item("pid", w.pid)?;
+                    d.set_item("stderr_tail", &w.stderr_tail)?;
+                    match &w.cause {
+                        LossCause::Exited(st) => status_fields(&d, st)?,
+                        LossCause::ChannelClosed => d.set_item("channel_closed", true)?,
+                    }
+                    "worker_lost"
+                }
+                TaskError::TimedOut { limit, pid, .. } => {
+                    d.set_item("limit", limit.as_secs_f64())?;
+                    d.set_item("pid", *pid)?;
+                    "timed_out"
+                }
+                TaskError::Cancelled(_) => "cancelled",
+                TaskError::Terminated(_) => "terminated",
+                TaskError::StartupFailed { failure, .. } => {
+                    d.set_item("failure", failure_details(py, failure)?)?;
+                    "startup_failed"
+                }
+                TaskError::Protocol { pid, .. } => {
+                    d.set_item("pid", *pid)?;
+                    "protocol"
+                }
+            };
+            (kind, d.into_any())
+        }
+    };
+    (done.key, done.index, kind, data).into_pyobject(py).map(|t| t.into_any())
+}
+
+/// The worker's end of its channel (used by `hangfree._worker`).
+#[pyclass(module = "hangfree._core")]
+struct WorkerChannel {
+    inner: Option<RawChannel>,
+}
+
+fn kind_from(k: u8) -> PyResult<Kind> {
+    Kind::from_u8(k).ok_or_else(|| PyValueError::new_err(format!("unknown frame kind {k}")))
+}
+
+#[pymethods]
+impl WorkerChannel {
+    /// Takes the channel from stdin, puts /dev/null there, and arranges to die with the
+    /// parent (raises OSError if the parent is already gone).
+    #[staticmethod]
+    fn from_stdin() -> PyResult<WorkerChannel> {
+        Ok(WorkerChannel { inner: Some(RawChannel::from_stdin()?) })
+    }
+
+    /// The next frame as `(kind, task_id, payload)`, or None when the pool closed the
+    /// channel. The GIL is released while waiting.
+    fn recv<'py>(&mut self, py: Python<'py>) -> PyResult<Option<(u8, u64, Bound<'py, PyBytes>)>> {
+        let ch = self.inner.as_mut().ok_or_else(|| PyRuntimeError::new_err("channel closed"))?;
+        match py.detach(|| ch.recv()) {
+            Ok(Some(f)) => Ok(Some((f.kind as u8, f.task_id, PyBytes::new(py, &f.payload)))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(PyRuntimeError::new_err(e.to_string())),
+        }
+    }
+
+    /// Sends one frame.
+    fn send(&mut self, py: Python<'_>, kind: u8, task_id: u64, payload: &[u8]) -> PyResult<()> {
+        let kind = kind_from(kind)?;
+        let ch = self.inner.as_mut().ok_or_else(|| PyRuntimeError::new_err("channel closed"))?;
+        py.detach(|| ch.send(kind, task_id, payload))?;
+        Ok(())
+    }
+
+    /// Closes the channel.
+    fn close(&mut self) {
+        self.inner = None;
+    }
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Engine>()?;
+    m.add_class::<WorkerChannel>()?;
+    m.add("SubmitRefused", m.py().get_type::<SubmitRefused>())?;
+    for (name, k) in [
+        ("KIND_INIT", Kind::Init),
+        ("KIND_TASK", Kind::Task),
+        ("KIND_SHUTDOWN", Kind::Shutdown),
+        ("KIND_READY", Kind::Ready),
+        ("KIND_INIT_FAILED", Kind::InitFailed),
+        ("KIND_VALUE", Kind::Value),
+        ("KIND_RAISED", Kind::Raised),
+    ] {
+        m.add(name, k as u8)?;
+    }
+    Ok(())
+}

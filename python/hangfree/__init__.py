@@ -1,0 +1,38 @@
+"""hangfree: a process pool that can never hang.
+
+A drop-in for ``multiprocessing.Pool``: change ``import multiprocessing as mp`` to
+``import hangfree as mp`` and a program that would hang on a crashed, stuck or
+SIGTERM-ignoring worker finishes with a clear error instead.
+"""
+
+from multiprocessing import TimeoutError
+
+from hangfree._errors import (
+    HangfreeError,
+    InitializerError,
+    PoolTerminatedError,
+    TaskCancelledError,
+    TaskTimeoutError,
+    WorkerLostError,
+    WorkerProtocolError,
+)
+from hangfree.pool import ApplyResult, AsyncResult, IMapIterator, MapResult, Pool, cpu_count
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Pool",
+    "ApplyResult",
+    "AsyncResult",
+    "MapResult",
+    "IMapIterator",
+    "TimeoutError",
+    "cpu_count",
+    "HangfreeError",
+    "WorkerLostError",
+    "WorkerProtocolError",
+    "TaskTimeoutError",
+    "InitializerError",
+    "TaskCancelledError",
+    "PoolTerminatedError",
+]

@@ -1,0 +1,100 @@
+"""The worker process: ``python -m hangfree._worker``.
+
+It speaks the hangfree protocol (see PROTOCOL.md) through the engine's own Rust code in
+``hangfree._core.WorkerChannel``: receives the Init frame (sys.path, initializer), then
+runs one task at a time and answers each with its value or its exception.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from multiprocessing.pool import MaybeEncodingError
+from typing import Any, Callable, Dict
+
+from hangfree import _core
+from hangfree._pickling import dumps, loads
+
+
+def _describe(exc: BaseException) -> bytes:
+    """The Raised payload: the exception itself when it pickles, its text otherwise."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    summary = f"{type(exc).__name__}: {exc}"
+    try:
+        return dumps({"exc": exc, "traceback": tb, "summary": summary})
+    except Exception as e:
+        note = f"(the exception could not be pickled: {type(e).__name__}: {e})"
+        return dumps({"exc": None, "traceback": tb, "summary": summary, "note": note})
+
+
+def main() -> int:
+    try:
+        ch = _core.WorkerChannel.from_stdin()
+    except OSError as e:
+        print(f"hangfree worker: {e}", file=sys.stderr)
+        return 70
+    functions: Dict[bytes, Callable[..., Any]] = {}
+    while True:
+        frame = ch.recv()
+        if frame is None:
+            return 0
+        kind, task_id, payload = frame
+        if kind == _core.KIND_INIT:
+            try:
+                _init(ch, payload)
+            except BaseException as e:  # the initializer's failure is the pool's to report
+                ch.send(_core.KIND_INIT_FAILED, 0, _describe(e))
+                return 1
+            ch.send(_core.KIND_READY, 0, b"")
+        elif kind == _core.KIND_TASK:
+            _task(ch, task_id, payload, functions)
+        elif kind == _core.KIND_SHUTDOWN:
+            return 0
+
+
+def _init(ch: Any, payload: bytes) -> None:
+    if not payload:
+        return
+    info = loads(payload)
+    sys.path[:] = info.get("sys_path", sys.path)
+    if info.get("cwd"):
+        try:
+            os.chdir(info["cwd"])
+        except OSError:
+            pass
+    init = info.get("initializer")
+    if init is not None:
+        init(*info.get("initargs", ()))
+
+
+def _task(ch: Any, task_id: int, payload: bytes, functions: Dict[bytes, Callable[..., Any]]) -> None:
+    try:
+        fn_bytes, args, kwargs = loads(payload)
+        fn = functions.get(fn_bytes)
+        if fn is None:
+            fn = functions[fn_bytes] = loads(fn_bytes)
+            if len(functions) > 64:
+                functions.pop(next(iter(functions)))
+    except BaseException as e:
+        ch.send(_core.KIND_RAISED, task_id, _describe(RuntimeError(f"cannot unpickle the task's function or arguments: {type(e).__name__}: {e}")))
+        return
+    try:
+        result = fn(*args, **kwargs)
+    except SystemExit:
+        # sys.exit() in a task ends this worker, as in multiprocessing; the pool reports
+        # it as a lost worker naming the exit code instead of hanging.
+        raise
+    except BaseException as e:
+        ch.send(_core.KIND_RAISED, task_id, _describe(e))
+        return
+    try:
+        data = dumps(result)
+    except BaseException as e:
+        ch.send(_core.KIND_RAISED, task_id, _describe(MaybeEncodingError(e, result)))
+        return
+    ch.send(_core.KIND_VALUE, task_id, data)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
