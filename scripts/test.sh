@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every test: the Rust workspace (unit, property and real-process contract tests)
+# and the Python suite. Installs what it needs first (scripts/setup.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+echo "== Rust tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    # Per-test time limits live in .config/nextest.toml.
+    cargo nextest run --workspace --exclude hangfree-python --no-fail-fast
+else
+    timeout 1200 cargo test --workspace --exclude hangfree-python --no-fail-fast
+fi
+
+echo "== Python tests"
+.venv/bin/python -m pytest -q tests/python "$@"
