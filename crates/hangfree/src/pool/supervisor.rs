@@ -59,8 +59,39 @@ pub(crate) enum Gate {
 pub(crate) enum Command {
     Submit { sink: Arc<dyn Sink>, first_id: u64, tasks: Vec<Task>, chunksize: usize },
     Cancel(u64),
+    /// Cancel only if the task has not been sent to a worker; answer whether it was.
+    CancelQueued(u64, Arc<Reply>),
     Close,
     Terminate,
+}
+
+/// A one-shot answer from the supervisor to a caller waiting for it.
+#[derive(Default)]
+pub(crate) struct Reply {
+    value: Mutex<Option<bool>>,
+    cv: Condvar,
+}
+
+impl Reply {
+    fn set(&self, v: bool) {
+        *lock(&self.value) = Some(v);
+        self.cv.notify_all();
+    }
+
+    /// Waits for the answer; `None` if the supervisor finished without giving one.
+    pub fn wait(&self, shared: &Shared) -> Option<bool> {
+        let mut g = lock(&self.value);
+        loop {
+            if let Some(v) = *g {
+                return Some(v);
+            }
+            if *lock(&shared.finished) {
+                return None;
+            }
+            // Short slices: the supervisor may finish without reading this command.
+            g = self.cv.wait_timeout(g, Duration::from_millis(20)).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
 }
 
 pub(crate) struct Inbox {
@@ -168,6 +199,8 @@ enum Timer {
     Phase { slot: usize, generation: u32, epoch: u64 },
     TaskDeadline { slot: usize, generation: u32, task: u64 },
     Linger { slot: usize, generation: u32 },
+    /// Try again to start workers after a spawn failed (nothing else may wake the loop).
+    Respawn,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,8 +282,11 @@ impl Supervisor {
 
     fn run_loop(&mut self) {
         let mut events = Vec::with_capacity(64);
-        let mut now = Instant::now();
+        let mut now;
         loop {
+            // Commands drained now may have arrived long after the epoll wake-up, and a
+            // task's clock must not start before it is sent: read the clock again.
+            now = Instant::now();
             self.drain_inbox(now);
             self.retire_idle(now);
             self.ensure_workers(now);
@@ -271,9 +307,16 @@ impl Supervisor {
             for ev in events.iter() {
                 let (flags, data) = ({ ev.flags }, { ev.data }.u64());
                 if data == WAKER {
-                    self.shared.woken.store(false, Ordering::Release);
+                    // Consume the eventfd *before* clearing `woken`. The other order loses
+                    // wake-ups: a caller that sets `woken` and writes between the clear
+                    // and the read has its write eaten, leaving `woken` set with the
+                    // eventfd empty, so every later `wake()` skips its write and the
+                    // supervisor never sees the next submission or `terminate`. In this
+                    // order a write is only skipped while `woken` is still set, i.e. before
+                    // the clear, and the commands it announces are drained below anyway.
                     let mut b = [0u8; 8];
                     let _ = rustix::io::read(&self.shared.waker, &mut b);
+                    self.shared.woken.store(false, Ordering::Release);
                     continue;
                 }
                 let (slot, generation, kind) = untoken(data);
@@ -364,6 +407,13 @@ impl Supervisor {
                     }
                 }
                 Command::Cancel(id) => self.cancel(id, now),
+                Command::CancelQueued(id, reply) => {
+                    let queued = self.tasks.get(&id).is_some_and(|e| e.worker.is_none() && !e.cancelled);
+                    if queued {
+                        self.cancel(id, now);
+                    }
+                    reply.set(queued);
+                }
                 Command::Close => {
                     if self.run == Run::Open {
                         self.run = Run::Closing;
@@ -530,6 +580,14 @@ impl Supervisor {
         while self.live_count() < target {
             if let Err(e) = self.spawn_worker(now) {
                 self.startup_failed(StartupFailure::Spawn(e.to_string()), now);
+                // A failed spawn leaves no process, channel or deadline behind to wake the
+                // loop, so without a timer of its own the retry (and the failure of the
+                // waiting tasks after `max_startup_failures`) could wait forever. Back
+                // off a little between attempts.
+                if self.run != Run::Broken {
+                    let delay = Duration::from_millis(50 * u64::from(self.startup_failures.min(20)));
+                    self.timers.push(Reverse((now + delay, Timer::Respawn)));
+                }
                 break;
             }
         }
@@ -872,6 +930,11 @@ impl Supervisor {
     }
 
     fn on_channel_closed(&mut self, slot: usize, now: Instant) {
+        // A failed write (EPIPE once the worker died) says nothing about what the worker
+        // wrote before: its answers are still readable. Take them before the channel is
+        // dropped, or finished tasks would lose their values and the death be pinned on
+        // the wrong task.
+        self.drain_channel(slot, now);
         let Some(w) = self.workers[slot].as_mut() else { return };
         if let Some(c) = w.chan.take() {
             let _ = epoll::delete(&self.epoll, &c);
@@ -947,9 +1010,14 @@ impl Supervisor {
     fn on_exit(&mut self, slot: usize, now: Instant) {
         let Some(w) = self.workers[slot].as_ref() else { return };
         let Some(status) = process::peek_exit(&w.pidfd) else { return };
+        // Answers the worker sent before it died may still sit unread in its channel: the
+        // pidfd and the channel can be reported in one epoll batch, pidfd first. Handle
+        // them before pinning the death, or a task that already finished would be blamed
+        // (and lose its value) instead of the task the worker was really running.
+        self.drain_channel(slot, now);
         // Read what it wrote last before the pipe is closed: a crash message lives there.
         self.read_stderr(slot);
-        let w = self.workers[slot].as_ref().expect("present");
+        let Some(w) = self.workers[slot].as_ref() else { return };
         process::sweep_and_reap(w.pid, &w.pidfd);
         let (pid, phase, counted) = (w.pid, w.phase, w.startup_counted);
         match phase {
@@ -972,6 +1040,32 @@ impl Supervisor {
         }
         self.transition(slot, Event::Exited(status), now);
         self.remove_worker(slot);
+    }
+
+    /// Reads and handles every frame still readable on a worker's channel, for a worker
+    /// that exited or whose channel broke. It never reports the end of the channel (the
+    /// caller is handling that), and it is bounded: a grandchild holding the channel could
+    /// keep writing.
+    fn drain_channel(&mut self, slot: usize, now: Instant) {
+        for _ in 0..64 {
+            let Some(w) = self.workers[slot].as_mut() else { return };
+            let Some(chan) = w.chan.as_mut() else { return };
+            let want = w.dec.wanted().clamp(64 * 1024, 4 << 20);
+            match w.dec.read_from(chan, want) {
+                Ok(0) => {
+                    self.drain_frames(slot, now);
+                    return;
+                }
+                Ok(_) => {
+                    if !self.drain_frames(slot, now) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // WouldBlock: everything written is read. Other errors: nothing more to get.
+                Err(_) => return,
+            }
+        }
     }
 
     fn fire_timers(&mut self, now: Instant) {
@@ -1013,6 +1107,8 @@ impl Supervisor {
                     self.complete(task, Outcome::Failed(TaskError::TimedOut { task: t, limit, pid }));
                     self.stop_worker(slot, now);
                 }
+                // The loop calls `ensure_workers` next; nothing else to do.
+                Timer::Respawn => {}
                 Timer::Linger { slot, generation } => {
                     if self.workers.get(slot).and_then(|w| w.as_ref()).is_some_and(|w| w.generation == generation) {
                         self.on_linger(slot, now);
