@@ -63,6 +63,12 @@ def _init(ch: Any, payload: bytes) -> None:
             os.chdir(info["cwd"])
         except OSError:
             pass
+    # Unpickled only now, with the caller's sys.path and cwd in place.
+    init_call = info.get("init_call")
+    if init_call is not None:
+        init, initargs = loads(init_call)
+        init(*initargs)
+        return
     init = info.get("initializer")
     if init is not None:
         init(*info.get("initargs", ()))

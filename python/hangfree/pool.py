@@ -270,7 +270,11 @@ class Pool:
             raise TypeError("initializer must be a callable")
         self._processes = processes
         self._grace = float(grace)
-        init = {"sys_path": list(sys.path), "cwd": os.getcwd(), "initializer": initializer, "initargs": tuple(initargs)}
+        # The initializer travels pickled inside the payload: the worker unpickles it only
+        # after it has taken this process's sys.path and cwd, so a function from a module
+        # found through them can be imported there.
+        init_call = dumps((initializer, tuple(initargs))) if initializer is not None else None
+        init = {"sys_path": list(sys.path), "cwd": os.getcwd(), "init_call": init_call}
         self._engine = _core.Engine(
             _WORKER_ARGV,
             workers=processes,
@@ -378,15 +382,16 @@ class Pool:
             return RuntimeError(message)
         return ValueError(message)
 
-    def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: Optional[dict] = None) -> Any:
+    def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict = {}, *,
+              task_timeout: Optional[float] = None) -> Any:
         """Calls ``func(*args, **kwds)`` in a worker and returns its result."""
-        return self.apply_async(func, args, kwds).get()
+        return self.apply_async(func, args, kwds, task_timeout=task_timeout).get()
 
     def apply_async(
         self,
         func: Callable[..., Any],
         args: Iterable[Any] = (),
-        kwds: Optional[dict] = None,
+        kwds: dict = {},
         callback: Optional[Callable[[Any], None]] = None,
         error_callback: Optional[Callable[[BaseException], None]] = None,
         *,
@@ -484,7 +489,7 @@ class Pool:
         self._check_running()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
         self.terminate()
 
     def __reduce__(self) -> Any:

@@ -1,0 +1,65 @@
+"""Leak checks for the whole suite.
+
+At session start a unique marker goes into ``os.environ``, so every process the tests
+start (pools, their workers, grandchildren, scripts) inherits it. After each test, and
+again after the session, no process carrying it may be left (zombies count as gone;
+pytest itself is excluded). Survivors are SIGKILLed by pid — they are ours, found by the
+marker — and the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+import helpers
+
+os.environ.setdefault(helpers.TAG_VAR, uuid.uuid4().hex)
+
+# How long processes get to disappear after a test before they count as leaked.
+LEAK_GRACE = 2.0
+
+
+def _leak_report(new: set) -> str:
+    lines = []
+    for pid in sorted(new):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            cmd = "?"
+        lines.append(f"  pid {pid}: {cmd}")
+    return "\n".join(lines)
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_by_test():
+    before = helpers.marked_pids()
+    yield
+    new = helpers.marked_pids() - before
+    left = helpers.wait_gone(new, LEAK_GRACE)
+    if left:
+        report = _leak_report(left)
+        helpers.kill_pids(left)
+        pytest.fail(f"processes left behind by this test:\n{report}", pytrace=False)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_process_left_by_session():
+    yield
+    left = helpers.wait_gone(helpers.marked_pids(), LEAK_GRACE)
+    zombies = helpers.zombie_children(os.getpid())
+    problems = []
+    if left:
+        problems.append(f"processes left behind by the suite:\n{_leak_report(left)}")
+        helpers.kill_pids(left)
+    if zombies:
+        problems.append(f"unreaped children of the test process: {sorted(zombies)}")
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes several seconds")
