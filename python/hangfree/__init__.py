@@ -1,8 +1,10 @@
 """hangfree: a process pool that can never hang.
 
-A drop-in for ``multiprocessing.Pool``: change ``import multiprocessing as mp`` to
-``import hangfree as mp`` and a program that would hang on a crashed, stuck or
-SIGTERM-ignoring worker finishes with a clear error instead.
+A drop-in for ``multiprocessing.Pool`` and ``concurrent.futures.ProcessPoolExecutor``:
+change ``import multiprocessing as mp`` to ``import hangfree as mp`` (or import
+``ProcessPoolExecutor`` from hangfree) and a program that would hang, or lose its
+executor, on a crashed, stuck or SIGTERM-ignoring worker finishes with a clear error
+instead.
 """
 
 from multiprocessing import TimeoutError
@@ -16,12 +18,14 @@ from hangfree._errors import (
     WorkerLostError,
     WorkerProtocolError,
 )
+from hangfree.executor import ProcessPoolExecutor
 from hangfree.pool import ApplyResult, AsyncResult, IMapIterator, MapResult, Pool, cpu_count
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Pool",
+    "ProcessPoolExecutor",
     "ApplyResult",
     "AsyncResult",
     "MapResult",

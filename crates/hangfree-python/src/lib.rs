@@ -192,6 +192,11 @@ impl Engine {
         self.pool.cancel(task_id);
     }
 
+    /// Cancels a task only if no worker has it yet; returns whether it did.
+    fn cancel_if_queued(&self, py: Python<'_>, task_id: u64) -> bool {
+        py.detach(|| self.pool.cancel_if_queued(task_id))
+    }
+
     /// Accepts no more tasks; workers exit after the queued ones.
     fn close(&self) {
         self.pool.close();

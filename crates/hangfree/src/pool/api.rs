@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::handle::{BatchHandle, BatchSink, Sink, Slot, Task, TaskHandle, lock};
 use super::lifecycle::Timing;
 use super::stats::Stats;
-use super::supervisor::{Command, Config, Gate, Shared, Supervisor};
+use super::supervisor::{Command, Config, Gate, Reply, Shared, Supervisor};
 use crate::outcome::StartupFailure;
 use crate::process::WorkerCommand;
 use crate::wire::DEFAULT_MAX_FRAME;
@@ -311,6 +311,15 @@ impl Pool {
     /// Cancels a task by id (see [`TaskHandle::cancel`]).
     pub fn cancel(&self, id: u64) {
         self.shared.cancel(id);
+    }
+
+    /// Cancels a task only if it is still waiting in the pool's queue (not yet sent to a
+    /// worker), as `concurrent.futures.Future.cancel` does. Returns whether it was
+    /// cancelled; a cancelled task ends as [`crate::TaskError::Cancelled`].
+    pub fn cancel_if_queued(&self, id: u64) -> bool {
+        let reply = Arc::new(Reply::default());
+        self.shared.push(Command::CancelQueued(id, reply.clone()));
+        reply.wait(&self.shared).unwrap_or(false)
     }
 
     /// Accepts no more tasks; workers exit once the queued tasks are done.

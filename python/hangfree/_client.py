@@ -1,0 +1,269 @@
+"""The Python side of one engine: submission, the result thread, and exit handling.
+
+Both fronts (``Pool`` and ``ProcessPoolExecutor``) sit on an :class:`EngineClient`. It
+pickles calls, hands them to the Rust engine, and runs one thread that drains the
+engine's outcomes and passes each, decoded into ``(ok, value)``, to the callback given
+at submission. Errors are worded by the engine; this module only names the task in them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import reprlib
+import sys
+import threading
+import weakref
+from multiprocessing.pool import RemoteTraceback
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+from hangfree import _core
+from hangfree._errors import HangfreeError, failure, initializer_error
+from hangfree._pickling import dumps, loads
+
+# How long the result thread sleeps between checks for shutdown.
+SLICE = 0.05
+
+OnOutcome = Callable[[int, bool, Any], None]
+
+_label_repr = reprlib.Repr()
+_label_repr.maxstring = 40
+_label_repr.maxother = 40
+_label_repr.maxlist = 4
+_label_repr.maxtuple = 4
+_label_repr.maxdict = 4
+
+_live: "weakref.WeakSet[EngineClient]" = weakref.WeakSet()
+
+
+def cpu_count() -> int:
+    """The number of CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def label(fn: Callable[..., Any], args: tuple, kwargs: Optional[dict] = None) -> str:
+    """A short name for a call, such as ``square(3)``, used in error messages."""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    parts = [_label_repr.repr(a) for a in args]
+    parts += [f"{k}={_label_repr.repr(v)}" for k, v in (kwargs or {}).items()]
+    return f"{name}({', '.join(parts)})"
+
+
+def _raised(data: bytes, name: Optional[str]) -> BaseException:
+    """Rebuilds the exception a task raised, with the worker's traceback as its cause."""
+    try:
+        info = loads(data)
+    except Exception as e:
+        return HangfreeError(f"{name}: the task raised an exception that cannot be unpickled here: {e}")
+    exc = info.get("exc")
+    if not isinstance(exc, BaseException):
+        note = info.get("note", "")
+        exc = HangfreeError(f"{name}: the task raised {info.get('summary', 'an exception')} {note}".rstrip())
+    exc.__cause__ = RemoteTraceback(info.get("traceback", ""))
+    return exc
+
+
+def decode(kind: str, data: Any, name: Optional[str]) -> Tuple[bool, Any]:
+    """An engine outcome as ``(True, value)`` or ``(False, exception)``."""
+    if kind == "value":
+        try:
+            return True, loads(data)
+        except Exception as e:
+            return False, HangfreeError(f"{name}: the result cannot be unpickled here: {type(e).__name__}: {e}")
+    if kind == "raised":
+        return False, _raised(data, name)
+    return False, failure(kind, data, name)
+
+
+class EngineClient:
+    """One engine and the thread that delivers its outcomes."""
+
+    def __init__(
+        self,
+        *,
+        workers: int,
+        initializer: Optional[Callable[..., Any]],
+        initargs: Iterable[Any],
+        max_tasks_per_worker: Optional[int],
+        task_timeout: Optional[float],
+        grace: float,
+        startup_timeout: float,
+        max_startup_failures: int,
+        owner: str,
+        closed_error: Callable[[], BaseException],
+    ):
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self.pid = os.getpid()
+        self.owner = owner
+        self.closed_error = closed_error
+        self.grace = float(grace)
+        init = {"sys_path": list(sys.path), "cwd": os.getcwd(), "initializer": initializer, "initargs": tuple(initargs)}
+        self.engine = _core.Engine(
+            [sys.executable, "-m", "hangfree._worker"],
+            workers=workers,
+            task_timeout=task_timeout,
+            grace=self.grace,
+            startup_timeout=startup_timeout,
+            max_tasks_per_worker=max_tasks_per_worker,
+            max_startup_failures=max_startup_failures,
+            init_payload=dumps(init),
+        )
+        # key -> [on_outcome, engine index -> caller's index, caller's index -> label, outcomes due]
+        self._jobs: Dict[int, list] = {}
+        self._lock = threading.Lock()
+        self._keys = itertools.count(1)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._deliver, name=f"hangfree-{owner}-results", daemon=True)
+        self._thread.start()
+        _live.add(self)
+
+    def check_process(self) -> None:
+        """Raises if this process is a fork of the one that made the engine."""
+        if os.getpid() != self.pid:
+            raise RuntimeError(
+                f"this hangfree {self.owner} was created by process {self.pid} and cannot be used "
+                f"in the forked child {os.getpid()}; create a new one in the child"
+            )
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        arg_list: List[tuple],
+        kwargs: Optional[dict],
+        on_outcome: OnOutcome,
+        *,
+        chunksize: int = 1,
+        timeout: Optional[float] = None,
+    ) -> List[Optional[int]]:
+        """Submits ``fn(*args, **kwargs)`` for each ``args``; returns each call's task id
+        (None for a call whose arguments cannot be pickled: it fails at once through
+        ``on_outcome``, and the others go on)."""
+        self.check_process()
+        fn_bytes = dumps(fn)
+        kw = kwargs or {}
+
+        def label_of(i: int) -> str:
+            return label(fn, arg_list[i], kw)
+
+        payloads: List[bytes] = []
+        positions: List[int] = []
+        bad: List[Tuple[int, BaseException]] = []
+        for i, args in enumerate(arg_list):
+            try:
+                payloads.append(dumps((fn_bytes, args, kw)))
+                positions.append(i)
+            except Exception as e:
+                bad.append((i, e))
+        ids: List[Optional[int]] = [None] * len(arg_list)
+        if payloads:
+            key = next(self._keys)
+            with self._lock:
+                self._jobs[key] = [on_outcome, positions, label_of, len(payloads)]
+            try:
+                first = self.engine.submit(key, payloads, chunksize=max(1, chunksize), timeout=timeout)
+            except _core.SubmitRefused as e:
+                with self._lock:
+                    self._jobs.pop(key, None)
+                raise self.refused(e) from None
+            for n, i in enumerate(positions):
+                ids[i] = first + n
+        for i, e in bad:
+            err = HangfreeError(f"{label_of(i)}: its arguments cannot be pickled: {type(e).__name__}: {e}")
+            err.__cause__ = e
+            on_outcome(i, False, err)
+        return ids
+
+    def refused(self, e: BaseException) -> BaseException:
+        """The exception for a submission the engine refused."""
+        kind, message, detail = e.args
+        if kind in ("closed", "terminated"):
+            return self.closed_error()
+        if kind == "broken":
+            return initializer_error(detail or {"message": message})
+        if kind == "forked":
+            return RuntimeError(message)
+        return ValueError(message)
+
+    def _deliver(self) -> None:
+        engine = self.engine
+        while not self._stopping:
+            try:
+                outcomes = engine.next_outcomes(SLICE)
+            except BaseException:  # never let this thread die with callers waiting
+                continue
+            for key, index, kind, data in outcomes:
+                with self._lock:
+                    entry = self._jobs.get(key)
+                    if entry is None:
+                        continue
+                    entry[3] -= 1
+                    if entry[3] == 0:
+                        del self._jobs[key]
+                on_outcome, positions, label_of = entry[0], entry[1], entry[2]
+                i = positions[index]
+                ok, value = decode(kind, data, label_of(i) if kind != "value" else None)
+                try:
+                    on_outcome(i, ok, value)
+                except BaseException as e:  # a user callback raised: report, keep serving
+                    print(f"hangfree: exception in a result callback: {e!r}", file=sys.stderr)
+            if not outcomes and not self._jobs and engine.is_finished():
+                return
+
+    def cancel(self, task_id: int) -> None:
+        """Cancels a task; a running one has its worker stopped."""
+        self.engine.cancel(task_id)
+
+    def cancel_if_queued(self, task_id: int) -> bool:
+        """Cancels a task only if no worker has it yet."""
+        return self.engine.cancel_if_queued(task_id)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def terminate(self) -> None:
+        """Stops every worker; returns once they are gone (bounded by the grace period)."""
+        if os.getpid() != self.pid:
+            return
+        self.engine.terminate()
+        self.engine.join(self.grace + 3.0)
+
+    def join(self, timeout: Optional[float] = None) -> bool:
+        """Waits for the workers to exit; returns whether they did within ``timeout``."""
+        done = self.engine.join(timeout)
+        if done:
+            self.stop_thread()
+        return done
+
+    def stop_thread(self) -> None:
+        self._stopping = True
+        if threading.current_thread() is not self._thread:
+            self._thread.join(1.0)
+
+    def stats(self) -> Dict[str, int]:
+        return self.engine.stats()
+
+
+def _shutdown_all() -> None:
+    """Interpreter exit: stop every engine still running, bounded by its grace period."""
+    for client in list(_live):
+        try:
+            if os.getpid() == client.pid:
+                client.terminate()
+            client.stop_thread()
+        except Exception:
+            pass
+
+
+# threading's exit hook runs before the interpreter starts tearing down, while every
+# thread can still take the GIL; fall back to atexit where it is missing.
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_shutdown_all)
+else:  # pragma: no cover
+    import atexit
+
+    atexit.register(_shutdown_all)

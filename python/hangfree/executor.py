@@ -1,0 +1,242 @@
+"""``hangfree.ProcessPoolExecutor``: futures that survive a crashed worker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Executor, Future
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
+
+from hangfree._client import EngineClient, cpu_count
+from hangfree._errors import TaskCancelledError
+
+__all__ = ["ProcessPoolExecutor"]
+
+
+class _Future(Future):
+    """A ``concurrent.futures.Future`` whose ``cancel`` asks the engine, so that it keeps
+    the stdlib's meaning: it succeeds only while no worker has the call yet."""
+
+    def __init__(self, executor: "ProcessPoolExecutor"):
+        super().__init__()
+        self._executor: Optional[ProcessPoolExecutor] = executor
+        self._task_id: Optional[int] = None
+        self._stopped = False
+
+    def cancel(self) -> bool:
+        with self._condition:
+            if self._state != PENDING:
+                return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
+        ex = self._executor
+        if ex is not None and self._task_id is not None and ex._client.cancel_if_queued(self._task_id):
+            return super().cancel()
+        with self._condition:
+            if self._state == PENDING:
+                # A worker has it: from now on it counts as running, as in the stdlib.
+                self._state = RUNNING
+            return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
+
+
+class ProcessPoolExecutor(Executor):
+    """A ``concurrent.futures.ProcessPoolExecutor`` whose workers may crash, hang or
+    ignore signals without taking the executor down.
+
+    Differences from the stdlib, each an error instead of a broken executor or a hang:
+
+    - a worker that dies fails only the future it was running, with
+      :class:`hangfree.WorkerLostError` (also a ``BrokenProcessPool``); pending futures
+      run on a replacement worker and the executor stays usable;
+    - ``task_timeout`` (seconds) bounds every call, and :meth:`submit_with` gives one call
+      its own limit; a late call fails with :class:`hangfree.TaskTimeoutError` and only
+      its worker is stopped (SIGTERM to its process group, ``grace`` seconds, SIGKILL);
+    - ``shutdown(wait=True, timeout=...)`` stops the workers that are still busy when the
+      timeout passes; leaving the interpreter with the executor open, or Ctrl-C inside
+      ``with executor:``, stops the workers within ``grace`` instead of waiting forever;
+    - an initializer that raises breaks the executor, as in the stdlib, with
+      :class:`hangfree.InitializerError` (also a ``BrokenProcessPool``) carrying the
+      worker's traceback.
+
+    ``future.cancel()`` keeps the stdlib meaning (False once a worker has the call). To
+    stop a call that is running, use :meth:`stop` or a time limit.
+
+    Workers are fresh interpreters started by exec (``mp_context`` is accepted for
+    compatibility and ignored); functions defined in ``__main__`` travel by value.
+    """
+
+    def __init__(
+        self,
+        max_workers: Optional[int] = None,
+        mp_context: Any = None,
+        initializer: Optional[Callable[..., Any]] = None,
+        initargs: Iterable[Any] = (),
+        *,
+        max_tasks_per_child: Optional[int] = None,
+        task_timeout: Optional[float] = None,
+        grace: float = 1.0,
+        startup_timeout: float = 60.0,
+        max_startup_failures: int = 3,
+    ):
+        if max_workers is None:
+            max_workers = cpu_count()
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        self._max_workers = max_workers
+        self._grace = float(grace)
+        self._client = EngineClient(
+            workers=max_workers,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_worker=max_tasks_per_child,
+            task_timeout=task_timeout,
+            grace=grace,
+            startup_timeout=startup_timeout,
+            max_startup_failures=max_startup_failures,
+            owner="ProcessPoolExecutor",
+            closed_error=lambda: RuntimeError("cannot schedule new futures after shutdown"),
+        )
+        self._lock = threading.Lock()
+        self._shutdown = False
+        # Futures not finished yet, by task id (for cancel_futures and stop).
+        self._pending: Dict[int, _Future] = {}
+
+    # ----- submission ---------------------------------------------------------------
+
+    def _settle(self, f: _Future, ok: bool, value: Any) -> None:
+        if f._task_id is not None:
+            self._pending.pop(f._task_id, None)
+        if isinstance(value, TaskCancelledError) and not f._stopped and Future.cancel(f):
+            # Cancelled while queued: the stdlib's cancelled state, waiters notified.
+            f.set_running_or_notify_cancel()
+            return
+        with f._condition:
+            if f._state in (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED):
+                return
+        if ok:
+            f.set_result(value)
+        else:
+            f.set_exception(value)
+        f._executor = None
+
+    def _start(self, fn: Callable[..., Any], arg_list: List[tuple], kwargs: Optional[dict], chunksize: int, timeout: Optional[float]) -> List[_Future]:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+        futures = [_Future(self) for _ in arg_list]
+        ids = self._client.submit(
+            fn, arg_list, kwargs, lambda i, ok, v: self._settle(futures[i], ok, v), chunksize=chunksize, timeout=timeout
+        )
+        for f, task_id in zip(futures, ids):
+            f._task_id = task_id
+            if task_id is not None and not f.done():
+                self._pending[task_id] = f
+                # The outcome may have come in between: never leave a finished one listed.
+                if f.done():
+                    self._pending.pop(task_id, None)
+        return futures
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Schedules ``fn(*args, **kwargs)``; returns a ``concurrent.futures.Future``."""
+        return self._start(fn, [args], kwargs, 1, None)[0]
+
+    def submit_with(
+        self,
+        fn: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwargs: Optional[dict] = None,
+        *,
+        timeout: Optional[float] = None,
+    ) -> Future:
+        """Like :meth:`submit`, with options that cannot collide with ``fn``'s own keyword
+        arguments: ``timeout`` is this call's time limit in seconds (overriding
+        ``task_timeout``); past it the future fails with ``TaskTimeoutError``."""
+        return self._start(fn, [tuple(args)], kwargs, 1, timeout)[0]
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: Optional[float] = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """Returns an iterator of ``fn(*args)`` over the zipped ``iterables``, in order.
+        Calls are sent to workers ``chunksize`` at a time. ``TimeoutError`` is raised by
+        the iterator if a result is not ready ``timeout`` seconds after this call."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        end_time = None if timeout is None else timeout + time.monotonic()
+        # A copy: the iterator consumes its list while outcomes still index the original.
+        futures = list(self._start(fn, list(zip(*iterables)), None, chunksize, None))
+
+        def result_iterator() -> Iterator[Any]:
+            try:
+                futures.reverse()
+                while futures:
+                    f = futures.pop()
+                    if end_time is None:
+                        yield f.result()
+                    else:
+                        yield f.result(end_time - time.monotonic())
+            finally:
+                for f in futures:
+                    f.cancel()
+
+        return result_iterator()
+
+    def stop(self, future: Future) -> bool:
+        """Stops a call whether or not it is running: a queued call is cancelled; a
+        running one has its worker stopped (SIGTERM to its process group, ``grace``
+        seconds, SIGKILL) and its future fails with :class:`TaskCancelledError`. Returns
+        False if the future had already finished."""
+        if future.done() or not isinstance(future, _Future) or future._task_id is None:
+            return False
+        future._stopped = True
+        self._client.cancel(future._task_id)
+        return True
+
+    # ----- shutdown -----------------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, timeout: Optional[float] = None) -> None:
+        """Accepts no more calls and frees the workers once the submitted calls finish.
+
+        ``cancel_futures=True`` cancels the calls no worker has started. With
+        ``wait=True`` this returns when the workers are gone; ``timeout`` (seconds) bounds
+        that wait, after which the calls still running are stopped and their futures fail
+        with :class:`hangfree.PoolTerminatedError`.
+        """
+        with self._lock:
+            self._shutdown = True
+        if cancel_futures:
+            for f in list(self._pending.values()):
+                f.cancel()
+        self._client.close()
+        if wait:
+            if not self._client.join(timeout):
+                self._client.terminate()
+                self._client.join(self._grace + 3.0)
+
+    def terminate(self) -> None:
+        """Stops every worker now; unfinished futures fail with
+        :class:`hangfree.PoolTerminatedError`. Returns within ``grace`` plus a small
+        constant."""
+        with self._lock:
+            self._shutdown = True
+        self._client.terminate()
+        self._client.join(self._grace + 3.0)
+
+    def stats(self) -> Dict[str, int]:
+        """The executor's counters: calls by outcome, workers spawned, lost, recycled."""
+        return self._client.stats()
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> bool:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            # Ctrl-C or SystemExit: leave now, with the workers gone, instead of waiting.
+            self.terminate()
+        else:
+            self.shutdown(wait=True)
+        return False
