@@ -17,15 +17,16 @@ from hangfree import _core
 from hangfree._pickling import dumps, loads
 
 
-def _describe(exc: BaseException) -> bytes:
+def _describe(exc: BaseException, input_error: bool = False) -> bytes:
     """The Raised payload: the exception itself when it pickles, its text otherwise."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     summary = f"{type(exc).__name__}: {exc}"
+    extra = {"input_error": True} if input_error else {}
     try:
-        return dumps({"exc": exc, "traceback": tb, "summary": summary})
+        return dumps({"exc": exc, "traceback": tb, "summary": summary, **extra})
     except Exception as e:
         note = f"(the exception could not be pickled: {type(e).__name__}: {e})"
-        return dumps({"exc": None, "traceback": tb, "summary": summary, "note": note})
+        return dumps({"exc": None, "traceback": tb, "summary": summary, "note": note, **extra})
 
 
 def main() -> int:
@@ -83,7 +84,10 @@ def _task(ch: Any, task_id: int, payload: bytes, functions: Dict[bytes, Callable
             if len(functions) > 64:
                 functions.pop(next(iter(functions)))
     except BaseException as e:
-        ch.send(_core.KIND_RAISED, task_id, _describe(RuntimeError(f"cannot unpickle the task's function or arguments: {type(e).__name__}: {e}")))
+        err = RuntimeError(f"cannot unpickle the task's function or arguments: {type(e).__name__}: {e}")
+        err.__cause__ = e
+        # `input_error` lets the caller name the task in the error it raises.
+        ch.send(_core.KIND_RAISED, task_id, _describe(err, input_error=True))
         return
     try:
         result = fn(*args, **kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import reprlib
@@ -53,7 +54,10 @@ def _raised(data: bytes, label: Optional[str]) -> BaseException:
     except Exception as e:
         return HangfreeError(f"{label}: the task raised an exception that cannot be unpickled here: {e}")
     exc = info.get("exc")
-    if not isinstance(exc, BaseException):
+    if info.get("input_error"):
+        # The worker could not unpickle the call: an error on this task, named.
+        exc = HangfreeError(f"{label}: {info.get('summary', 'the worker cannot unpickle the call')}")
+    elif not isinstance(exc, BaseException):
         note = info.get("note", "")
         exc = HangfreeError(f"{label}: the task raised {info.get('summary', 'an exception')} {note}".rstrip())
     exc.__cause__ = RemoteTraceback(info.get("traceback", ""))
@@ -127,12 +131,15 @@ class ApplyResult:
 AsyncResult = ApplyResult
 
 
-def _decode(kind: str, data: Any, label: Optional[str]) -> Tuple[bool, Any]:
+def _decode(kind: str, data: Any, label: Any) -> Tuple[bool, Any]:
+    """``label`` is the task's name, or a function returning it (called only on errors)."""
     if kind == "value":
         try:
             return True, loads(data)
         except Exception as e:
+            label = label() if callable(label) else label
             return False, HangfreeError(f"{label}: the result cannot be unpickled here: {type(e).__name__}: {e}")
+    label = label() if callable(label) else label
     if kind == "raised":
         return False, _raised(data, label)
     return False, failure(kind, data, label)
@@ -315,7 +322,7 @@ class Pool:
                 job, positions, label_of = entry[0], entry[1], entry[2]
                 i = positions[index]
                 try:
-                    job._set(i, kind, data, label_of(i) if kind != "value" else None)
+                    job._set(i, kind, data, functools.partial(label_of, i))
                 except BaseException as e:  # a user callback raised: report, keep serving
                     print(f"hangfree: exception in a result callback: {e!r}", file=sys.stderr)
             if not outcomes and self._state != "RUN" and not self._jobs and engine.is_finished():
