@@ -39,6 +39,7 @@
 
 #![warn(missing_docs)]
 
+pub mod memory;
 pub mod outcome;
 pub mod pool;
 pub mod process;
