@@ -916,6 +916,22 @@ fn racing_submissions_never_lose_a_wakeup() {
                 })
                 .collect();
             threads.into_iter().for_each(|t| t.join().unwrap());
+            // A storm of wake-ups (cancels of no task) keeps the supervisor consuming its
+            // waker while callers write to it: the race the waker must survive.
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let storm: Vec<_> = (0..2)
+                .map(|_| {
+                    let (pool, stop) = (pool.clone(), stop.clone());
+                    thread::spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            pool.cancel(u64::MAX);
+                        }
+                    })
+                })
+                .collect();
+            thread::sleep(Duration::from_millis(200));
+            stop.store(true, Ordering::Relaxed);
+            storm.into_iter().for_each(|t| t.join().unwrap());
             // Quiet now: nothing but this submission can wake the supervisor.
             let h = submit(&pool, "quiet");
             let o = h.wait_timeout(Duration::from_secs(5));
