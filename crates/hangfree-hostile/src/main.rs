@@ -21,6 +21,10 @@
 //! | `!close-channel`        | closes its channel and keeps running                         |
 //! | `!sigstop`              | stops itself with SIGSTOP                                    |
 //! | `!pid`                  | answers its own pid                                          |
+//! | `!stack-sleep MS`       | sleeps; answers each SIGUSR1 with a `Stack` frame            |
+//! | `!grow MIB`             | allocates MIB more MiB every 10 ms, forever                  |
+//! | `!die-once PATH`        | exits 1 if PATH does not exist (creating it), else answers `survived` |
+//! | `!kill-self`            | sends itself SIGKILL                                         |
 //!
 //! The `Init` payload may be empty (ready at once), `fail TEXT` (sends `InitFailed`),
 //! `exit N` (exits before ready), `hang` (never ready) or `sleep MS` (slow start).
@@ -159,6 +163,41 @@ fn run(ch: &mut WorkerChannel, id: u64, payload: &[u8]) {
             send(ch, Kind::Value, id, b"continued");
         }
         "pid" => send(ch, Kind::Value, id, std::process::id().to_string().as_bytes()),
+        "stack-sleep" => {
+            // SAFETY: the handler only stores to an atomic.
+            unsafe {
+                libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t);
+            }
+            let end = std::time::Instant::now() + Duration::from_millis(num());
+            while std::time::Instant::now() < end {
+                if STACK_ASKED.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    send(ch, Kind::Stack, id, b"hostile worker: sleeping in !stack-sleep");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            send(ch, Kind::Value, id, b"slept");
+        }
+        "grow" => {
+            let mut keep: Vec<Vec<u8>> = Vec::new();
+            loop {
+                keep.push(vec![1u8; (num() as usize) << 20]);
+                std::hint::black_box(&keep);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        "die-once" => {
+            let path = std::path::Path::new(arg.trim());
+            if path.exists() {
+                send(ch, Kind::Value, id, b"survived");
+            } else {
+                let _ = std::fs::write(path, b"died");
+                std::process::exit(1);
+            }
+        }
+        "kill-self" => {
+            let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+            std::thread::sleep(Duration::from_secs(3600));
+        }
         _ => send(ch, Kind::Raised, id, format!("unknown command {verb:?}").as_bytes()),
     }
 }
@@ -179,6 +218,12 @@ fn grandchild(ch: &WorkerChannel) -> u32 {
         .spawn()
         .expect("spawn grandchild");
     child.id()
+}
+
+static STACK_ASKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_usr1(_: libc::c_int) {
+    STACK_ASKED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
 fn ignore_sigterm() {

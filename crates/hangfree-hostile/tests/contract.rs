@@ -9,186 +9,23 @@
 //! its own workers (and their descendants) in /proc even though the tests of this binary
 //! run in parallel in one process.
 
+mod common;
+
+use common::*;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use hangfree::{
-    BuildError, ExitStatus, JoinError, LossCause, Outcome, Pool, PoolBuilder, StartupFailure, SubmitError, Task,
+    BuildError, ExitStatus, JoinError, LossCause, Outcome, Pool, StartupFailure, SubmitError, Task,
     TaskError, TaskHandle, WorkerCommand,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_hangfree-hostile");
 /// Generous bound on any single wait that should finish "soon".
 const LONG: Duration = Duration::from_secs(20);
-
-// ----- harness ------------------------------------------------------------------------
-
-/// Runs `body` on its own thread and fails if it takes longer than `limit`: a hang is a
-/// failure, never a stuck test run.
-fn watchdog(limit: Duration, body: impl FnOnce() + Send + 'static) {
-    let (tx, rx) = mpsc::channel::<()>();
-    let h = thread::Builder::new()
-        .name("test-body".into())
-        .spawn(move || {
-            body();
-            let _ = tx.send(());
-        })
-        .unwrap();
-    match rx.recv_timeout(limit) {
-        Ok(()) => h.join().unwrap(),
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            if let Err(p) = h.join() {
-                std::panic::resume_unwind(p);
-            }
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("test body still running after {limit:?}: HANG"),
-    }
-}
-
-fn wd(body: impl FnOnce() + Send + 'static) {
-    watchdog(Duration::from_secs(60), body)
-}
-
-static TAGS: AtomicU64 = AtomicU64::new(0);
-
-fn new_tag(name: &str) -> String {
-    format!("{}-{}-{}", name, std::process::id(), TAGS.fetch_add(1, Ordering::Relaxed))
-}
-
-fn builder(tag: &str) -> PoolBuilder {
-    Pool::builder(WorkerCommand::new(BIN).env("HF_TEST_TAG", tag)).forward_stderr(false)
-}
-
-#[track_caller]
-fn wait(h: &TaskHandle) -> Outcome {
-    h.wait_timeout(LONG).unwrap_or_else(|| panic!("task {} has no outcome after {LONG:?}", h.id()))
-}
-
-#[track_caller]
-fn value(h: &TaskHandle) -> Vec<u8> {
-    match wait(h) {
-        Outcome::Value(v) => v,
-        o => panic!("task {} expected a value, got {o:?}", h.id()),
-    }
-}
-
-#[track_caller]
-fn failed(o: Outcome) -> TaskError {
-    match o {
-        Outcome::Failed(e) => e,
-        o => panic!("expected a failure, got {o:?}"),
-    }
-}
-
-fn s(v: &[u8]) -> String {
-    String::from_utf8_lossy(v).into_owned()
-}
-
-#[track_caller]
-fn submit(pool: &Pool, payload: &str) -> TaskHandle {
-    pool.submit(payload.as_bytes().to_vec()).expect("submit")
-}
-
-#[track_caller]
-fn pid_of(pool: &Pool) -> i32 {
-    let h = submit(pool, "!pid");
-    s(&value(&h)).parse().unwrap()
-}
-
-#[track_caller]
-fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(t0.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
-#[track_caller]
-fn shutdown(pool: &Pool) {
-    pool.terminate();
-    pool.join(Some(Duration::from_secs(10))).expect("join after terminate");
-}
-
-// ----- /proc --------------------------------------------------------------------------
-
-#[derive(Clone, Debug)]
-struct Proc {
-    pid: i32,
-    state: char,
-    ppid: i32,
-    pgid: i32,
-}
-
-fn stat(pid: i32) -> Option<Proc> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) S ppid pgrp ...`; comm may hold spaces and parentheses.
-    let rest = &text[text.rfind(')')? + 2..];
-    let mut f = rest.split_whitespace();
-    let state = f.next()?.chars().next()?;
-    let ppid = f.next()?.parse().ok()?;
-    let pgid = f.next()?.parse().ok()?;
-    Some(Proc { pid, state, ppid, pgid })
-}
-
-fn all_pids() -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
-}
-
-/// Live (non-zombie) processes whose environment carries `tag`: a pool's workers and
-/// everything they started.
-fn tagged(tag: &str) -> Vec<Proc> {
-    let needle = format!("HF_TEST_TAG={tag}\0");
-    all_pids()
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| env.windows(needle.len()).any(|w| w == needle.as_bytes()))
-                .unwrap_or(false)
-        })
-        .filter_map(stat)
-        .filter(|p| p.state != 'Z')
-        .collect()
-}
-
-/// The pool's worker processes: tagged processes that lead their own group.
-fn workers_of(tag: &str) -> Vec<i32> {
-    tagged(tag).into_iter().filter(|p| p.pgid == p.pid && p.ppid == std::process::id() as i32).map(|p| p.pid).collect()
-}
-
-/// Whether a process is gone: no /proc entry, or a zombie that is not our child (a
-/// reparented grandchild waiting for init to reap it is dead, just not yet buried).
-fn is_dead(pid: i32) -> bool {
-    match stat(pid) {
-        None => true,
-        Some(p) => p.state == 'Z' && p.ppid != std::process::id() as i32,
-    }
-}
-
-/// Processes left in any of `groups` that count as alive (any non-zombie, or a zombie
-/// that is our own unreaped child).
-fn left_in_groups(groups: &BTreeSet<i32>) -> Vec<Proc> {
-    all_pids()
-        .into_iter()
-        .filter_map(stat)
-        .filter(|p| groups.contains(&p.pgid) && !is_dead(p.pid))
-        .collect()
-}
-
-fn ignores_sigterm(pid: i32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigIgn:"))
-        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-        .is_some_and(|m| m & (1 << (15 - 1)) != 0)
-}
 
 // ----- 1. death mid-task ----------------------------------------------------------------
 
@@ -278,7 +115,7 @@ fn timeout_kills_only_the_late_task_and_its_worker() {
         let took = t0.elapsed();
         println!("pool task_timeout 300 ms: TimedOut after {took:?}");
         match failed(o) {
-            TaskError::TimedOut { task, limit: l, pid } => {
+            TaskError::TimedOut { task, limit: l, pid, .. } => {
                 assert_eq!(task.id, h.id());
                 assert_eq!(l, limit);
                 assert_eq!(pid, p0);

@@ -46,6 +46,6 @@ pub mod process;
 pub mod wire;
 pub mod worker;
 
-pub use outcome::{ExitStatus, LossCause, Outcome, OutcomeError, StartupFailure, TaskError, TaskRef, WorkerLost};
-pub use pool::{BatchHandle, BuildError, JoinError, Pool, PoolBuilder, Sink, Stats, SubmitError, Task, TaskHandle};
+pub use outcome::{Attempt, ExitStatus, LossCause, Outcome, OutcomeError, StartupFailure, TaskError, TaskRef, WorkerLost};
+pub use pool::{EventKind, PoolEvent, BatchHandle, BuildError, JoinError, Pool, PoolBuilder, Sink, Stats, SubmitError, Task, TaskHandle};
 pub use process::WorkerCommand;

@@ -74,6 +74,24 @@ pub enum LossCause {
     ChannelClosed,
 }
 
+impl fmt::Display for LossCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LossCause::Exited(st) => write!(f, "died with {st}"),
+            LossCause::ChannelClosed => f.write_str("closed its channel and was stopped"),
+        }
+    }
+}
+
+/// One earlier run of a task whose worker died (see the pool's `retries`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    /// The worker that ran it.
+    pub pid: i32,
+    /// What happened to that worker.
+    pub cause: LossCause,
+}
+
 /// A task's worker died under it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerLost {
@@ -85,22 +103,46 @@ pub struct WorkerLost {
     pub cause: LossCause,
     /// The last few KiB the worker wrote to its stderr (lossy UTF-8).
     pub stderr_tail: String,
+    /// The worker was killed by a SIGKILL the pool did not send while the kernel's count
+    /// of OOM kills went up: most likely the OOM killer.
+    pub probably_oom: bool,
+    /// Earlier runs of the same task whose workers also died, oldest first (only with
+    /// retries); the task was quarantined after the last.
+    pub earlier: Vec<Attempt>,
 }
 
 impl fmt::Display for WorkerLost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.cause {
-            LossCause::Exited(st) => {
-                write!(f, "{}: worker {} died with {} while running it", self.task, self.pid, st)?
+        write!(f, "{}: worker {} {}", self.task, self.pid, self.cause)?;
+        if self.probably_oom {
+            f.write_str(" (probably killed by the OOM killer)")?;
+        }
+        f.write_str(" while running it")?;
+        if !self.earlier.is_empty() {
+            write!(f, "; it killed {} workers in {} attempts:", self.earlier.len() + 1, self.earlier.len() + 1)?;
+            for (i, a) in self.earlier.iter().enumerate() {
+                write!(f, " attempt {}: worker {} {};", i + 1, a.pid, a.cause)?;
             }
-            LossCause::ChannelClosed => write!(
-                f,
-                "{}: worker {} closed its channel while running it and was stopped",
-                self.task, self.pid
-            )?,
+            write!(f, " attempt {}: worker {} {}", self.earlier.len() + 1, self.pid, self.cause)?;
         }
         write_tail(f, &self.stderr_tail)
     }
+}
+
+fn timed_out_text(task: &TaskRef, limit: &Duration, pid: &i32, stack: &Option<String>, requested: &bool) -> String {
+    let mut s = format!("{task}: timed out after {:.3} s; worker {pid} was stopped", limit.as_secs_f64());
+    match stack {
+        Some(st) => {
+            s.push_str("; it was at:\n");
+            s.push_str(st.trim_end());
+        }
+        None if *requested => s.push_str(
+            "; its stack could not be taken in time (it was not running interpreted code: \
+             stuck in a native call?)",
+        ),
+        None => {}
+    }
+    s
 }
 
 fn write_tail(f: &mut fmt::Formatter<'_>, tail: &str) -> fmt::Result {
@@ -167,7 +209,7 @@ pub enum TaskError {
     WorkerLost(WorkerLost),
     /// The task ran past its time limit; its worker was stopped (SIGTERM to the group,
     /// the grace period, then SIGKILL).
-    #[error("{task}: timed out after {:.3} s; worker {pid} was stopped", limit.as_secs_f64())]
+    #[error("{}", timed_out_text(.task, .limit, .pid, .stack, .stack_requested))]
     TimedOut {
         /// The task.
         task: TaskRef,
@@ -175,6 +217,23 @@ pub enum TaskError {
         limit: Duration,
         /// The worker that was stopped.
         pid: i32,
+        /// Where the task was stuck, as the worker reported it when asked (see the pool's
+        /// `stack_dump`), before the worker was stopped.
+        stack: Option<String>,
+        /// Whether the pool asked the worker for its stack.
+        stack_requested: bool,
+    },
+    /// The worker running the task passed the pool's memory limit; it was stopped.
+    #[error("{task}: worker {pid} passed the memory limit of {} (peak seen {}) and was stopped", crate::memory::format_size(*limit), crate::memory::format_size(*peak))]
+    MemoryLimit {
+        /// The task.
+        task: TaskRef,
+        /// The worker that was stopped.
+        pid: i32,
+        /// The limit, in bytes.
+        limit: u64,
+        /// The largest resident size seen, in bytes.
+        peak: u64,
     },
     /// The task was cancelled before it finished.
     #[error("{0}: cancelled")]
@@ -208,6 +267,7 @@ impl TaskError {
         match self {
             TaskError::WorkerLost(w) => &w.task,
             TaskError::TimedOut { task, .. }
+            | TaskError::MemoryLimit { task, .. }
             | TaskError::StartupFailed { task, .. }
             | TaskError::Protocol { task, .. } => task,
             TaskError::Cancelled(t) | TaskError::Terminated(t) => t,
@@ -264,6 +324,8 @@ mod tests {
             pid: 4242,
             cause: LossCause::Exited(ExitStatus::Signal(11)),
             stderr_tail: "Fatal Python error: Segmentation fault\n".into(),
+            probably_oom: false,
+            earlier: vec![],
         });
         assert_eq!(
             e.to_string(),
@@ -271,6 +333,28 @@ mod tests {
              worker stderr ends with:\nFatal Python error: Segmentation fault"
         );
         assert_eq!(ExitStatus::Code(3).to_string(), "exit code 3");
+        let quarantined = TaskError::WorkerLost(WorkerLost {
+            task: TaskRef { id: 9, label: None },
+            pid: 30,
+            cause: LossCause::Exited(ExitStatus::Signal(9)),
+            stderr_tail: String::new(),
+            probably_oom: true,
+            earlier: vec![Attempt { pid: 10, cause: LossCause::Exited(ExitStatus::Code(1)) }],
+        });
+        assert_eq!(
+            quarantined.to_string(),
+            "task 9: worker 30 died with signal SIGKILL (probably killed by the OOM killer) while \
+             running it; it killed 2 workers in 2 attempts: attempt 1: worker 10 died with exit \
+             code 1; attempt 2: worker 30 died with signal SIGKILL"
+        );
+        let t = TaskError::TimedOut {
+            task: TaskRef { id: 4, label: Some("f()".into()) },
+            limit: Duration::from_millis(1500),
+            pid: 7,
+            stack: Some("  File \"x.py\", line 3, in f\n".into()),
+            stack_requested: true,
+        };
+        assert_eq!(t.to_string(), "task 4 (f()): timed out after 1.500 s; worker 7 was stopped; it was at:\n  File \"x.py\", line 3, in f");
         assert_eq!(signal_name(9), Some("SIGKILL"));
         assert_eq!(signal_name(0), None);
         assert_eq!(signal_name(64), None);

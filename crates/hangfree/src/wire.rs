@@ -44,6 +44,9 @@ pub enum Kind {
     Value = 18,
     /// Worker → pool: the task raised; the payload describes the error.
     Raised = 19,
+    /// Worker → pool: where the running task is (UTF-8 text), sent when the pool asks
+    /// with the stack-dump signal because the task passed its time limit.
+    Stack = 20,
 }
 
 impl Kind {
@@ -57,6 +60,7 @@ impl Kind {
             17 => Kind::InitFailed,
             18 => Kind::Value,
             19 => Kind::Raised,
+            20 => Kind::Stack,
             _ => return None,
         })
     }
@@ -324,6 +328,7 @@ mod tests {
             Just(Kind::InitFailed),
             Just(Kind::Value),
             Just(Kind::Raised),
+            Just(Kind::Stack),
         ]
     }
 

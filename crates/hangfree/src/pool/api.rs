@@ -74,6 +74,7 @@ pub enum JoinError {
 #[derive(Clone, Debug)]
 pub struct PoolBuilder {
     cfg: Config,
+    stack_dump: Option<(i32, Duration)>,
 }
 
 impl PoolBuilder {
@@ -158,10 +159,50 @@ impl PoolBuilder {
         self
     }
 
+    /// Stops a worker whose resident memory passes `bytes` while it runs a task; the task
+    /// ends as [`crate::TaskError::MemoryLimit`] and the pool goes on (default: no limit).
+    /// Memory is sampled every `memory_poll` (see [`crate::memory::parse_size`] for
+    /// limits written as text).
+    pub fn max_memory(mut self, bytes: u64) -> Self {
+        self.cfg.max_memory = Some(bytes);
+        self
+    }
+
+    /// How often busy workers' memory is sampled against `max_memory` (default: 50 ms).
+    pub fn memory_poll(mut self, every: Duration) -> Self {
+        self.cfg.memory_poll = every;
+        self
+    }
+
+    /// Runs a task again, on another worker, when its worker dies under it — at most `n`
+    /// times (default: 0). A task that kills `n + 1` workers is quarantined: it ends as
+    /// *worker lost* listing every attempt. A task that raised is never retried.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.cfg.retries = n;
+        self
+    }
+
+    /// When a task passes its time limit, first send `signal` to its worker (not its
+    /// group) and wait up to `wait` for a `Stack` frame saying where the task is; the
+    /// text goes into [`crate::TaskError::TimedOut`]. Then the worker is stopped as usual.
+    /// Only for workers that answer the signal (the Python worker does, for SIGUSR1).
+    pub fn stack_dump(mut self, signal: i32, wait: Duration) -> Self {
+        self.stack_dump = Some((signal, wait));
+        self
+    }
+
+    /// Calls `hook` with every [`crate::PoolEvent`]: worker deaths, time-outs, each
+    /// escalation step. It runs on the supervisor thread: it must be quick and must not
+    /// block or call back into the pool.
+    pub fn on_event(mut self, hook: impl Fn(&crate::PoolEvent) + Send + Sync + 'static) -> Self {
+        self.cfg.on_event = Some(Arc::new(hook));
+        self
+    }
+
     /// Starts the supervisor thread and the first worker. Fails if the first worker cannot
     /// be started at all; later start-up failures are handled by the pool.
     pub fn build(self) -> Result<Pool, BuildError> {
-        let cfg = self.cfg;
+        let mut cfg = self.cfg;
         if cfg.workers == 0 {
             return Err(BuildError::Invalid("workers must be at least 1"));
         }
@@ -170,6 +211,16 @@ impl PoolBuilder {
         }
         if cfg.max_tasks_per_worker == Some(0) {
             return Err(BuildError::Invalid("max_tasks_per_worker must be at least 1"));
+        }
+        if let Some((n, wait)) = self.stack_dump {
+            if !(1..=64).contains(&n) || n == 9 || n == 19 {
+                return Err(BuildError::Invalid("stack_dump needs a catchable signal number"));
+            }
+            // SAFETY: checked just above to be a valid, non-zero signal number.
+            cfg.stack_dump = Some((unsafe { rustix::process::Signal::from_raw_unchecked(n) }, wait));
+        }
+        if cfg.memory_poll.is_zero() {
+            return Err(BuildError::Invalid("memory_poll must be positive"));
         }
         if cfg.init_payload.len() > cfg.max_frame as usize {
             return Err(BuildError::Invalid("init payload is larger than max_frame"));
@@ -248,7 +299,13 @@ impl Pool {
                 prefetch: 2,
                 stderr_tail: 4096,
                 forward_stderr: true,
+                max_memory: None,
+                memory_poll: Duration::from_millis(50),
+                retries: 0,
+                stack_dump: None,
+                on_event: None,
             },
+            stack_dump: None,
         }
     }
 

@@ -2,11 +2,13 @@
 //! handles callers hold.
 
 mod api;
+mod events;
 mod handle;
 pub(crate) mod lifecycle;
 mod stats;
 mod supervisor;
 
 pub use api::{BuildError, JoinError, Pool, PoolBuilder, SubmitError};
+pub use events::{EventHook, EventKind, PoolEvent};
 pub use handle::{BatchHandle, Sink, Task, TaskHandle};
 pub use stats::Stats;

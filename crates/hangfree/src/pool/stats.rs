@@ -23,6 +23,10 @@ pub struct Stats {
     pub startup_failed: u64,
     /// Tasks failed because their worker broke the protocol.
     pub protocol_errors: u64,
+    /// Tasks failed because their worker passed the memory limit.
+    pub memory_limited: u64,
+    /// Times a task was run again because its worker died (see `retries`).
+    pub retries: u64,
     /// Worker processes started.
     pub workers_spawned: u64,
     /// Workers that died without being asked to (crash, outside kill, broken channel).
@@ -46,6 +50,7 @@ impl Stats {
             + self.terminated
             + self.startup_failed
             + self.protocol_errors
+            + self.memory_limited
     }
 }
 
@@ -61,7 +66,7 @@ macro_rules! counters {
 
 counters!(
     submitted, values, raised, worker_lost, timed_out, cancelled, terminated, startup_failed,
-    protocol_errors, workers_spawned, workers_lost, workers_recycled, workers_abandoned,
+    protocol_errors, memory_limited, retries, workers_spawned, workers_lost, workers_recycled, workers_abandoned,
     startup_failures
 );
 

@@ -18,15 +18,17 @@ use rustix::event::epoll;
 use rustix::event::{EventfdFlags, eventfd};
 use rustix::process::Signal;
 
+use super::events::{EventHook, EventKind, PoolEvent};
 use super::handle::{Sink, Task, lock};
 use super::lifecycle::{self, Action, Event, Phase, Timing};
 use super::stats::{Counters, bump};
-use crate::outcome::{LossCause, Outcome, StartupFailure, TaskError, TaskRef, WorkerLost};
+use crate::memory;
+use crate::outcome::{Attempt, ExitStatus, LossCause, Outcome, StartupFailure, TaskError, TaskRef, WorkerLost};
 use crate::process::{self, WorkerCommand};
 use crate::wire::{self, Decoder, Kind, ProtocolError};
 
 /// Everything the pool's policy needs, fixed at build time.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Config {
     pub cmd: WorkerCommand,
     pub workers: usize,
@@ -40,6 +42,25 @@ pub(crate) struct Config {
     pub prefetch: usize,
     pub stderr_tail: usize,
     pub forward_stderr: bool,
+    pub max_memory: Option<u64>,
+    pub memory_poll: Duration,
+    pub retries: u32,
+    /// Signal that asks a worker for the running task's stack, and how long to wait.
+    pub stack_dump: Option<(Signal, Duration)>,
+    pub on_event: Option<EventHook>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("cmd", &self.cmd)
+            .field("workers", &self.workers)
+            .field("task_timeout", &self.task_timeout)
+            .field("timing", &self.timing)
+            .field("max_memory", &self.max_memory)
+            .field("retries", &self.retries)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long a worker that closed its channel may take to exit before it is deemed alive
@@ -150,6 +171,8 @@ struct Entry {
     worker: Option<usize>,
     /// Outcome already delivered (cancelled while sent ahead to a worker).
     cancelled: bool,
+    /// Earlier runs whose workers died (with retries).
+    attempts: Vec<Attempt>,
 }
 
 struct InFlight {
@@ -178,6 +201,12 @@ struct Worker {
     tail: VecDeque<u8>,
     /// A startup failure was already counted for it.
     startup_counted: bool,
+    /// The kernel's OOM-kill count when it started (evidence for an OOM kill).
+    oom_mark: Option<u64>,
+    /// Largest resident size seen while it ran a task (with a memory limit).
+    peak_rss: u64,
+    /// The late task whose stack it was asked for; the time-out waits for the answer.
+    dumping: Option<u64>,
 }
 
 impl Worker {
@@ -201,6 +230,10 @@ enum Timer {
     Linger { slot: usize, generation: u32 },
     /// Try again to start workers after a spawn failed (nothing else may wake the loop).
     Respawn,
+    /// Stop waiting for a late task's stack.
+    DumpWait { slot: usize, generation: u32, task: u64 },
+    /// Check busy workers' memory against the limit.
+    MemoryPoll,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,6 +270,7 @@ pub(crate) struct Supervisor {
     broken: Option<StartupFailure>,
     startup_failures: u32,
     scratch: Vec<u8>,
+    memory_timer: bool,
 }
 
 impl Supervisor {
@@ -256,6 +290,7 @@ impl Supervisor {
             broken: None,
             startup_failures: 0,
             scratch: vec![0; 64 * 1024],
+            memory_timer: false,
         })
     }
 
@@ -392,6 +427,7 @@ impl Supervisor {
                                 label: t.label,
                                 worker: None,
                                 cancelled: false,
+                                attempts: Vec::new(),
                             },
                         );
                         chunk.push(id);
@@ -498,6 +534,7 @@ impl Supervisor {
             Outcome::Failed(TaskError::Terminated(_)) => &s.terminated,
             Outcome::Failed(TaskError::StartupFailed { .. }) => &s.startup_failed,
             Outcome::Failed(TaskError::Protocol { .. }) => &s.protocol_errors,
+            Outcome::Failed(TaskError::MemoryLimit { .. }) => &s.memory_limited,
         });
         e.sink.complete(e.index, outcome);
     }
@@ -557,7 +594,12 @@ impl Supervisor {
     fn start_head(&mut self, slot: usize, now: Instant) {
         let Some(w) = self.workers[slot].as_mut() else { return };
         w.head_deadline = None;
+        w.dumping = None;
         let Some(f) = w.inflight.front() else { return };
+        if self.cfg.max_memory.is_some() && !self.memory_timer {
+            self.memory_timer = true;
+            self.timers.push(Reverse((now + self.cfg.memory_poll, Timer::MemoryPoll)));
+        }
         let Some(limit) = self.tasks.get(&f.id).and_then(|e| e.timeout) else { return };
         let at = now + limit;
         w.head_deadline = Some(at);
@@ -637,7 +679,12 @@ impl Supervisor {
             sent: 0,
             tail: VecDeque::new(),
             startup_counted: false,
+            oom_mark: memory::oom_kills(),
+            peak_rss: 0,
+            dumping: None,
         };
+        let pid = w.pid;
+        self.emit(EventKind::WorkerStarted, Some(pid), None, || format!("started worker {pid}"));
         wire::encode_into(&mut w.out, Kind::Init, 0, &self.cfg.init_payload);
         self.timers.push(Reverse((ready_by, Timer::Phase { slot, generation, epoch: 0 })));
         self.workers[slot] = Some(w);
@@ -663,11 +710,29 @@ impl Supervisor {
                 wire::encode_into(&mut w.out, Kind::Shutdown, 0, &[]);
                 self.flush(slot, now);
             }
-            Some(Action::Term) => process::signal_group(w.pid, Signal::TERM),
-            Some(Action::Kill) => process::signal_group(w.pid, Signal::KILL),
+            Some(Action::Term) => {
+                let pid = w.pid;
+                process::signal_group(pid, Signal::TERM);
+                let grace = timing.grace;
+                self.emit(EventKind::Terminate, Some(pid), None, || {
+                    format!("sent SIGTERM to worker {pid}'s process group; SIGKILL follows in {:.3} s", grace.as_secs_f64())
+                });
+            }
+            Some(Action::Kill) => {
+                let pid = w.pid;
+                process::signal_group(pid, Signal::KILL);
+                self.emit(EventKind::Kill, Some(pid), None, || {
+                    format!("worker {pid} outlived its grace period: sent SIGKILL to its process group")
+                });
+            }
             Some(Action::Abandon) => {
+                let pid = w.pid;
                 bump(&self.shared.stats.workers_abandoned);
                 self.remove_worker(slot);
+                let wait = timing.kill_wait;
+                self.emit(EventKind::Abandoned, Some(pid), None, || {
+                    format!("worker {pid} could not be reaped {:.3} s after SIGKILL; abandoned", wait.as_secs_f64())
+                });
             }
         }
     }
@@ -704,6 +769,7 @@ impl Supervisor {
 
     fn startup_failed(&mut self, failure: StartupFailure, now: Instant) {
         bump(&self.shared.stats.startup_failures);
+        self.emit(EventKind::StartupFailed, None, None, || format!("a worker failed to start: {failure}"));
         self.startup_failures += 1;
         if self.startup_failures >= self.cfg.max_startup_failures && self.run != Run::Broken {
             self.run = Run::Broken;
@@ -734,6 +800,8 @@ impl Supervisor {
             let used_up = self.cfg.max_tasks_per_worker.is_some_and(|m| w.sent >= m);
             if used_up {
                 bump(&self.shared.stats.workers_recycled);
+                let pid = w.pid;
+                self.emit(EventKind::Recycled, Some(pid), None, || format!("retiring worker {pid}: it reached max_tasks_per_worker"));
             }
             if closing || used_up {
                 self.transition(slot, Event::Retire, now);
@@ -890,6 +958,13 @@ impl Supervisor {
                 self.stop_worker(slot, now);
                 self.startup_failed(failure, now);
             }
+            (Phase::Running | Phase::Retiring { .. }, Kind::Stack) => {
+                // Only the answer to our request counts; a late one is dropped.
+                if w.dumping == Some(f.task_id) {
+                    let text = String::from_utf8_lossy(&f.payload).into_owned();
+                    self.finish_timeout(slot, f.task_id, Some(text), true, now);
+                }
+            }
             (Phase::Running | Phase::Retiring { .. }, Kind::Value | Kind::Raised) => {
                 if w.inflight.front().map(|h| h.id) != Some(f.task_id) {
                     self.on_protocol_violation(slot, format!("answer for task {} it was not running", f.task_id), now);
@@ -965,13 +1040,7 @@ impl Supervisor {
             self.startup_failed(StartupFailure::Broken(format!("worker {pid} closed its channel before it was ready")), now);
             return;
         }
-        bump(&self.shared.stats.workers_lost);
-        if let Some(id) = self.pop_head(slot) {
-            let task = self.task_ref(id);
-            let tail = self.workers[slot].as_ref().map(|w| w.tail_string()).unwrap_or_default();
-            let lost = WorkerLost { task, pid, cause: LossCause::ChannelClosed, stderr_tail: tail };
-            self.complete(id, Outcome::Failed(TaskError::WorkerLost(lost)));
-        }
+        self.lose_head(slot, LossCause::ChannelClosed);
         self.stop_worker(slot, now);
     }
 
@@ -1019,23 +1088,20 @@ impl Supervisor {
         self.read_stderr(slot);
         let Some(w) = self.workers[slot].as_ref() else { return };
         process::sweep_and_reap(w.pid, &w.pidfd);
-        let (pid, phase, counted) = (w.pid, w.phase, w.startup_counted);
+        let (phase, counted) = (w.phase, w.startup_counted);
         match phase {
             Phase::Starting { .. } if !counted => {
                 let tail = w.tail_string();
                 self.requeue_inflight(slot);
                 self.startup_failed(StartupFailure::ExitedEarly { status, stderr_tail: tail }, now);
             }
-            Phase::Running => {
-                bump(&self.shared.stats.workers_lost);
-                if let Some(id) = self.pop_head(slot) {
-                    let task = self.task_ref(id);
-                    let tail = self.workers[slot].as_ref().map(|w| w.tail_string()).unwrap_or_default();
-                    let lost = WorkerLost { task, pid, cause: LossCause::Exited(status), stderr_tail: tail };
-                    self.complete(id, Outcome::Failed(TaskError::WorkerLost(lost)));
-                }
-                self.requeue_inflight(slot);
-            }
+            Phase::Running => match self.workers[slot].as_ref().and_then(|w| w.dumping) {
+                // Asked for its stack, it died instead (a worker without a handler for
+                // the signal): the task still ends as timed out. It is reaped already,
+                // so it must not be signalled again.
+                Some(task) => self.finish_timeout(slot, task, None, false, now),
+                None => self.lose_head(slot, LossCause::Exited(status)),
+            },
             _ => self.requeue_inflight(slot),
         }
         self.transition(slot, Event::Exited(status), now);
@@ -1100,13 +1166,15 @@ impl Supervisor {
                     if !due {
                         continue;
                     }
-                    let pid = w.pid;
-                    let limit = self.tasks.get(&task).and_then(|e| e.timeout).unwrap_or_default();
-                    let t = self.task_ref(task);
-                    self.pop_head(slot);
-                    self.complete(task, Outcome::Failed(TaskError::TimedOut { task: t, limit, pid }));
-                    self.stop_worker(slot, now);
+                    self.time_out(slot, task, now);
                 }
+                Timer::DumpWait { slot, generation, task } => {
+                    let waiting = self.workers.get(slot).and_then(|w| w.as_ref()).is_some_and(|w| w.generation == generation && w.dumping == Some(task));
+                    if waiting {
+                        self.finish_timeout(slot, task, None, true, now);
+                    }
+                }
+                Timer::MemoryPoll => self.poll_memory(now),
                 // The loop calls `ensure_workers` next; nothing else to do.
                 Timer::Respawn => {}
                 Timer::Linger { slot, generation } => {
@@ -1115,6 +1183,119 @@ impl Supervisor {
                     }
                 }
             }
+        }
+    }
+
+    fn emit(&self, kind: EventKind, pid: Option<i32>, task_id: Option<u64>, message: impl FnOnce() -> String) {
+        if let Some(hook) = &self.cfg.on_event {
+            hook(&PoolEvent { kind, pid, task_id, message: message() });
+        }
+    }
+
+    /// The worker running a task is gone. The task runs again while it has retries left;
+    /// otherwise it ends as *worker lost*, listing every earlier attempt. Tasks sent ahead
+    /// to the worker are queued again behind it.
+    fn lose_head(&mut self, slot: usize, cause: LossCause) {
+        let Some(w) = self.workers[slot].as_ref() else { return };
+        let pid = w.pid;
+        bump(&self.shared.stats.workers_lost);
+        let killed_from_outside = cause == LossCause::Exited(ExitStatus::Signal(9));
+        let probably_oom = killed_from_outside && w.oom_mark.is_some_and(|m| memory::oom_kills().is_some_and(|n| n > m));
+        let tail = w.tail_string();
+        let head = self.pop_head(slot);
+        self.requeue_inflight(slot);
+        let Some(id) = head else {
+            self.emit(EventKind::WorkerLost, Some(pid), None, || format!("idle worker {pid} {cause}"));
+            return;
+        };
+        let retries = self.cfg.retries as usize;
+        if let Some(e) = self.tasks.get_mut(&id).filter(|e| e.attempts.len() < retries && !e.cancelled) {
+            e.attempts.push(Attempt { pid, cause: cause.clone() });
+            let n = e.attempts.len();
+            self.queue.push_front(vec![id]);
+            bump(&self.shared.stats.retries);
+            let task = self.task_ref(id);
+            self.emit(EventKind::Retry, Some(pid), Some(id), || {
+                format!("{task}: worker {pid} {cause} while running it; running it again (retry {n} of {retries})")
+            });
+            return;
+        }
+        let earlier = self.tasks.get_mut(&id).map(|e| std::mem::take(&mut e.attempts)).unwrap_or_default();
+        let lost = WorkerLost { task: self.task_ref(id), pid, cause, stderr_tail: tail, probably_oom, earlier };
+        self.emit(EventKind::WorkerLost, Some(pid), Some(id), || lost.to_string());
+        self.complete(id, Outcome::Failed(TaskError::WorkerLost(lost)));
+    }
+
+    /// A task passed its limit. With a stack-dump signal configured, ask the worker where
+    /// it is and give it a short while to answer; otherwise end the task now.
+    fn time_out(&mut self, slot: usize, task: u64, now: Instant) {
+        if let (Some((sig, wait)), Some(w)) = (self.cfg.stack_dump, self.workers[slot].as_mut()) {
+            if w.dumping.is_none() {
+                w.dumping = Some(task);
+                // The worker alone, not its group: its children know nothing of the request.
+                let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(w.pid).expect("positive"), sig);
+                let t = Timer::DumpWait { slot, generation: w.generation, task };
+                self.timers.push(Reverse((now + wait, t)));
+                return;
+            }
+        }
+        self.finish_timeout(slot, task, None, true, now);
+    }
+
+    /// Ends a late task as timed out (with its stack if the worker sent it) and, unless
+    /// the worker is already dead (`stop` false), stops the worker.
+    fn finish_timeout(&mut self, slot: usize, task: u64, stack: Option<String>, stop: bool, now: Instant) {
+        let Some(w) = self.workers[slot].as_mut() else { return };
+        w.dumping = None;
+        let pid = w.pid;
+        if w.inflight.front().map(|f| f.id) != Some(task) {
+            return;
+        }
+        let limit = self.tasks.get(&task).and_then(|e| e.timeout).unwrap_or_default();
+        let t = self.task_ref(task);
+        self.pop_head(slot);
+        let err = TaskError::TimedOut { task: t, limit, pid, stack, stack_requested: self.cfg.stack_dump.is_some() };
+        self.emit(EventKind::TaskTimedOut, Some(pid), Some(task), || err.to_string());
+        self.complete(task, Outcome::Failed(err));
+        if stop {
+            self.stop_worker(slot, now);
+        } else {
+            self.requeue_inflight(slot);
+        }
+    }
+
+    /// Checks every busy worker's resident size against the memory limit.
+    fn poll_memory(&mut self, now: Instant) {
+        self.memory_timer = false;
+        let Some(limit) = self.cfg.max_memory else { return };
+        let mut busy = false;
+        let mut over = Vec::new();
+        for (slot, w) in self.workers.iter_mut().enumerate() {
+            let Some(w) = w.as_mut() else { continue };
+            if w.phase != Phase::Running || w.inflight.is_empty() {
+                continue;
+            }
+            busy = true;
+            if let Some(rss) = memory::rss_bytes(w.pid) {
+                w.peak_rss = w.peak_rss.max(rss);
+                if rss > limit {
+                    over.push(slot);
+                }
+            }
+        }
+        for slot in over {
+            let Some(w) = self.workers[slot].as_ref() else { continue };
+            let (pid, peak) = (w.pid, w.peak_rss);
+            if let Some(id) = self.pop_head(slot) {
+                let err = TaskError::MemoryLimit { task: self.task_ref(id), pid, limit, peak };
+                self.emit(EventKind::MemoryLimit, Some(pid), Some(id), || err.to_string());
+                self.complete(id, Outcome::Failed(err));
+            }
+            self.stop_worker(slot, now);
+        }
+        if busy {
+            self.memory_timer = true;
+            self.timers.push(Reverse((now + self.cfg.memory_poll, Timer::MemoryPoll)));
         }
     }
 }

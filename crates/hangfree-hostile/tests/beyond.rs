@@ -1,0 +1,157 @@
+//! Real-process tests of what goes beyond the stdlib pools: the stack of a late task,
+//! memory limits, retries of tasks whose worker died, and the event feed.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use hangfree::{EventKind, ExitStatus, LossCause, PoolEvent, TaskError};
+
+const SIGUSR1: i32 = 10;
+
+#[test]
+fn late_task_reports_where_it_was_before_it_is_stopped() {
+    wd(|| {
+        let tag = new_tag("stack");
+        let pool = builder(&tag)
+            .workers(1)
+            .task_timeout(Duration::from_millis(300))
+            .stack_dump(SIGUSR1, Duration::from_millis(800))
+            .build()
+            .unwrap();
+        let t0 = Instant::now();
+        let h = submit(&pool, "!stack-sleep 20000");
+        let took = {
+            let e = failed(wait(&h));
+            let took = t0.elapsed();
+            match &e {
+                TaskError::TimedOut { stack: Some(st), stack_requested: true, .. } => {
+                    assert!(st.contains("!stack-sleep"), "{st}")
+                }
+                e => panic!("expected a time-out with a stack, got {e:?}"),
+            }
+            assert!(e.to_string().contains("it was at:\nhostile worker: sleeping in !stack-sleep"), "{e}");
+            took
+        };
+        println!("time-out with stack after {took:?}");
+        // The answer comes within milliseconds: the dump does not wait out its bound.
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(800), "{took:?}");
+        assert_eq!(value(&submit(&pool, "after")), b"after");
+        shutdown(&pool);
+    });
+}
+
+#[test]
+fn worker_that_cannot_answer_still_times_out_on_time() {
+    wd(|| {
+        let tag = new_tag("nostack");
+        let pool = builder(&tag)
+            .workers(1)
+            .task_timeout(Duration::from_millis(200))
+            .stack_dump(SIGUSR1, Duration::from_millis(300))
+            .grace(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        // A stopped process cannot run a handler: the request goes unanswered.
+        let t0 = Instant::now();
+        let e = failed(wait(&submit(&pool, "!sigstop")));
+        let took = t0.elapsed();
+        assert!(matches!(&e, TaskError::TimedOut { stack: None, stack_requested: true, .. }), "{e:?}");
+        assert!(e.to_string().contains("could not be taken in time"), "{e}");
+        assert!(took >= Duration::from_millis(500) && took < Duration::from_millis(1500), "{took:?}");
+        // A worker with no handler dies of the signal itself: still a time-out, not a loss.
+        let e = failed(wait(&submit(&pool, "!sleep 20000")));
+        assert!(matches!(&e, TaskError::TimedOut { stack: None, .. }), "{e:?}");
+        assert_eq!(value(&submit(&pool, "after")), b"after");
+        shutdown(&pool);
+    });
+}
+
+#[test]
+fn memory_limit_stops_the_worker_and_the_pool_goes_on() {
+    wd(|| {
+        let tag = new_tag("memory");
+        let limit = 150u64 << 20;
+        let pool = builder(&tag).workers(2).max_memory(limit).grace(Duration::from_millis(200)).build().unwrap();
+        let other = submit(&pool, "!sleep 300");
+        let t0 = Instant::now();
+        let e = failed(wait(&submit(&pool, "!grow 16")));
+        println!("memory limit hit after {:?}: {e}", t0.elapsed());
+        match &e {
+            TaskError::MemoryLimit { limit: l, peak, .. } => {
+                assert_eq!(*l, limit);
+                assert!(*peak > limit && *peak < limit + (200 << 20), "peak {peak}");
+            }
+            e => panic!("expected MemoryLimit, got {e:?}"),
+        }
+        assert!(e.to_string().contains("memory limit of 150.0 MiB"), "{e}");
+        assert_eq!(value(&other), b"slept");
+        assert_eq!(value(&submit(&pool, "after")), b"after");
+        assert_eq!(pool.stats().memory_limited, 1);
+        shutdown(&pool);
+    });
+}
+
+#[test]
+fn retries_rerun_a_task_whose_worker_died_and_quarantine_a_killer() {
+    wd(|| {
+        let tag = new_tag("retries");
+        let pool = builder(&tag).workers(2).retries(2).build().unwrap();
+        let marker = std::env::temp_dir().join(format!("hangfree-die-once-{tag}"));
+        let _ = std::fs::remove_file(&marker);
+        assert_eq!(value(&submit(&pool, &format!("!die-once {}", marker.display()))), b"survived");
+        assert_eq!(pool.stats().retries, 1);
+        let _ = std::fs::remove_file(&marker);
+
+        let e = failed(wait(&submit(&pool, "!exit 4")));
+        match &e {
+            TaskError::WorkerLost(w) => {
+                assert_eq!(w.cause, LossCause::Exited(ExitStatus::Code(4)));
+                assert_eq!(w.earlier.len(), 2, "{e}");
+                assert!(w.earlier.iter().all(|a| a.cause == w.cause && a.pid != w.pid));
+            }
+            e => panic!("expected WorkerLost, got {e:?}"),
+        }
+        let msg = e.to_string();
+        assert!(msg.contains("killed 3 workers in 3 attempts"), "{msg}");
+        assert_eq!(pool.stats().retries, 3);
+        // A task that raised is never retried.
+        assert!(matches!(wait(&submit(&pool, "!raise no")), hangfree::Outcome::Raised(_)));
+        assert_eq!(pool.stats().retries, 3);
+        shutdown(&pool);
+    });
+}
+
+#[test]
+fn events_report_deaths_timeouts_and_each_escalation_step() {
+    wd(|| {
+        let tag = new_tag("events");
+        let seen: Arc<Mutex<Vec<PoolEvent>>> = Arc::default();
+        let sink = seen.clone();
+        let pool = builder(&tag)
+            .workers(1)
+            .grace(Duration::from_millis(200))
+            .on_event(move |e| sink.lock().unwrap().push(e.clone()))
+            .build()
+            .unwrap();
+        let lost = failed(wait(&submit(&pool, "!exit 3")));
+        let late = pool.submit(hangfree::Task::new(b"!ignore-term 20000".to_vec()).timeout(Duration::from_millis(200))).unwrap();
+        let late = failed(wait(&late));
+        wait_until(Duration::from_secs(5), "the SIGKILL step", || {
+            seen.lock().unwrap().iter().any(|e| e.kind == EventKind::Kill)
+        });
+        shutdown(&pool);
+        let events = seen.lock().unwrap().clone();
+        let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+        for k in [EventKind::WorkerStarted, EventKind::WorkerLost, EventKind::TaskTimedOut, EventKind::Terminate, EventKind::Kill] {
+            assert!(kinds.contains(&k), "no {k:?} in {kinds:?}");
+        }
+        let lost_event = events.iter().find(|e| e.kind == EventKind::WorkerLost).unwrap();
+        assert_eq!(lost_event.message, lost.to_string());
+        let late_event = events.iter().find(|e| e.kind == EventKind::TaskTimedOut).unwrap();
+        assert_eq!(late_event.message, late.to_string());
+        assert!(events.iter().filter(|e| e.kind.is_trouble()).count() >= 3);
+    });
+}
