@@ -59,7 +59,10 @@ usage: hangfree-bench [options]
   --death-reps N       death-detection repetitions (default 20)
   --term-reps N        terminate repetitions (default 3)
   --grace-ms N         grace period for the terminate measurement (default 500)
-  --only WHAT          run one section: rt, batch, death or term
+  --only WHAT          run one section: rt, batch, death, term or floor
+                       (floor: the same 64-byte round trip without the pool, straight
+                       over a socket to the worker, and between two threads; reference
+                       figures for what the kernel costs)
 ";
 
 fn parse_args() -> Result<Opts, String> {
@@ -129,8 +132,8 @@ fn parse_args() -> Result<Opts, String> {
         }
     }
     if let Some(w) = &o.only {
-        if !["rt", "batch", "death", "term"].contains(&w.as_str()) {
-            return Err(format!("--only: expected rt, batch, death or term, got {w}"));
+        if !["rt", "batch", "death", "term", "floor"].contains(&w.as_str()) {
+            return Err(format!("--only: expected rt, batch, death, term or floor, got {w}"));
         }
     }
     Ok(o)
@@ -400,6 +403,105 @@ fn bench_terminate(worker: &PathBuf, o: &Opts, rows: &mut Vec<Row>) -> Result<()
     Ok(())
 }
 
+/// Reference figures: the pool's round trip is caller → supervisor (eventfd) →
+/// worker (socket) → supervisor (socket) → caller (futex), four cross-thread wake-ups.
+/// These time the two halves alone: the socket ping-pong with the worker and no pool,
+/// and a Mutex+Condvar ping-pong between two threads.
+fn bench_floor(worker: &PathBuf, o: &Opts, rows: &mut Vec<Row>) -> Result<(), String> {
+    use hangfree::wire::{self, Kind};
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Condvar, Mutex};
+
+    let n = o.round_trips;
+    // 1. Socket ping-pong with the worker, no supervisor.
+    let (mut ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
+    let mut child = Command::new(worker)
+        .env("HANGFREE_PARENT_PID", std::process::id().to_string())
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", worker.display()))?;
+    let max = wire::DEFAULT_MAX_FRAME;
+    let io = |e: std::io::Error| e.to_string();
+    wire::write_frame(&mut ours, Kind::Init, 0, b"").map_err(io)?;
+    match wire::read_frame(&mut ours, max) {
+        Ok(Some(f)) if f.kind == Kind::Ready => {}
+        other => return Err(format!("worker handshake: {other:?}")),
+    }
+    let payload = vec![b'x'; PAYLOAD_LEN];
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..(o.warmup + n) as u64 {
+        let t = Instant::now();
+        wire::write_frame(&mut ours, Kind::Task, i + 1, &payload).map_err(io)?;
+        match wire::read_frame(&mut ours, max) {
+            Ok(Some(f)) if f.kind == Kind::Value && f.task_id == i + 1 => {}
+            other => return Err(format!("direct round trip: {other:?}")),
+        }
+        if i as usize >= o.warmup {
+            samples.push(t.elapsed());
+        }
+    }
+    let _ = wire::write_frame(&mut ours, Kind::Shutdown, 0, b"");
+    let _ = child.wait();
+    let s = summarize(samples);
+    rows.push(Row {
+        section: "floor",
+        case: "socket ping-pong with the worker, no pool".into(),
+        value: format!("{:.1} µs", s.median),
+        target: format!("p99 {:.1} µs", s.p99),
+        verdict: "ref",
+    });
+
+    // 2. Thread ping-pong through Mutex+Condvar (the caller ↔ supervisor half).
+    #[derive(Default)]
+    struct Ball {
+        turn: Mutex<(u64, bool)>,
+        cv: Condvar,
+    }
+    let ball = Arc::new(Ball::default());
+    let b2 = ball.clone();
+    let total = (o.warmup + n) as u64;
+    let echo = std::thread::spawn(move || {
+        for i in 0..total {
+            let mut g = b2.turn.lock().unwrap();
+            while !(g.0 == i && !g.1) {
+                g = b2.cv.wait(g).unwrap();
+            }
+            g.1 = true;
+            drop(g);
+            b2.cv.notify_all();
+        }
+    });
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..total {
+        let t = Instant::now();
+        {
+            let mut g = ball.turn.lock().unwrap();
+            *g = (i, false);
+        }
+        ball.cv.notify_all();
+        let mut g = ball.turn.lock().unwrap();
+        while !g.1 {
+            g = ball.cv.wait(g).unwrap();
+        }
+        drop(g);
+        if i as usize >= o.warmup {
+            samples.push(t.elapsed());
+        }
+    }
+    echo.join().map_err(|_| "echo thread panicked".to_string())?;
+    let s = summarize(samples);
+    rows.push(Row {
+        section: "floor",
+        case: "thread ping-pong, Mutex+Condvar".into(),
+        value: format!("{:.1} µs", s.median),
+        target: format!("p99 {:.1} µs", s.p99),
+        verdict: "ref",
+    });
+    Ok(())
+}
+
 fn print_table(rows: &[Row]) {
     let w1 = rows.iter().map(|r| r.section.chars().count()).max().unwrap_or(0).max(7);
     let w2 = rows.iter().map(|r| r.case.chars().count()).max().unwrap_or(0).max(4);
@@ -455,6 +557,9 @@ fn main() -> ExitCode {
         }
         if run("term") {
             bench_terminate(&worker, &o, &mut rows)?;
+        }
+        if run("floor") {
+            bench_floor(&worker, &o, &mut rows)?;
         }
         Ok(())
     })();
