@@ -33,6 +33,7 @@ struct Done {
 #[derive(Default)]
 struct Queue {
     items: Mutex<VecDeque<Done>>,
+    events: Mutex<VecDeque<hangfree::PoolEvent>>,
     cv: Condvar,
 }
 
@@ -70,7 +71,8 @@ impl Engine {
     #[new]
     #[pyo3(signature = (argv, *, workers, task_timeout=None, grace=1.0, kill_wait=1.0,
         startup_timeout=60.0, max_tasks_per_worker=None, max_startup_failures=3,
-        init_payload=Vec::new(), prefetch=2, forward_stderr=true, env=Vec::new()))]
+        init_payload=Vec::new(), prefetch=2, forward_stderr=true, env=Vec::new(),
+        max_memory=None, retries=0, stack_dump_wait=None, events=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -86,6 +88,10 @@ impl Engine {
         prefetch: usize,
         forward_stderr: bool,
         env: Vec<(String, String)>,
+        max_memory: Option<u64>,
+        retries: u32,
+        stack_dump_wait: Option<f64>,
+        events: bool,
     ) -> PyResult<Engine> {
         let Some((program, args)) = argv.split_first() else {
             return Err(PyValueError::new_err("argv must name the worker program"));
@@ -109,11 +115,27 @@ impl Engine {
         if let Some(n) = max_tasks_per_worker {
             b = b.max_tasks_per_worker(n);
         }
+        if let Some(m) = max_memory {
+            b = b.max_memory(m);
+        }
+        b = b.retries(retries);
+        if let Some(w) = secs(stack_dump_wait, "stack_dump_wait")? {
+            // The Python worker answers SIGUSR1 with the running task's stack.
+            b = b.stack_dump(STACK_SIGNAL, w);
+        }
+        let queue = Arc::new(Queue::default());
+        if events {
+            let q = queue.clone();
+            b = b.on_event(move |e| {
+                q.events.lock().unwrap_or_else(|p| p.into_inner()).push_back(e.clone());
+                q.cv.notify_one();
+            });
+        }
         let pool = py.detach(|| b.build()).map_err(|e| match e {
             hangfree::BuildError::Invalid(m) => PyValueError::new_err(m),
             other => PyRuntimeError::new_err(other.to_string()),
         })?;
-        Ok(Engine { pool, queue: Arc::new(Queue::default()) })
+        Ok(Engine { pool, queue })
     }
 
     /// Submits payloads as one submission; outcomes arrive tagged with `key` and each
@@ -174,17 +196,24 @@ impl Engine {
             let got = py.detach(|| {
                 let left = deadline.saturating_duration_since(Instant::now()).min(SLICE);
                 let mut q = self.queue.items.lock().unwrap_or_else(|e| e.into_inner());
-                if q.is_empty() && !left.is_zero() {
+                if q.is_empty() && !left.is_zero() && !self.has_events() {
                     q = self.queue.cv.wait_timeout(q, left).unwrap_or_else(|e| e.into_inner()).0;
                 }
                 q.drain(..).collect::<Vec<_>>()
             });
-            if !got.is_empty() || Instant::now() >= deadline {
+            if !got.is_empty() || Instant::now() >= deadline || self.has_events() {
                 break got;
             }
             py.check_signals()?;
         };
         items.into_iter().map(|d| outcome_tuple(py, d)).collect()
+    }
+
+    /// The pool events since the last call, as `(kind, trouble, pid, task_id, message)`
+    /// tuples (only with `events=True`).
+    fn take_events(&self) -> Vec<(String, bool, Option<i32>, Option<u64>, String)> {
+        let mut q = self.queue.events.lock().unwrap_or_else(|e| e.into_inner());
+        q.drain(..).map(|e| (format!("{:?}", e.kind), e.kind.is_trouble(), e.pid, e.task_id, e.message)).collect()
     }
 
     /// Cancels a task by id (a running one has its worker stopped).
@@ -250,6 +279,8 @@ impl Engine {
             ("terminated", s.terminated),
             ("startup_failed", s.startup_failed),
             ("protocol_errors", s.protocol_errors),
+            ("memory_limited", s.memory_limited),
+            ("retries", s.retries),
             ("workers_spawned", s.workers_spawned),
             ("workers_lost", s.workers_lost),
             ("workers_recycled", s.workers_recycled),
@@ -264,6 +295,22 @@ impl Engine {
     /// The start-up failure that broke the engine, as a dict, or None.
     fn startup_failure(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.pool.startup_failure().map(|f| failure_details(py, &f)).transpose()
+    }
+}
+
+impl Engine {
+    fn has_events(&self) -> bool {
+        !self.queue.events.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+}
+
+/// The signal the Python worker answers with the running task's stack.
+const STACK_SIGNAL: i32 = 10; // SIGUSR1
+
+fn loss_fields(d: &Bound<'_, PyDict>, cause: &LossCause) -> PyResult<()> {
+    match cause {
+        LossCause::Exited(st) => status_fields(d, st),
+        LossCause::ChannelClosed => d.set_item("channel_closed", true),
     }
 }
 
@@ -315,16 +362,29 @@ fn outcome_tuple<'py>(py: Python<'py>, done: Done) -> PyResult<Bound<'py, PyAny>
                 TaskError::WorkerLost(w) => {
                     d.set_item("pid", w.pid)?;
                     d.set_item("stderr_tail", &w.stderr_tail)?;
-                    match &w.cause {
-                        LossCause::Exited(st) => status_fields(&d, st)?,
-                        LossCause::ChannelClosed => d.set_item("channel_closed", true)?,
+                    d.set_item("probably_oom", w.probably_oom)?;
+                    loss_fields(&d, &w.cause)?;
+                    let attempts = pyo3::types::PyList::empty(py);
+                    for a in &w.earlier {
+                        let ad = PyDict::new(py);
+                        ad.set_item("pid", a.pid)?;
+                        loss_fields(&ad, &a.cause)?;
+                        attempts.append(ad)?;
                     }
+                    d.set_item("earlier_attempts", attempts)?;
                     "worker_lost"
                 }
-                TaskError::TimedOut { limit, pid, .. } => {
+                TaskError::TimedOut { limit, pid, stack, .. } => {
                     d.set_item("limit", limit.as_secs_f64())?;
                     d.set_item("pid", *pid)?;
+                    d.set_item("stack", stack.as_deref())?;
                     "timed_out"
+                }
+                TaskError::MemoryLimit { pid, limit, peak, .. } => {
+                    d.set_item("pid", *pid)?;
+                    d.set_item("limit", *limit)?;
+                    d.set_item("peak", *peak)?;
+                    "memory_limit"
                 }
                 TaskError::Cancelled(_) => "cancelled",
                 TaskError::Terminated(_) => "terminated",
@@ -387,8 +447,15 @@ impl WorkerChannel {
     }
 }
 
+/// Parses a memory size such as "2GiB" or "512MB" into bytes (the engine's rules).
+#[pyfunction]
+fn parse_size(text: &str) -> PyResult<u64> {
+    hangfree::memory::parse_size(text).map_err(PyValueError::new_err)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(parse_size, m)?)?;
     m.add_class::<Engine>()?;
     m.add_class::<WorkerChannel>()?;
     m.add("SubmitRefused", m.py().get_type::<SubmitRefused>())?;
@@ -400,6 +467,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         ("KIND_INIT_FAILED", Kind::InitFailed),
         ("KIND_VALUE", Kind::Value),
         ("KIND_RAISED", Kind::Raised),
+        ("KIND_STACK", Kind::Stack),
     ] {
         m.add(name, k as u8)?;
     }
