@@ -32,6 +32,22 @@ _label_repr.maxdict = 4
 _live_pools: "weakref.WeakSet[Pool]" = weakref.WeakSet()
 
 
+class _Shared:
+    """What a pool and its result thread share. The thread holds this, never the pool,
+    so a pool nobody references is collected and its ``__del__`` stops the workers."""
+
+    __slots__ = ("state", "stop", "__weakref__")
+
+    def __init__(self) -> None:
+        self.state = "INIT"
+        self.stop = False
+
+
+# Every result thread still running, to be stopped at interpreter exit even when its
+# pool was already collected (a thread waking in Rust code during finalization crashes).
+_result_threads: "Dict[threading.Thread, _Shared]" = {}
+
+
 def cpu_count() -> int:
     """The number of CPUs this process may run on."""
     try:
@@ -64,13 +80,27 @@ def _raised(data: bytes, label: Optional[str]) -> BaseException:
     return exc
 
 
-def _interrupted_wait(event: threading.Event, timeout: Optional[float]) -> bool:
-    """Waits in short slices so Ctrl-C is handled at once even on old interpreters."""
-    if timeout is None:
-        while not event.wait(_SLICE):
-            pass
-        return True
-    return event.wait(timeout)
+def _forked_error(owner: int) -> RuntimeError:
+    return RuntimeError(
+        f"this hangfree.Pool was created by process {owner} and cannot be used "
+        f"in the forked child {os.getpid()}; create a new pool in the child"
+    )
+
+
+def _interrupted_wait(event: threading.Event, timeout: Optional[float], owner: int) -> bool:
+    """Waits in short slices so Ctrl-C is handled at once even on old interpreters. In a
+    forked child nothing would ever set the event: raise instead of waiting forever."""
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not event.is_set():
+        if os.getpid() != owner:
+            raise _forked_error(owner)
+        left = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+        if left <= 0:
+            return False
+        event.wait(left)
+    return True
 
 
 class ApplyResult:
@@ -79,6 +109,7 @@ class ApplyResult:
 
     def __init__(self, pool: "Pool", callback: Optional[Callable], error_callback: Optional[Callable]):
         self._pool = pool
+        self._owner = pool._pid
         self._event = threading.Event()
         self._callback = callback
         self._error_callback = error_callback
@@ -97,7 +128,7 @@ class ApplyResult:
 
     def wait(self, timeout: Optional[float] = None) -> None:
         """Waits until the result is ready or ``timeout`` seconds pass."""
-        _interrupted_wait(self._event, timeout)
+        _interrupted_wait(self._event, timeout, self._owner)
 
     def get(self, timeout: Optional[float] = None) -> Any:
         """Returns the result, raising the task's exception (or the hangfree error saying
@@ -177,6 +208,7 @@ class IMapIterator:
 
     def __init__(self, pool: "Pool", n: int, ordered: bool):
         self._pool = pool
+        self._owner = pool._pid
         self._cond = threading.Condition(threading.Lock())
         self._ordered = ordered
         self._n = n
@@ -218,6 +250,8 @@ class IMapIterator:
                 item = self._take()
                 if item is not None:
                     break
+                if os.getpid() != self._owner:
+                    raise _forked_error(self._owner)
                 left = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
                 if left <= 0:
                     raise TimeoutError
@@ -266,7 +300,7 @@ class Pool:
         max_startup_failures: int = 3,
     ):
         self._pid = os.getpid()
-        self._state = "INIT"
+        self._shared = _Shared()
         if processes is None:
             processes = cpu_count()
         if processes < 1:
@@ -291,51 +325,39 @@ class Pool:
             max_tasks_per_worker=maxtasksperchild,
             max_startup_failures=max_startup_failures,
             init_payload=dumps(init),
+            # Send a task only to an idle worker, as multiprocessing does: a task sent
+            # ahead would wait behind a long one while another worker sits idle.
+            prefetch=1,
         )
         # key -> [job, engine index -> job index, job index -> label, outcomes still due]
         self._jobs: Dict[int, list] = {}
         self._jobs_lock = threading.Lock()
         self._keys = itertools.count(1)
         self._state = "RUN"
-        self._stop_results = False
-        self._result_thread = threading.Thread(target=self._handle_results, name="hangfree-results", daemon=True)
+        self._result_thread = threading.Thread(
+            target=_handle_results,
+            args=(self._engine, self._jobs, self._jobs_lock, self._shared),
+            name="hangfree-results",
+            daemon=True,
+        )
+        _result_threads[self._result_thread] = self._shared
         self._result_thread.start()
         _live_pools.add(self)
 
-    # ----- the result thread --------------------------------------------------------
+    @property
+    def _state(self) -> str:
+        return self._shared.state
 
-    def _handle_results(self) -> None:
-        engine = self._engine
-        while not self._stop_results:
-            try:
-                outcomes = engine.next_outcomes(_SLICE)
-            except BaseException:  # never let this thread die silently with jobs waiting
-                continue
-            for key, index, kind, data in outcomes:
-                with self._jobs_lock:
-                    entry = self._jobs.get(key)
-                    if entry is None:
-                        continue
-                    entry[3] -= 1
-                    if entry[3] == 0:
-                        del self._jobs[key]
-                job, positions, label_of = entry[0], entry[1], entry[2]
-                i = positions[index]
-                try:
-                    job._set(i, kind, data, functools.partial(label_of, i))
-                except BaseException as e:  # a user callback raised: report, keep serving
-                    print(f"hangfree: exception in a result callback: {e!r}", file=sys.stderr)
-            if not outcomes and self._state != "RUN" and not self._jobs and engine.is_finished():
-                return
+    @_state.setter
+    def _state(self, value: str) -> None:
+        self._shared.state = value
 
+    # ----- submission ---------------------------------------------------------------
     # ----- submission ---------------------------------------------------------------
 
     def _check_running(self) -> None:
         if os.getpid() != self._pid:
-            raise RuntimeError(
-                f"this hangfree.Pool was created by process {self._pid} and cannot be used "
-                f"in the forked child {os.getpid()}; create a new pool in the child"
-            )
+            raise _forked_error(self._pid)
         if self._state != "RUN":
             raise ValueError("Pool not running")
 
@@ -463,6 +485,8 @@ class Pool:
 
     def close(self) -> None:
         """Accepts no more tasks; workers exit once the submitted ones are done."""
+        if os.getpid() != self._pid:
+            raise _forked_error(self._pid)
         if self._state == "RUN":
             self._state = "CLOSE"
             self._engine.close()
@@ -479,12 +503,14 @@ class Pool:
 
     def join(self) -> None:
         """Waits for the workers to exit; call :meth:`close` or :meth:`terminate` first."""
+        if os.getpid() != self._pid:
+            raise _forked_error(self._pid)
         if self._state == "RUN":
             raise ValueError("Pool is still running")
         if self._state == "INIT":
             raise ValueError("Pool is not initialized")
         self._engine.join()
-        self._stop_results = True
+        self._shared.stop = True
         if threading.current_thread() is not self._result_thread:
             self._result_thread.join(1.0)
 
@@ -506,21 +532,60 @@ class Pool:
         return f"<hangfree.Pool state={self._state} processes={self._processes}>"
 
     def __del__(self) -> None:
-        if getattr(self, "_state", "INIT") == "RUN" and os.getpid() == getattr(self, "_pid", None):
+        # Collected while running (never closed): stop the workers, as multiprocessing
+        # does. Never blocks: the result thread finishes the job and then exits.
+        shared = self.__dict__.get("_shared")
+        if shared is not None and shared.state in ("RUN", "CLOSE") and os.getpid() == self.__dict__.get("_pid"):
+            shared.state = "TERMINATE"
             try:
                 self._engine.terminate()
             except Exception:
                 pass
 
 
+def _handle_results(engine: Any, jobs: Dict[int, list], lock: threading.Lock, shared: _Shared) -> None:
+    """The result thread: delivers every outcome to its job. Holds no reference to the
+    pool (see :class:`_Shared`)."""
+    try:
+        while not shared.stop:
+            try:
+                outcomes = engine.next_outcomes(_SLICE)
+            except BaseException:  # never let this thread die silently with jobs waiting
+                continue
+            for key, index, kind, data in outcomes:
+                with lock:
+                    entry = jobs.get(key)
+                    if entry is None:
+                        continue
+                    entry[3] -= 1
+                    if entry[3] == 0:
+                        del jobs[key]
+                job, positions, label_of = entry[0], entry[1], entry[2]
+                i = positions[index]
+                try:
+                    job._set(i, kind, data, functools.partial(label_of, i))
+                except BaseException as e:  # a user callback raised: report, keep serving
+                    print(f"hangfree: exception in a result callback: {e!r}", file=sys.stderr)
+            if not outcomes and shared.state != "RUN" and not jobs and engine.is_finished():
+                return
+    finally:
+        _result_threads.pop(threading.current_thread(), None)
+
+
 def _shutdown_all() -> None:
-    """Interpreter exit: stop every pool still open, bounded by its grace period."""
+    """Interpreter exit: stop every pool still open, bounded by its grace period, and
+    every result thread."""
     for pool in list(_live_pools):
         try:
             if pool._state != "TERMINATE" and os.getpid() == pool._pid:
                 pool.terminate()
-            pool._stop_results = True
-            pool._result_thread.join(1.0)
+        except Exception:
+            pass
+    for thread, shared in list(_result_threads.items()):
+        try:
+            shared.stop = True
+            if thread is not threading.current_thread():
+                thread.join(1.0)
         except Exception:
             pass
 
