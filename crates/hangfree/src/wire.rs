@@ -196,6 +196,15 @@ impl Decoder {
         }
     }
 
+    /// Reads once from a descriptor (up to `chunk` bytes) straight into the buffer's spare
+    /// capacity; returns the count read. Unlike [`Decoder::read_from`] it does not zero
+    /// the space first, which matters on the supervisor's hot path.
+    pub fn read_from_fd(&mut self, fd: impl std::os::fd::AsFd, chunk: usize) -> io::Result<usize> {
+        self.compact();
+        self.buf.reserve(chunk);
+        Ok(rustix::io::read(fd, rustix::buffer::spare_capacity(&mut self.buf))?)
+    }
+
     /// How many more bytes the frame at the head of the buffer needs (at least 1 when a
     /// partial frame is buffered, 0 when the buffer is empty or holds a whole frame).
     pub fn wanted(&self) -> usize {

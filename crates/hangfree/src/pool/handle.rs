@@ -2,6 +2,7 @@
 //! sinks — a handle for one task and a stream for a batch.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -63,16 +64,66 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// How long a waiter polls before it sleeps. A wake-up across CPUs costs tens of
+/// microseconds on a small VM, more than most round trips; polling this long first lets a
+/// quick answer skip it, and costs little when the answer is slow.
+const SPIN: Duration = Duration::from_micros(25);
+
+fn spin_until(flag: &AtomicBool) {
+    let t0 = Instant::now();
+    while !flag.load(Ordering::Acquire) && t0.elapsed() < SPIN {
+        std::hint::spin_loop();
+    }
+}
+
+#[derive(Default)]
+struct SlotState {
+    outcome: Option<Outcome>,
+    waiting: u32,
+}
+
 #[derive(Default)]
 pub(crate) struct Slot {
-    outcome: Mutex<Option<Outcome>>,
+    state: Mutex<SlotState>,
+    done: AtomicBool,
     cv: Condvar,
 }
 
 impl Sink for Slot {
     fn complete(&self, _index: usize, outcome: Outcome) {
-        *lock(&self.outcome) = Some(outcome);
-        self.cv.notify_all();
+        let mut g = lock(&self.state);
+        g.outcome = Some(outcome);
+        self.done.store(true, Ordering::Release);
+        let waiting = g.waiting > 0;
+        drop(g);
+        // A notify is a system call; skip it when nobody sleeps on the slot.
+        if waiting {
+            self.cv.notify_all();
+        }
+    }
+}
+
+impl Slot {
+    fn take(&self, deadline: Option<Instant>) -> Option<Outcome> {
+        spin_until(&self.done);
+        let mut g = lock(&self.state);
+        loop {
+            if let Some(o) = g.outcome.take() {
+                return Some(o);
+            }
+            g.waiting += 1;
+            g = match deadline {
+                None => self.cv.wait(g).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let Some(left) = d.checked_duration_since(Instant::now()) else {
+                        g.waiting -= 1;
+                        return None;
+                    };
+                    self.cv.wait_timeout(g, left).unwrap_or_else(|e| e.into_inner()).0
+                }
+            };
+            g.waiting -= 1;
+        }
     }
 }
 
@@ -95,39 +146,26 @@ impl TaskHandle {
         self.id
     }
 
-    /// Whether the outcome is available.
+    /// Whether the task has finished (its outcome may already have been taken).
     pub fn is_done(&self) -> bool {
-        lock(&self.slot.outcome).is_some()
+        self.slot.done.load(Ordering::Acquire)
     }
 
     /// Waits for the outcome. This returns even if the pool is terminated or dropped
     /// meanwhile: the task then ends as [`crate::TaskError::Terminated`].
     pub fn wait(self) -> Outcome {
-        let mut g = lock(&self.slot.outcome);
-        loop {
-            if let Some(o) = g.take() {
-                return o;
-            }
-            g = self.slot.cv.wait(g).unwrap_or_else(|e| e.into_inner());
-        }
+        self.slot.take(None).expect("a wait without deadline ends with the outcome")
     }
 
     /// Waits at most `limit`; `None` if the outcome is not there yet (the task goes on).
+    /// The outcome is handed out once: later calls return `None`.
     pub fn wait_timeout(&self, limit: Duration) -> Option<Outcome> {
-        let deadline = Instant::now() + limit;
-        let mut g = lock(&self.slot.outcome);
-        loop {
-            if let Some(o) = g.take() {
-                return Some(o);
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            g = self.slot.cv.wait_timeout(g, left).unwrap_or_else(|e| e.into_inner()).0;
-        }
+        self.slot.take(Some(Instant::now() + limit))
     }
 
     /// The outcome if it is there, without waiting.
     pub fn try_outcome(&self) -> Option<Outcome> {
-        lock(&self.slot.outcome).take()
+        lock(&self.slot.state).outcome.take()
     }
 
     /// Asks the pool to cancel the task. A queued task ends as cancelled at once; a
@@ -146,6 +184,7 @@ impl TaskHandle {
 struct BatchState {
     ready: VecDeque<(usize, Outcome)>,
     remaining: usize,
+    waiting: u32,
 }
 
 pub(crate) struct BatchSink {
@@ -158,14 +197,17 @@ impl Sink for BatchSink {
         let mut g = lock(&self.state);
         g.ready.push_back((index, outcome));
         g.remaining -= 1;
+        let waiting = g.waiting > 0;
         drop(g);
-        self.cv.notify_all();
+        if waiting {
+            self.cv.notify_all();
+        }
     }
 }
 
 impl BatchSink {
     pub(crate) fn new(n: usize) -> BatchSink {
-        BatchSink { state: Mutex::new(BatchState { ready: VecDeque::new(), remaining: n }), cv: Condvar::new() }
+        BatchSink { state: Mutex::new(BatchState { ready: VecDeque::new(), remaining: n, waiting: 0 }), cv: Condvar::new() }
     }
 }
 
@@ -216,7 +258,9 @@ impl BatchHandle {
                 return Ok(None);
             }
             let Some(left) = deadline.checked_duration_since(Instant::now()) else { return Err(()) };
+            g.waiting += 1;
             g = self.sink.cv.wait_timeout(g, left).unwrap_or_else(|e| e.into_inner()).0;
+            g.waiting -= 1;
         }
     }
 
@@ -251,7 +295,9 @@ impl Iterator for BatchHandle {
             if g.remaining == 0 {
                 return None;
             }
+            g.waiting += 1;
             g = self.sink.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+            g.waiting -= 1;
         }
     }
 }
