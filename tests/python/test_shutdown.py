@@ -194,7 +194,8 @@ CTRL_C_SCRIPT = """
                     rs = [p.apply_async(task, (d, 600)) for _ in range(2)]
                     rs[0].get(timeout=500)
                 elif mode == "imap":
-                    next(p.imap(tasks.announce_and_sleep, [d] * 2))
+                    import functools
+                    next(p.imap(functools.partial(task, seconds=600), [d] * 2))
                 elif mode == "join":
                     rs = [p.apply_async(task, (d, 600)) for _ in range(2)]
                     p.close()
@@ -210,7 +211,7 @@ CTRL_C_SCRIPT = """
 """
 
 
-@pytest.mark.parametrize("mode", ["map", "get", "get-timeout", "join", "map-stubborn"])
+@pytest.mark.parametrize("mode", ["map", "get", "get-timeout", "join", "imap", "map-stubborn"])
 def test_ctrl_c_while_blocked(tmp_path, mode):
     script = helpers.write_script(tmp_path, CTRL_C_SCRIPT)
     d = tmp_path / "pids"

@@ -361,3 +361,16 @@ def test_large_payloads(pool):
     blob = b"x" * (8 << 20)
     assert pool.apply(len, (blob,)) == len(blob)
     assert len(pool.apply(bytes, (4 << 20,))) == 4 << 20
+
+
+def test_short_task_does_not_wait_behind_a_long_one_while_a_worker_is_idle(tmp_path):
+    """Right after start only one worker may be ready: the second task must go to the
+    second worker when it is ready, not queue behind the first task in the first one."""
+    import time
+
+    with hangfree.Pool(2) as p:
+        long = p.apply_async(tasks.sleep_return, (600,))
+        t0 = time.monotonic()
+        assert p.apply_async(tasks.square, (5,)).get(timeout=20) == 25
+        assert time.monotonic() - t0 < 10
+        assert not long.ready()
