@@ -274,10 +274,6 @@ def test_workers_die_with_a_sigkilled_parent(tmp_path, task):
     assert elapsed < 1.5, f"workers outlived their parent by {elapsed:.2f} s"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine gap (crates/hangfree/src/worker.rs set_parent_death_signal): PR_SET_PDEATHSIG "
-    "SIGKILLs only the worker itself when the parent dies; its own children in the worker's "
-    "process group are orphaned and survive the pool"))
 def test_grandchildren_die_with_a_sigkilled_parent(tmp_path):
     script = helpers.write_script(tmp_path, PARENT_SCRIPT)
     d = tmp_path / "pids"

@@ -38,6 +38,9 @@ use hangfree::wire::Kind;
 use hangfree::worker::WorkerChannel;
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--pool-parent") {
+        pool_parent();
+    }
     if std::env::args().nth(1).as_deref() == Some("--grandchild") {
         ignore_sigterm();
         // Holds the inherited channel (its stdin) open until killed.
@@ -199,6 +202,24 @@ fn run(ch: &mut WorkerChannel, id: u64, payload: &[u8]) {
             std::thread::sleep(Duration::from_secs(3600));
         }
         _ => send(ch, Kind::Raised, id, format!("unknown command {verb:?}").as_bytes()),
+    }
+}
+
+/// `--pool-parent`: runs a pool of this worker, starts a grandchild under one worker,
+/// prints `WORKER_PID GRANDCHILD_PID`, then waits to be killed (tests of parent death).
+fn pool_parent() -> ! {
+    let me = std::env::current_exe().expect("own path");
+    let pool = hangfree::Pool::builder(hangfree::WorkerCommand::new(me)).workers(1).build().expect("pool");
+    let answer = |p: &str| match pool.submit(p.as_bytes().to_vec()).expect("submit").wait() {
+        hangfree::Outcome::Value(v) => String::from_utf8_lossy(&v).into_owned(),
+        o => panic!("{o:?}"),
+    };
+    let worker = answer("!pid");
+    let grandchild = answer("!grandchild");
+    println!("{worker} {grandchild}");
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
     }
 }
 

@@ -1,5 +1,6 @@
 //! Real-process tests of what goes beyond the stdlib pools: the stack of a late task,
-//! memory limits, retries of tasks whose worker died, and the event feed.
+//! memory limits, retries of tasks whose worker died, the event feed, and workers (with
+//! their children) dying with their parent.
 
 mod common;
 
@@ -153,5 +154,29 @@ fn events_report_deaths_timeouts_and_each_escalation_step() {
         let late_event = events.iter().find(|e| e.kind == EventKind::TaskTimedOut).unwrap();
         assert_eq!(late_event.message, late.to_string());
         assert!(events.iter().filter(|e| e.kind.is_trouble()).count() >= 3);
+    });
+}
+
+#[test]
+fn workers_and_their_children_die_with_a_sigkilled_parent() {
+    use std::io::BufRead;
+    wd(|| {
+        let tag = new_tag("orphans");
+        let mut parent = std::process::Command::new(BIN)
+            .arg("--pool-parent")
+            .env("HF_TEST_TAG", &tag)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(parent.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let pids: Vec<i32> = line.split_whitespace().map(|p| p.parse().unwrap()).collect();
+        assert_eq!(pids.len(), 2, "{line:?}");
+        let t0 = Instant::now();
+        parent.kill().unwrap();
+        parent.wait().unwrap();
+        wait_until(Duration::from_secs(2), "the worker and its grandchild to die", || pids.iter().all(|&p| is_dead(p)));
+        println!("worker and grandchild gone {:?} after the parent's SIGKILL", t0.elapsed());
+        assert!(tagged(&tag).iter().all(|p| p.state == 'Z'), "left: {:?}", tagged(&tag));
     });
 }

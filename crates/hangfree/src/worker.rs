@@ -24,9 +24,10 @@ impl WorkerChannel {
     ///
     /// - moves the channel off fd 0 (to a close-on-exec descriptor) and puts `/dev/null`
     ///   on fd 0, so nothing a task reads or runs can touch the channel;
-    /// - asks the kernel to SIGKILL this process when its parent dies
-    ///   (`PR_SET_PDEATHSIG`), then checks the parent is still the pool's process, which
-    ///   closes the race where the parent died before the request was made.
+    /// - asks the kernel for a signal when its parent dies (`PR_SET_PDEATHSIG`), whose
+    ///   handler SIGKILLs this worker's whole process group (its children included), then
+    ///   checks the parent is still the pool's process, which closes the race where the
+    ///   parent died before the request was made.
     ///
     /// Returns an error if the parent is already gone; the worker should then exit.
     pub fn from_stdin() -> io::Result<WorkerChannel> {
@@ -79,10 +80,44 @@ impl AsFd for WorkerChannel {
     }
 }
 
-/// Sets `PR_SET_PDEATHSIG` to SIGKILL and exits the process at once if the parent named in
-/// the environment is already gone (we were re-parented before the call took effect).
+/// The signal the kernel sends a worker when the pool's process dies. A real-time signal
+/// nothing else uses, because its handler must do more than SIGKILL would: kill the whole
+/// process group, so the worker's own children die with it.
+fn parent_death_signal() -> libc::c_int {
+    libc::SIGRTMAX() - 3
+}
+
+extern "C" fn on_parent_death(_: libc::c_int) {
+    // Only async-signal-safe calls here: kill(2) of our own group (the worker leads it),
+    // then of ourselves in case the group signal could not be sent.
+    unsafe {
+        libc::kill(0, libc::SIGKILL);
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+}
+
+/// Arranges for this process and its process group to be SIGKILLed when the parent dies,
+/// then exits at once if the parent named in the environment is already gone (we were
+/// re-parented before the request took effect).
 fn set_parent_death_signal() -> io::Result<()> {
-    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+    let sig = parent_death_signal();
+    // SAFETY: a plain handler installed with an empty mask; the handler is signal-safe.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_parent_death as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // The host may have blocked it; the worker must receive it.
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+    // SAFETY: `sig` is a valid real-time signal number from libc.
+    let signal = unsafe { Signal::from_raw_unchecked(sig) };
+    rustix::process::set_parent_process_death_signal(Some(signal))?;
     let expected: Option<i32> = std::env::var(ENV_PARENT_PID).ok().and_then(|v| v.parse().ok());
     let actual = rustix::process::getppid().map(|p| p.as_raw_nonzero().get());
     if let Some(want) = expected {

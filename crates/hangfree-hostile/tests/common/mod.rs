@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hangfree::{Outcome, Pool, PoolBuilder, TaskError, TaskHandle, WorkerCommand};
 
-const BIN: &str = env!("CARGO_BIN_EXE_hangfree-hostile");
+pub const BIN: &str = env!("CARGO_BIN_EXE_hangfree-hostile");
 /// Generous bound on any single wait that should finish "soon".
 const LONG: Duration = Duration::from_secs(20);
 
