@@ -94,6 +94,7 @@ class EngineClient:
         max_startup_failures: int,
         owner: str,
         closed_error: Callable[[], BaseException],
+        prefetch: int = 1,
     ):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
@@ -101,7 +102,11 @@ class EngineClient:
         self.owner = owner
         self.closed_error = closed_error
         self.grace = float(grace)
-        init = {"sys_path": list(sys.path), "cwd": os.getcwd(), "initializer": initializer, "initargs": tuple(initargs)}
+        # The initializer travels pickled inside the payload: the worker unpickles it only
+        # once it has taken our sys.path and cwd, so one defined in a test or script
+        # module can be found there.
+        init_call = dumps((initializer, tuple(initargs))) if initializer is not None else None
+        init = {"sys_path": list(sys.path), "cwd": os.getcwd(), "init_call": init_call}
         self.engine = _core.Engine(
             [sys.executable, "-m", "hangfree._worker"],
             workers=workers,
@@ -111,6 +116,10 @@ class EngineClient:
             max_tasks_per_worker=max_tasks_per_worker,
             max_startup_failures=max_startup_failures,
             init_payload=dumps(init),
+            # 1: a call goes only to an idle worker. With more, a call sent ahead waits
+            # behind a long one while another worker idles (and it can no longer be
+            # cancelled), where the stdlib's shared call queue lets any idle worker take it.
+            prefetch=prefetch,
         )
         # key -> [on_outcome, engine index -> caller's index, caller's index -> label, outcomes due]
         self._jobs: Dict[int, list] = {}

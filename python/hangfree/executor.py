@@ -216,7 +216,14 @@ class ProcessPoolExecutor(Executor):
                 f.cancel()
         self._client.close()
         if wait:
-            if not self._client.join(timeout):
+            try:
+                done = self._client.join(timeout)
+            except BaseException:
+                # Ctrl-C while waiting (in `with executor:` too): stop the workers before
+                # the exception leaves, so a program that catches it does not keep them.
+                self._client.terminate()
+                raise
+            if not done:
                 self._client.terminate()
                 self._client.join(self._grace + 3.0)
 
