@@ -8,6 +8,7 @@ runs one task at a time and answers each with its value or its exception.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from multiprocessing.pool import MaybeEncodingError
@@ -29,12 +30,35 @@ def _describe(exc: BaseException, input_error: bool = False) -> bytes:
         return dumps({"exc": None, "traceback": tb, "summary": summary, "note": note, **extra})
 
 
+# The task running now, for the stack-dump handler (0 between tasks).
+_current_task = 0
+
+
+def _answer_stack_request(ch: Any) -> None:
+    """On SIGUSR1 (sent by the pool when a task passes its time limit) send where the
+    running task is. Python runs the handler between bytecodes, so a task stuck inside a
+    C call cannot answer; the pool then says so and stops the worker on time anyway."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if _current_task and frame is not None:
+            stack = traceback.extract_stack(frame)
+            # Only the task's own frames: drop this module's loop around it.
+            ours = [i for i, f in enumerate(stack) if f.filename == __file__]
+            if ours:
+                stack = stack[ours[-1] + 1 :] if ours[-1] + 1 < len(stack) else stack
+            text = "".join(traceback.format_list(stack))
+            ch.send(_core.KIND_STACK, _current_task, text.encode("utf-8", "replace"))
+
+    signal.signal(signal.SIGUSR1, handler)
+
+
 def main() -> int:
     try:
         ch = _core.WorkerChannel.from_stdin()
     except OSError as e:
         print(f"hangfree worker: {e}", file=sys.stderr)
         return 70
+    _answer_stack_request(ch)
     functions: Dict[bytes, Callable[..., Any]] = {}
     while True:
         frame = ch.recv()
@@ -89,6 +113,8 @@ def _task(ch: Any, task_id: int, payload: bytes, functions: Dict[bytes, Callable
         # `input_error` lets the caller name the task in the error it raises.
         ch.send(_core.KIND_RAISED, task_id, _describe(err, input_error=True))
         return
+    global _current_task
+    _current_task = task_id
     try:
         result = fn(*args, **kwargs)
     except SystemExit:
@@ -96,8 +122,10 @@ def _task(ch: Any, task_id: int, payload: bytes, functions: Dict[bytes, Callable
         # it as a lost worker naming the exit code instead of hanging.
         raise
     except BaseException as e:
+        _current_task = 0
         ch.send(_core.KIND_RAISED, task_id, _describe(e))
         return
+    _current_task = 0
     try:
         data = dumps(result)
     except BaseException as e:

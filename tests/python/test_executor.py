@@ -514,14 +514,6 @@ def test_shutdown_without_wait_lets_the_work_finish():
     e.shutdown(wait=True, timeout=10)
 
 
-ENGINE_CANCELLED_QUEUE_BUG = (
-    "engine bug (crates/hangfree/src/pool/supervisor.rs): a task cancelled while queued keeps "
-    "its id in `queue`; `send_chunk` pops that chunk, finds it empty and returns without "
-    "sending anything, and `dispatch` does not try the next chunk. The loop then sleeps in "
-    "epoll with no event due, so a live task queued behind cancelled ones never starts, and "
-    "after close() `retire_idle` never sees an empty queue: join() waits forever"
-)
-
 
 def _bounded(fn, limit, on_hang):
     """Runs ``fn`` in a thread; returns whether it finished within ``limit`` seconds (if
@@ -536,7 +528,6 @@ def _bounded(fn, limit, on_hang):
     return finished
 
 
-@pytest.mark.xfail(strict=True, reason=ENGINE_CANCELLED_QUEUE_BUG)
 def test_shutdown_cancel_futures(tmp_path):
     e = hangfree.ProcessPoolExecutor(1, grace=GRACE)
     running = e.submit(tasks.announce_and_sleep, str(tmp_path), 1.0, "ran")
@@ -561,7 +552,6 @@ def test_shutdown_cancel_futures_with_nothing_queued_is_prompt(tmp_path):
     assert time.monotonic() - t0 < SLACK
 
 
-@pytest.mark.xfail(strict=True, reason=ENGINE_CANCELLED_QUEUE_BUG)
 def test_cancelled_futures_do_not_block_the_ones_behind_them(tmp_path):
     e = hangfree.ProcessPoolExecutor(1, grace=GRACE)
     try:

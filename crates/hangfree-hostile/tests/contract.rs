@@ -780,3 +780,33 @@ fn racing_submissions_never_lose_a_wakeup() {
         assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     });
 }
+
+#[test]
+fn cancelled_queued_tasks_neither_block_the_ones_behind_nor_close() {
+    wd(|| {
+        let tag = new_tag("cancel-queued");
+        let pool = builder(&tag).workers(1).prefetch(1).build().unwrap();
+        let busy = submit(&pool, "!sleep 300");
+        let doomed: Vec<TaskHandle> = (0..5).map(|i| submit(&pool, &format!("doomed {i}"))).collect();
+        let live = submit(&pool, "live");
+        for h in &doomed {
+            assert!(pool.cancel_if_queued(h.id()));
+        }
+        for h in &doomed {
+            assert!(matches!(failed(wait(h)), TaskError::Cancelled(_)));
+        }
+        assert_eq!(value(&busy), b"slept");
+        assert_eq!(value(&live), b"live");
+        // All that is left queued is cancelled: close must let the worker go.
+        let more: Vec<TaskHandle> = (0..3).map(|i| submit(&pool, &format!("late {i}"))).collect();
+        let blocker = submit(&pool, "!sleep 200");
+        let _ = blocker;
+        for h in &more {
+            pool.cancel(h.id());
+        }
+        pool.close();
+        let t0 = Instant::now();
+        pool.join(Some(LONG)).expect("join after cancelling the queued tasks");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    });
+}

@@ -357,6 +357,7 @@ impl Supervisor {
             // task's clock must not start before it is sent: read the clock again.
             now = Instant::now();
             self.drain_inbox(now);
+            self.purge_queue();
             self.retire_idle(now);
             self.ensure_workers(now);
             self.dispatch(now);
@@ -511,6 +512,19 @@ impl Supervisor {
                     }
                 }
             }
+        }
+    }
+
+    /// Drops the leading chunks whose tasks have all finished (cancelled while queued), so
+    /// "nothing queued" is seen as soon as it is true: closing pools retire their workers
+    /// on it.
+    fn purge_queue(&mut self) {
+        while let Some(front) = self.queue.front_mut() {
+            front.retain(|id| self.tasks.get(id).is_some_and(|e| !e.cancelled));
+            if !front.is_empty() {
+                return;
+            }
+            self.queue.pop_front();
         }
     }
 
@@ -889,15 +903,17 @@ impl Supervisor {
         if budget == 0 {
             return;
         }
-        let Some(mut chunk) = self.queue.pop_front() else { return };
-        // Drop ids already finished (cancelled while queued).
-        chunk.retain(|id| self.tasks.get(id).is_some_and(|e| !e.cancelled));
+        // Skip ids already finished (cancelled while queued), whole chunks of them too.
+        let mut chunk = loop {
+            let Some(mut c) = self.queue.pop_front() else { return };
+            c.retain(|id| self.tasks.get(id).is_some_and(|e| !e.cancelled));
+            if !c.is_empty() {
+                break c;
+            }
+        };
         if chunk.len() > budget {
             let rest = chunk.split_off(budget);
             self.queue.push_front(rest);
-        }
-        if chunk.is_empty() {
-            return;
         }
         let w = self.workers[slot].as_mut().expect("ready worker");
         let was_idle = w.inflight.is_empty();
