@@ -12,6 +12,7 @@ from multiprocessing import TimeoutError
 from hangfree._errors import (
     HangfreeError,
     InitializerError,
+    MemoryLimitError,
     PoolTerminatedError,
     TaskCancelledError,
     TaskTimeoutError,
@@ -36,6 +37,7 @@ __all__ = [
     "WorkerLostError",
     "WorkerProtocolError",
     "TaskTimeoutError",
+    "MemoryLimitError",
     "InitializerError",
     "TaskCancelledError",
     "PoolTerminatedError",

@@ -1,21 +1,25 @@
-"""The Python side of one engine: submission, the result thread, and exit handling.
+"""The Python side of one engine: submission, the result thread, logging, exit handling.
 
 Both fronts (``Pool`` and ``ProcessPoolExecutor``) sit on an :class:`EngineClient`. It
 pickles calls, hands them to the Rust engine, and runs one thread that drains the
 engine's outcomes and passes each, decoded into ``(ok, value)``, to the callback given
 at submission. Errors are worded by the engine; this module only names the task in them.
+
+The result thread holds the client, never the front that owns it, so a pool or executor
+nobody references can be collected (its ``__del__`` then stops the engine).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import reprlib
 import sys
 import threading
 import weakref
 from multiprocessing.pool import RemoteTraceback
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from hangfree import _core
 from hangfree._errors import HangfreeError, failure, initializer_error
@@ -24,7 +28,14 @@ from hangfree._pickling import dumps, loads
 # How long the result thread sleeps between checks for shutdown.
 SLICE = 0.05
 
+# (caller's index, ok, value or exception)
 OnOutcome = Callable[[int, bool, Any], None]
+
+log = logging.getLogger("hangfree")
+# A library logs; the application decides where records go (nowhere by default).
+log.addHandler(logging.NullHandler())
+
+_EVENT_LEVELS = {"WorkerStarted": logging.DEBUG, "Recycled": logging.INFO, "Terminate": logging.INFO}
 
 _label_repr = reprlib.Repr()
 _label_repr.maxstring = 40
@@ -52,30 +63,45 @@ def label(fn: Callable[..., Any], args: tuple, kwargs: Optional[dict] = None) ->
     return f"{name}({', '.join(parts)})"
 
 
-def _raised(data: bytes, name: Optional[str]) -> BaseException:
+def _raised(data: bytes, name: str) -> BaseException:
     """Rebuilds the exception a task raised, with the worker's traceback as its cause."""
     try:
         info = loads(data)
     except Exception as e:
         return HangfreeError(f"{name}: the task raised an exception that cannot be unpickled here: {e}")
     exc = info.get("exc")
-    if not isinstance(exc, BaseException):
+    if info.get("input_error"):
+        # The worker could not unpickle the call: an error on this task, named.
+        exc = HangfreeError(f"{name}: {info.get('summary', 'the worker cannot unpickle the call')}")
+    elif not isinstance(exc, BaseException):
         note = info.get("note", "")
         exc = HangfreeError(f"{name}: the task raised {info.get('summary', 'an exception')} {note}".rstrip())
     exc.__cause__ = RemoteTraceback(info.get("traceback", ""))
     return exc
 
 
-def decode(kind: str, data: Any, name: Optional[str]) -> Tuple[bool, Any]:
-    """An engine outcome as ``(True, value)`` or ``(False, exception)``."""
+def decode(kind: str, data: Any, name: Callable[[], str]) -> Tuple[bool, Any]:
+    """An engine outcome as ``(True, value)`` or ``(False, exception)``. ``name`` gives
+    the task's label, computed only when an error needs it."""
     if kind == "value":
         try:
             return True, loads(data)
         except Exception as e:
-            return False, HangfreeError(f"{name}: the result cannot be unpickled here: {type(e).__name__}: {e}")
+            return False, HangfreeError(f"{name()}: the result cannot be unpickled here: {type(e).__name__}: {e}")
     if kind == "raised":
-        return False, _raised(data, name)
-    return False, failure(kind, data, name)
+        return False, _raised(data, name())
+    return False, failure(kind, data, name())
+
+
+def memory_bytes(limit: Union[int, str, None]) -> Optional[int]:
+    """``max_memory`` as bytes: an int, or a string such as ``"2GiB"`` or ``"512MB"``."""
+    if limit is None:
+        return None
+    if isinstance(limit, str):
+        return _core.parse_size(limit)
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+        return limit
+    raise ValueError(f"max_memory must be a positive number of bytes or a size such as '2GiB', not {limit!r}")
 
 
 class EngineClient:
@@ -94,10 +120,15 @@ class EngineClient:
         max_startup_failures: int,
         owner: str,
         closed_error: Callable[[], BaseException],
+        max_memory: Union[int, str, None] = None,
+        retries: int = 0,
+        stack_wait: float = 0.5,
         prefetch: int = 1,
     ):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a non-negative int, not {retries!r}")
         self.pid = os.getpid()
         self.owner = owner
         self.closed_error = closed_error
@@ -120,6 +151,11 @@ class EngineClient:
             # behind a long one while another worker idles (and it can no longer be
             # cancelled), where the stdlib's shared call queue lets any idle worker take it.
             prefetch=prefetch,
+            max_memory=memory_bytes(max_memory),
+            retries=retries,
+            # The worker answers SIGUSR1 with the late task's stack (see _worker.py).
+            stack_dump_wait=stack_wait if stack_wait > 0 else None,
+            events=True,
         )
         # key -> [on_outcome, engine index -> caller's index, caller's index -> label, outcomes due]
         self._jobs: Dict[int, list] = {}
@@ -130,13 +166,16 @@ class EngineClient:
         self._thread.start()
         _live.add(self)
 
+    def forked_error(self) -> RuntimeError:
+        return RuntimeError(
+            f"this hangfree {self.owner} was created by process {self.pid} and cannot be used "
+            f"in the forked child {os.getpid()}; create a new one in the child"
+        )
+
     def check_process(self) -> None:
         """Raises if this process is a fork of the one that made the engine."""
         if os.getpid() != self.pid:
-            raise RuntimeError(
-                f"this hangfree {self.owner} was created by process {self.pid} and cannot be used "
-                f"in the forked child {os.getpid()}; create a new one in the child"
-            )
+            raise self.forked_error()
 
     def submit(
         self,
@@ -202,8 +241,12 @@ class EngineClient:
         while not self._stopping:
             try:
                 outcomes = engine.next_outcomes(SLICE)
+                events = engine.take_events()
             except BaseException:  # never let this thread die with callers waiting
                 continue
+            for kind, _trouble, pid, task_id, message in events:
+                log.log(_EVENT_LEVELS.get(kind, logging.WARNING), "%s", message,
+                        extra={"hangfree_event": kind, "pid": pid, "task_id": task_id})
             for key, index, kind, data in outcomes:
                 with self._lock:
                     entry = self._jobs.get(key)
@@ -214,7 +257,7 @@ class EngineClient:
                         del self._jobs[key]
                 on_outcome, positions, label_of = entry[0], entry[1], entry[2]
                 i = positions[index]
-                ok, value = decode(kind, data, label_of(i) if kind != "value" else None)
+                ok, value = decode(kind, data, lambda: label_of(i))
                 try:
                     on_outcome(i, ok, value)
                 except BaseException as e:  # a user callback raised: report, keep serving
@@ -240,8 +283,14 @@ class EngineClient:
         self.engine.terminate()
         self.engine.join(self.grace + 3.0)
 
+    def terminate_nowait(self) -> None:
+        """Starts stopping every worker and returns at once (for ``__del__``)."""
+        if os.getpid() == self.pid:
+            self.engine.terminate()
+
     def join(self, timeout: Optional[float] = None) -> bool:
         """Waits for the workers to exit; returns whether they did within ``timeout``."""
+        self.check_process()
         done = self.engine.join(timeout)
         if done:
             self.stop_thread()
@@ -257,7 +306,8 @@ class EngineClient:
 
 
 def _shutdown_all() -> None:
-    """Interpreter exit: stop every engine still running, bounded by its grace period."""
+    """Interpreter exit: stop every engine still running, bounded by its grace period,
+    and its result thread (a thread waking in Rust during finalization would crash)."""
     for client in list(_live):
         try:
             if os.getpid() == client.pid:

@@ -15,6 +15,7 @@ __all__ = [
     "WorkerLostError",
     "WorkerProtocolError",
     "TaskTimeoutError",
+    "MemoryLimitError",
     "InitializerError",
     "TaskCancelledError",
     "PoolTerminatedError",
@@ -43,6 +44,10 @@ class WorkerLostError(HangfreeError, BrokenProcessPool):
     signal: Optional[int] = None
     signal_name: Optional[str] = None
     stderr_tail: str = ""
+    #: True when a SIGKILL nobody in the pool sent came while the kernel counted an OOM kill.
+    probably_oom: bool = False
+    #: With ``retries``: the earlier attempts' workers, as dicts (pid, exitcode or signal).
+    earlier_attempts: list = []
 
 
 class WorkerProtocolError(WorkerLostError):
@@ -51,9 +56,21 @@ class WorkerProtocolError(WorkerLostError):
 
 class TaskTimeoutError(HangfreeError, multiprocessing.TimeoutError):
     """The task ran past its time limit; its worker was stopped (SIGTERM to its process
-    group, the grace period, then SIGKILL). Attributes: ``limit`` (seconds), ``pid``."""
+    group, the grace period, then SIGKILL). Attributes: ``limit`` (seconds), ``pid``, and
+    ``stack``: where the task was when its limit passed (the worker's Python stack), or
+    None if it was stuck where Python could not answer (a C call)."""
 
     limit: Optional[float] = None
+    pid: Optional[int] = None
+    stack: Optional[str] = None
+
+
+class MemoryLimitError(HangfreeError):
+    """The worker running the task passed the pool's ``max_memory``; it was stopped and
+    replaced. Attributes: ``limit`` and ``peak`` (bytes), ``pid``."""
+
+    limit: Optional[int] = None
+    peak: Optional[int] = None
     pid: Optional[int] = None
 
 
@@ -73,7 +90,7 @@ class PoolTerminatedError(HangfreeError):
     """The pool was terminated before the task finished."""
 
 
-for _cls in (HangfreeError, WorkerLostError, WorkerProtocolError, TaskTimeoutError, InitializerError,
+for _cls in (HangfreeError, WorkerLostError, WorkerProtocolError, TaskTimeoutError, MemoryLimitError, InitializerError,
              TaskCancelledError, PoolTerminatedError):
     # Shown in tracebacks as hangfree.WorkerLostError, the name users import.
     _cls.__module__ = "hangfree"
@@ -121,12 +138,18 @@ def failure(kind: str, data: dict, label: Optional[str]) -> BaseException:
             signal=data.get("signal"),
             signal_name=data.get("signal_name"),
             stderr_tail=data.get("stderr_tail", ""),
+            probably_oom=data.get("probably_oom", False),
+            earlier_attempts=data.get("earlier_attempts", []),
             **common,
         )
     if kind == "protocol":
         return _with(WorkerProtocolError(message), pid=data.get("pid"), **common)
     if kind == "timed_out":
-        return _with(TaskTimeoutError(message), limit=data.get("limit"), pid=data.get("pid"), **common)
+        return _with(TaskTimeoutError(message), limit=data.get("limit"), pid=data.get("pid"),
+                     stack=data.get("stack"), **common)
+    if kind == "memory_limit":
+        return _with(MemoryLimitError(message), limit=data.get("limit"), peak=data.get("peak"),
+                     pid=data.get("pid"), **common)
     if kind == "cancelled":
         return _with(TaskCancelledError(message), **common)
     if kind == "terminated":

@@ -6,7 +6,7 @@ import threading
 import time
 from concurrent.futures import Executor, Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
 from hangfree._client import EngineClient, cpu_count
 from hangfree._errors import TaskCancelledError
@@ -74,6 +74,8 @@ class ProcessPoolExecutor(Executor):
         max_tasks_per_child: Optional[int] = None,
         task_timeout: Optional[float] = None,
         grace: float = 1.0,
+        max_memory: Union[int, str, None] = None,
+        retries: int = 0,
         startup_timeout: float = 60.0,
         max_startup_failures: int = 3,
     ):
@@ -99,6 +101,8 @@ class ProcessPoolExecutor(Executor):
             max_startup_failures=max_startup_failures,
             owner="ProcessPoolExecutor",
             closed_error=lambda: RuntimeError("cannot schedule new futures after shutdown"),
+            max_memory=max_memory,
+            retries=retries,
         )
         self._lock = threading.Lock()
         self._shutdown = False
@@ -163,10 +167,13 @@ class ProcessPoolExecutor(Executor):
         *iterables: Iterable[Any],
         timeout: Optional[float] = None,
         chunksize: int = 1,
+        return_exceptions: bool = False,
     ) -> Iterator[Any]:
         """Returns an iterator of ``fn(*args)`` over the zipped ``iterables``, in order.
         Calls are sent to workers ``chunksize`` at a time. ``TimeoutError`` is raised by
-        the iterator if a result is not ready ``timeout`` seconds after this call."""
+        the iterator if a result is not ready ``timeout`` seconds after this call. With
+        ``return_exceptions=True`` a failed call's exception is yielded in its place
+        instead of raised, so one failure does not end the iteration."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
@@ -178,10 +185,12 @@ class ProcessPoolExecutor(Executor):
                 futures.reverse()
                 while futures:
                     f = futures.pop()
-                    if end_time is None:
-                        yield f.result()
+                    left = None if end_time is None else end_time - time.monotonic()
+                    if return_exceptions:
+                        exc = f.exception(left)
+                        yield exc if exc is not None else f.result()
                     else:
-                        yield f.result(end_time - time.monotonic())
+                        yield f.result(left)
             finally:
                 for f in futures:
                     f.cancel()
@@ -235,6 +244,16 @@ class ProcessPoolExecutor(Executor):
             self._shutdown = True
         self._client.terminate()
         self._client.join(self._grace + 3.0)
+
+    def __del__(self) -> None:
+        # Collected without shutdown: let the submitted calls finish, then the workers
+        # exit (the result thread holds the engine, not this object). Never blocks.
+        client = self.__dict__.get("_client")
+        if client is not None and not self.__dict__.get("_shutdown", True):
+            try:
+                client.close()
+            except Exception:
+                pass
 
     def stats(self) -> Dict[str, int]:
         """The executor's counters: calls by outcome, workers spawned, lost, recycled."""

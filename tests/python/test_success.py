@@ -46,10 +46,11 @@ def test_method_signatures_match_multiprocessing(name):
     assert [p.name for p in positional] == [p.name for p in theirs_params]
     for a, b in zip(positional, theirs_params):
         assert a.default == b.default, f"{name}({a.name}) default {a.default!r} != {b.default!r}"
-    # Every extra parameter is keyword-only (task_timeout).
+    # Every extra parameter is keyword-only and off by default (task_timeout,
+    # return_exceptions, progress), so a call written for multiprocessing means the same.
     for p in ours.parameters.values():
         if p.kind is inspect.Parameter.KEYWORD_ONLY:
-            assert p.default is None or p.default == inspect.Parameter.empty or p.name in ("grace",)
+            assert p.default in (None, False) or p.default is inspect.Parameter.empty or p.name in ("grace",), p
 
 
 def test_constructor_signature_and_keyword_only_extras():
