@@ -28,7 +28,8 @@ from hangfree._pickling import dumps, loads
 # How long the result thread sleeps between checks for shutdown.
 SLICE = 0.05
 
-# (caller's index, ok, value or exception)
+# (caller's index, ok, value or exception). It may have an attribute `many(first, values)`
+# taking the values of consecutive items that all succeeded, in one call.
 OnOutcome = Callable[[int, bool, Any], None]
 
 log = logging.getLogger("hangfree")
@@ -129,6 +130,11 @@ class EngineClient:
             raise TypeError("initializer must be a callable")
         if not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a non-negative int, not {retries!r}")
+        # Chunks of a map travel as one message each (see `_submit_packed`) only where
+        # nothing measures or retries a single item: no time limit, retries or memory cap.
+        self._may_pack = task_timeout is None and retries == 0 and max_memory is None
+        self._packed_due = 0
+        self._close_deferred = False
         self.pid = os.getpid()
         self.owner = owner
         self.closed_error = closed_error
@@ -180,29 +186,34 @@ class EngineClient:
     def submit(
         self,
         fn: Callable[..., Any],
-        arg_list: List[tuple],
+        arg_list: List[Any],
         kwargs: Optional[dict],
         on_outcome: OnOutcome,
         *,
         chunksize: int = 1,
         timeout: Optional[float] = None,
+        star: bool = True,
     ) -> List[Optional[int]]:
-        """Submits ``fn(*args, **kwargs)`` for each ``args``; returns each call's task id
-        (None for a call whose arguments cannot be pickled: it fails at once through
-        ``on_outcome``, and the others go on)."""
+        """Submits ``fn(*args, **kwargs)`` for each ``args`` of ``arg_list`` (or
+        ``fn(item, **kwargs)`` for each item with ``star=False``); returns each call's task
+        id (None where there is no single task to name: a call whose arguments cannot be
+        pickled fails at once through ``on_outcome``, and packed chunks have one id for
+        many calls)."""
         self.check_process()
         fn_bytes = dumps(fn)
         kw = kwargs or {}
+        calls = _Calls(fn_bytes, arg_list, kw, star, lambda i: label(fn, calls.args(i), kw))
+        label_of = calls.label_of
 
-        def label_of(i: int) -> str:
-            return label(fn, arg_list[i], kw)
+        if chunksize > 1 and len(arg_list) > 1 and timeout is None and self._may_pack:
+            return self._submit_packed(calls, on_outcome, chunksize)
 
         payloads: List[bytes] = []
         positions: List[int] = []
         bad: List[Tuple[int, BaseException]] = []
-        for i, args in enumerate(arg_list):
+        for i in range(len(arg_list)):
             try:
-                payloads.append(dumps((fn_bytes, args, kw)))
+                payloads.append(dumps((fn_bytes, calls.args(i), kw)))
                 positions.append(i)
             except Exception as e:
                 bad.append((i, e))
@@ -224,6 +235,78 @@ class EngineClient:
             err.__cause__ = e
             on_outcome(i, False, err)
         return ids
+
+    def _submit_packed(self, calls: "_Calls", on_outcome: OnOutcome, chunksize: int) -> List[Optional[int]]:
+        """Sends each chunk of a map as one task: one pickle of its arguments out, one of
+        its results back, as multiprocessing does, instead of a message per item.
+
+        The worker runs the chunk's items in order and answers with every item's outcome.
+        If its worker dies (or breaks the protocol) mid-chunk, the chunk's items are run
+        again one message each, so the item that kills a worker is the one that gets
+        WorkerLostError and the others get their values; items of that chunk that had
+        finished before the crash therefore run twice.
+        """
+        n = len(calls.items)
+        payloads: List[bytes] = []
+        kept: List[range] = []
+        for start in range(0, n, chunksize):
+            span = range(start, min(start + chunksize, n))
+            try:
+                payloads.append(dumps((calls.fn_bytes, calls.items[span.start:span.stop], calls.kw, calls.star)))
+                kept.append(span)
+            except Exception:
+                # Something in this chunk does not pickle: send its items one by one, so
+                # only the bad item fails.
+                self.submit_items(calls, on_outcome, span)
+        if kept:
+            key = next(self._keys)
+            with self._lock:
+                self._jobs[key] = [_Packed(self, calls, on_outcome, kept), list(range(len(kept))), None, len(kept)]
+                self._packed_due += len(kept)
+            try:
+                self.engine.submit(key, payloads, chunksize=1)
+            except _core.SubmitRefused as e:
+                with self._lock:
+                    self._jobs.pop(key, None)
+                    self._packed_due -= len(kept)
+                raise self.refused(e) from None
+        return [None] * n
+
+    def submit_items(self, calls: "_Calls", on_outcome: OnOutcome, idx: Iterable[int]) -> None:
+        """Submits the calls ``idx`` one message each (their outcomes go to
+        ``on_outcome`` under their own indices)."""
+        payloads: List[bytes] = []
+        positions: List[int] = []
+        for i in idx:
+            try:
+                payloads.append(dumps((calls.fn_bytes, calls.args(i), calls.kw)))
+                positions.append(i)
+            except Exception as e:
+                err = HangfreeError(f"{calls.label_of(i)}: its arguments cannot be pickled: {type(e).__name__}: {e}")
+                err.__cause__ = e
+                on_outcome(i, False, err)
+        if payloads:
+            key = next(self._keys)
+            with self._lock:
+                self._jobs[key] = [on_outcome, positions, calls.label_of, len(payloads)]
+            try:
+                self.engine.submit(key, payloads, chunksize=1)
+            except _core.SubmitRefused as e:
+                with self._lock:
+                    self._jobs.pop(key, None)
+                err = self.refused(e)
+                for i in positions:
+                    on_outcome(i, False, err)
+
+    def _packed_settled(self) -> None:
+        """A packed chunk got its outcome; a close() waiting for the last one goes on."""
+        with self._lock:
+            self._packed_due -= 1
+            go = self._packed_due == 0 and self._close_deferred
+            if go:
+                self._close_deferred = False
+        if go:
+            self.engine.close()
 
     def refused(self, e: BaseException) -> BaseException:
         """The exception for a submission the engine refused."""
@@ -255,6 +338,9 @@ class EngineClient:
                     entry[3] -= 1
                     if entry[3] == 0:
                         del self._jobs[key]
+                if isinstance(entry[0], _Packed):
+                    entry[0].settle(index, kind, data)
+                    continue
                 on_outcome, positions, label_of = entry[0], entry[1], entry[2]
                 i = positions[index]
                 ok, value = decode(kind, data, lambda: label_of(i))
@@ -274,6 +360,12 @@ class EngineClient:
         return self.engine.cancel_if_queued(task_id)
 
     def close(self) -> None:
+        """Accepts no more calls. While a packed chunk is out, the engine stays open so
+        its items can still be run again one by one if its worker dies."""
+        with self._lock:
+            if self._packed_due > 0:
+                self._close_deferred = True
+                return
         self.engine.close()
 
     def terminate(self) -> None:
@@ -303,6 +395,57 @@ class EngineClient:
 
     def stats(self) -> Dict[str, int]:
         return self.engine.stats()
+
+
+class _Calls:
+    """The calls of one submission: ``fn(*items[i], **kw)``, or ``fn(items[i], **kw)``
+    when ``star`` is false (``map`` sends its items as they are)."""
+
+    __slots__ = ("fn_bytes", "items", "kw", "star", "label_of")
+
+    def __init__(self, fn_bytes: bytes, items: List[Any], kw: dict, star: bool, label_of: Callable[[int], str]):
+        self.fn_bytes = fn_bytes
+        self.items = items
+        self.kw = kw
+        self.star = star
+        self.label_of = label_of
+
+    def args(self, i: int) -> tuple:
+        return self.items[i] if self.star else (self.items[i],)
+
+
+class _Packed:
+    """The chunks of one packed map call, and what to do with each chunk's outcome."""
+
+    def __init__(self, client: EngineClient, calls: _Calls, on_outcome: OnOutcome, chunks: List[range]):
+        self.client = client
+        self.calls = calls
+        self.on_outcome = on_outcome
+        self.chunks = chunks
+
+    def settle(self, chunk: int, kind: str, data: Any) -> None:
+        span = self.chunks[chunk]
+        label_of = self.calls.label_of
+        try:
+            if kind == "value":
+                values, failures = loads(data)
+                many = getattr(self.on_outcome, "many", None)
+                if many is not None and not failures:
+                    many(span.start, values)
+                else:
+                    for j, (i, value) in enumerate(zip(span, values)):
+                        if j in failures:
+                            self.on_outcome(i, False, _raised(failures[j], label_of(i)))
+                        else:
+                            self.on_outcome(i, True, value)
+            elif kind in ("worker_lost", "protocol"):
+                # Which item killed the worker is unknown: run each again on its own.
+                self.client.submit_items(self.calls, self.on_outcome, span)
+            else:
+                for i in span:
+                    self.on_outcome(i, *decode(kind, data, lambda: label_of(i)))
+        finally:
+            self.client._packed_settled()
 
 
 def _shutdown_all() -> None:

@@ -101,7 +101,8 @@ def _init(ch: Any, payload: bytes) -> None:
 
 def _task(ch: Any, task_id: int, payload: bytes, functions: Dict[bytes, Callable[..., Any]]) -> None:
     try:
-        fn_bytes, args, kwargs = loads(payload)
+        call = loads(payload)
+        fn_bytes, args, kwargs = call[:3]
         fn = functions.get(fn_bytes)
         if fn is None:
             fn = functions[fn_bytes] = loads(fn_bytes)
@@ -115,6 +116,10 @@ def _task(ch: Any, task_id: int, payload: bytes, functions: Dict[bytes, Callable
         return
     global _current_task
     _current_task = task_id
+    if len(call) == 4:
+        _run_chunk(ch, task_id, fn, args, kwargs, call[3])
+        _current_task = 0
+        return
     try:
         result = fn(*args, **kwargs)
     except SystemExit:
@@ -131,6 +136,37 @@ def _task(ch: Any, task_id: int, payload: bytes, functions: Dict[bytes, Callable
     except BaseException as e:
         ch.send(_core.KIND_RAISED, task_id, _describe(MaybeEncodingError(e, result)))
         return
+    ch.send(_core.KIND_VALUE, task_id, data)
+
+
+def _run_chunk(ch: Any, task_id: int, fn: Callable[..., Any], items: list, kwargs: dict, star: bool) -> None:
+    """Runs a packed chunk: every item in order, each outcome kept, one answer for all:
+    the list of values (None where an item failed) and the failures by position. Items
+    are argument tuples, or single arguments when ``star`` is false."""
+    values: list = []
+    failures: Dict[int, bytes] = {}
+    for j, item in enumerate(items):
+        try:
+            if star:
+                values.append(fn(*item, **kwargs) if kwargs else fn(*item))
+            else:
+                values.append(fn(item, **kwargs) if kwargs else fn(item))
+        except SystemExit:
+            raise
+        except BaseException as e:
+            values.append(None)
+            failures[j] = _describe(e)
+    try:
+        data = dumps((values, failures))
+    except BaseException:
+        # Some value does not pickle: find it, and fail only that item.
+        for j, value in enumerate(values):
+            try:
+                dumps(value)
+            except BaseException as e:
+                values[j] = None
+                failures[j] = _describe(MaybeEncodingError(e, value))
+        data = dumps((values, failures))
     ch.send(_core.KIND_VALUE, task_id, data)
 
 

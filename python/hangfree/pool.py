@@ -98,6 +98,16 @@ class MapResult(ApplyResult):
         if n == 0:
             self._finish(True, [])
 
+    def _put_many(self, first: int, values: List[Any]) -> None:
+        self._values[first:first + len(values)] = values
+        self._left -= len(values)
+        if self._left == 0:
+            if self._first_error is None:
+                self._finish(True, self._values)
+            else:
+                self._values = []
+                self._finish(False, self._first_error)
+
     def _put(self, index: int, ok: bool, value: Any) -> None:
         if ok or self._return_exceptions:
             self._values[index] = value
@@ -140,6 +150,15 @@ class IMapIterator:
                 self._unordered.append((index, ok, value))
             self._cond.notify()
 
+    def _put_many(self, first: int, values: List[Any]) -> None:
+        with self._cond:
+            for i, v in enumerate(values, first):
+                if self._ordered:
+                    self._ready[i] = (True, v)
+                else:
+                    self._unordered.append((i, True, v))
+            self._cond.notify()
+
     def _take(self) -> Optional[Tuple[int, bool, Any]]:
         if self._ordered:
             item = self._ready.pop(self._next_index, None)
@@ -170,6 +189,19 @@ class IMapIterator:
         return (index, value) if self._with_index else value
 
     __next__ = next
+
+
+class _WithMany:
+    """An outcome callback that also takes runs of successful items at once."""
+
+    __slots__ = ("put", "many")
+
+    def __init__(self, put: Callable[[int, bool, Any], None], many: Callable[[int, List[Any]], None]):
+        self.put = put
+        self.many = many
+
+    def __call__(self, i: int, ok: bool, value: Any) -> None:
+        self.put(i, ok, value)
 
 
 class Pool:
@@ -248,7 +280,7 @@ class Pool:
             raise ValueError("Pool not running")
 
     def _submit(self, job: Any, fn: Callable[..., Any], arg_list: List[tuple], kwargs: Optional[dict],
-                chunksize: int, timeout: Optional[float], progress: ProgressArg = None) -> None:
+                chunksize: int, timeout: Optional[float], progress: ProgressArg = None, star: bool = True) -> None:
         put = job._put
         if progress:
             bar = Progress(progress, len(arg_list), getattr(fn, "__qualname__", None))
@@ -257,7 +289,9 @@ class Pool:
                 job._put(i, ok, value)
                 bar.update(ok)
 
-        self._client.submit(fn, arg_list, kwargs, put, chunksize=chunksize, timeout=timeout)
+        elif hasattr(job, "_put_many"):
+            put = _WithMany(job._put, job._put_many)
+        self._client.submit(fn, arg_list, kwargs, put, chunksize=chunksize, timeout=timeout, star=star)
 
     def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict = {}, *,
               task_timeout: Optional[float] = None) -> Any:
@@ -285,7 +319,7 @@ class Pool:
         return chunksize + 1 if extra else max(chunksize, 1)
 
     def _map_async(self, func, arg_list, chunksize, callback, error_callback, task_timeout,
-                   return_exceptions=False, progress=None) -> MapResult:
+                   return_exceptions=False, progress=None, star=True) -> MapResult:
         self._check_running()
         if chunksize is None:
             chunksize = self._default_chunksize(len(arg_list))
@@ -293,7 +327,7 @@ class Pool:
             raise ValueError(f"Chunksize must be 1+, not {chunksize}")
         job = MapResult(self, len(arg_list), callback, error_callback, return_exceptions)
         if arg_list:
-            self._submit(job, func, arg_list, None, chunksize, task_timeout, progress)
+            self._submit(job, func, arg_list, None, chunksize, task_timeout, progress, star)
         return job
 
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: Optional[int] = None, *,
@@ -303,14 +337,14 @@ class Pool:
         ``return_exceptions=True`` a failed item's exception stands in its place instead
         of the first error being raised; ``progress=True`` shows a tqdm bar, or pass a
         callable ``progress(done, failed, total)``."""
-        return self._map_async(func, [(x,) for x in iterable], chunksize, None, None, task_timeout,
-                               return_exceptions, progress).get()
+        return self._map_async(func, list(iterable), chunksize, None, None, task_timeout,
+                               return_exceptions, progress, star=False).get()
 
     def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None, *,
                   task_timeout=None, return_exceptions=False, progress=None) -> MapResult:
         """Like :meth:`map`, returning a :class:`MapResult`."""
-        return self._map_async(func, [(x,) for x in iterable], chunksize, callback, error_callback, task_timeout,
-                               return_exceptions, progress)
+        return self._map_async(func, list(iterable), chunksize, callback, error_callback, task_timeout,
+                               return_exceptions, progress, star=False)
 
     def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: Optional[int] = None,
                 *, task_timeout: Optional[float] = None, return_exceptions: bool = False,
@@ -330,10 +364,10 @@ class Pool:
         self._check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        arg_list = [(x,) for x in iterable]
+        arg_list = list(iterable)
         it = IMapIterator(self, len(arg_list), ordered, return_exceptions, with_index)
         if arg_list:
-            self._submit(it, func, arg_list, None, chunksize, task_timeout, progress)
+            self._submit(it, func, arg_list, None, chunksize, task_timeout, progress, star=False)
         return it
 
     def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *,
