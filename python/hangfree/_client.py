@@ -124,7 +124,7 @@ class EngineClient:
         max_memory: Union[int, str, None] = None,
         retries: int = 0,
         stack_wait: float = 0.5,
-        prefetch: int = 1,
+        prefetch: int = 2,
     ):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
@@ -153,10 +153,12 @@ class EngineClient:
             max_tasks_per_worker=max_tasks_per_worker,
             max_startup_failures=max_startup_failures,
             init_payload=dumps(init),
-            # 1: a call goes only to an idle worker. With more, a call sent ahead waits
-            # behind a long one while another worker idles (and it can no longer be
-            # cancelled), where the stdlib's shared call queue lets any idle worker take it.
+            # A call sent ahead to a busy worker cannot be taken back: behind a long call
+            # it would wait while another worker idles (where the stdlib's shared queue
+            # lets any idle worker take it). So send ahead only behind short calls, where
+            # it saves the round trip between them.
             prefetch=prefetch,
+            prefetch_below=0.002,
             max_memory=memory_bytes(max_memory),
             retries=retries,
             # The worker answers SIGUSR1 with the late task's stack (see _worker.py).
@@ -339,7 +341,10 @@ class EngineClient:
                     if entry[3] == 0:
                         del self._jobs[key]
                 if isinstance(entry[0], _Packed):
-                    entry[0].settle(index, kind, data)
+                    try:
+                        entry[0].settle(index, kind, data)
+                    except BaseException as e:  # a user callback raised: report, keep serving
+                        print(f"hangfree: exception in a result callback: {e!r}", file=sys.stderr)
                     continue
                 on_outcome, positions, label_of = entry[0], entry[1], entry[2]
                 i = positions[index]

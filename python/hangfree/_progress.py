@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any, Callable, Optional, Union
 
@@ -39,11 +40,14 @@ class Progress:
             if not ok:
                 self.failed += 1
             done, failed = self.done, self.failed
-        if self._bar is not None:
-            if not ok:
-                self._bar.set_postfix(failed=failed, refresh=False)
-            self._bar.update(1)
-            if done == self.total:
-                self._bar.close()
-        if self._callback is not None:
-            self._callback(done, failed, self.total)
+        try:
+            if self._bar is not None:
+                if not ok:
+                    self._bar.set_postfix(failed=failed, refresh=False)
+                self._bar.update(1)
+                if done == self.total:
+                    self._bar.close()
+            if self._callback is not None:
+                self._callback(done, failed, self.total)
+        except Exception as e:  # report, and let the call go on
+            print(f"hangfree: exception in a progress callback: {e!r}", file=sys.stderr)

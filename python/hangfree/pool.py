@@ -286,8 +286,9 @@ class Pool:
             bar = Progress(progress, len(arg_list), getattr(fn, "__qualname__", None))
 
             def put(i: int, ok: bool, value: Any) -> None:  # noqa: F811
-                job._put(i, ok, value)
+                # The bar first: once the caller has its result, the bar shows it.
                 bar.update(ok)
+                job._put(i, ok, value)
 
         elif hasattr(job, "_put_many"):
             put = _WithMany(job._put, job._put_many)

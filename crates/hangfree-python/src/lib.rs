@@ -72,7 +72,7 @@ impl Engine {
     #[pyo3(signature = (argv, *, workers, task_timeout=None, grace=1.0, kill_wait=1.0,
         startup_timeout=60.0, max_tasks_per_worker=None, max_startup_failures=3,
         init_payload=Vec::new(), prefetch=2, forward_stderr=true, env=Vec::new(),
-        max_memory=None, retries=0, stack_dump_wait=None, events=false))]
+        max_memory=None, retries=0, stack_dump_wait=None, events=false, prefetch_below=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -92,6 +92,7 @@ impl Engine {
         retries: u32,
         stack_dump_wait: Option<f64>,
         events: bool,
+        prefetch_below: Option<f64>,
     ) -> PyResult<Engine> {
         let Some((program, args)) = argv.split_first() else {
             return Err(PyValueError::new_err("argv must name the worker program"));
@@ -119,6 +120,9 @@ impl Engine {
             b = b.max_memory(m);
         }
         b = b.retries(retries);
+        if let Some(d) = secs(prefetch_below, "prefetch_below")? {
+            b = b.prefetch_below(d);
+        }
         if let Some(w) = secs(stack_dump_wait, "stack_dump_wait")? {
             // The Python worker answers SIGUSR1 with the running task's stack.
             b = b.stack_dump(STACK_SIGNAL, w);

@@ -146,6 +146,15 @@ impl PoolBuilder {
         self
     }
 
+    /// Sends work ahead (see [`PoolBuilder::prefetch`]) only to workers whose recent tasks
+    /// took less than `limit` and whose current task has run less than it, so a task never
+    /// waits long behind a slow one while another worker is idle (default: always send
+    /// ahead).
+    pub fn prefetch_below(mut self, limit: Duration) -> Self {
+        self.cfg.prefetch_below = Some(limit);
+        self
+    }
+
     /// Bytes of each worker's stderr kept for *worker lost* reports (default: 4 KiB).
     pub fn stderr_tail(mut self, bytes: usize) -> Self {
         self.cfg.stderr_tail = bytes;
@@ -297,6 +306,7 @@ impl Pool {
                 init_payload: Vec::new(),
                 max_frame: DEFAULT_MAX_FRAME,
                 prefetch: 2,
+                prefetch_below: None,
                 stderr_tail: 4096,
                 forward_stderr: true,
                 max_memory: None,

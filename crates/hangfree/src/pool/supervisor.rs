@@ -40,6 +40,7 @@ pub(crate) struct Config {
     pub init_payload: Vec<u8>,
     pub max_frame: u32,
     pub prefetch: usize,
+    pub prefetch_below: Option<Duration>,
     pub stderr_tail: usize,
     pub forward_stderr: bool,
     pub max_memory: Option<u64>,
@@ -199,6 +200,10 @@ struct Worker {
     inflight: VecDeque<InFlight>,
     chunks: usize,
     head_deadline: Option<Instant>,
+    /// When the task at the head of its queue started.
+    head_started: Option<Instant>,
+    /// Smoothed duration of its recent tasks (None before the first one finished).
+    typical_task: Option<Duration>,
     /// Tasks sent to it over its life (for `max_tasks_per_worker`).
     sent: u64,
     tail: VecDeque<u8>,
@@ -658,6 +663,7 @@ impl Supervisor {
         let Some(w) = self.workers[slot].as_mut() else { return };
         w.head_deadline = None;
         w.dumping = None;
+        w.head_started = w.inflight.front().map(|_| now);
         let Some(f) = w.inflight.front() else { return };
         if self.cfg.max_memory.is_some() && !self.memory_timer {
             self.memory_timer = true;
@@ -739,6 +745,8 @@ impl Supervisor {
             inflight: VecDeque::new(),
             chunks: 0,
             head_deadline: None,
+            head_started: None,
+            typical_task: None,
             sent: 0,
             tail: VecDeque::new(),
             startup_counted: false,
@@ -884,12 +892,23 @@ impl Supervisor {
                 if self.queue.is_empty() {
                     return;
                 }
-                let ok = self.workers[slot].as_ref().is_some_and(|w| w.is_ready() && w.chunks == depth);
+                let ok = self.workers[slot].as_ref().is_some_and(|w| {
+                    w.is_ready() && w.chunks == depth && (depth == 0 || self.may_send_ahead(w, now))
+                });
                 if ok {
                     self.send_chunk(slot, now);
                 }
             }
         }
+    }
+
+    /// Whether more work may wait in a busy worker's channel. With `prefetch_below` set,
+    /// only behind tasks known to be short: a task sent ahead cannot be taken back, so
+    /// behind a long one it would wait while another worker sits idle.
+    fn may_send_ahead(&self, w: &Worker, now: Instant) -> bool {
+        let Some(limit) = self.cfg.prefetch_below else { return true };
+        let head_short = w.head_started.is_none_or(|t| now.saturating_duration_since(t) < limit);
+        head_short && w.typical_task.is_some_and(|d| d < limit)
     }
 
     fn send_chunk(&mut self, slot: usize, now: Instant) {
@@ -1034,6 +1053,14 @@ impl Supervisor {
                 if w.inflight.front().map(|h| h.id) != Some(f.task_id) {
                     self.on_protocol_violation(slot, format!("answer for task {} it was not running", f.task_id), now);
                     return;
+                }
+                if let Some(t) = w.head_started {
+                    let took = now.saturating_duration_since(t);
+                    // Mostly the last few tasks: one slow task soon stops the sending ahead.
+                    w.typical_task = Some(match w.typical_task {
+                        Some(d) => (d * 3 + took) / 4,
+                        None => took,
+                    });
                 }
                 self.pop_head(slot);
                 let outcome = if f.kind == Kind::Value { Outcome::Value(f.payload) } else { Outcome::Raised(f.payload) };
