@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -108,6 +109,25 @@ def git_rev():
         return "unknown"
 
 
+def hangfree_fingerprint():
+    """A hash of the hangfree package as installed (editable: the source tree), to notice
+    it changing under a run."""
+    import hashlib
+
+    h = hashlib.sha256()
+    pkg = os.path.join(ROOT, "python", "hangfree")
+    for dirpath, dirnames, files in sorted(os.walk(pkg)):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for name in sorted(files):
+            if name.endswith((".py", ".so")):
+                try:
+                    with open(os.path.join(dirpath, name), "rb") as f:
+                        h.update(name.encode() + f.read())
+                except OSError:
+                    pass
+    return h.hexdigest()[:16]
+
+
 def loadavg():
     try:
         return os.getloadavg()
@@ -162,11 +182,17 @@ def measure(impl, workload, args, limits):
     cmd = [sys.executable, MEASURE, "--impl", impl, "--workload", workload, "--workers", str(args.workers)]
     if args.quick:
         cmd.append("--quick")
-    out = tempfile.TemporaryFile(mode="w+")
-    err = tempfile.TemporaryFile(mode="w+")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
+    # The child writes through its own open file (O_APPEND) and this process reads through
+    # another, so reading never moves the offset the child (or its forked workers) write at.
+    tmpdir = tempfile.mkdtemp(prefix="hangfree-bench-")
+    out_path, err_path = os.path.join(tmpdir, "stdout"), os.path.join(tmpdir, "stderr")
+    # Its temporary files go in the same directory, removed even if it is killed.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore", TMPDIR=tmpdir)
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    with open(out_path, "a") as out_w, open(err_path, "a") as err_w:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out_w, stderr=err_w, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    out = open(out_path)
+    err = open(err_path)
     events, buf, pos = [], "", 0
     phase, killed, status_override = None, None, None
 
@@ -241,6 +267,7 @@ def measure(impl, workload, args, limits):
             rec["traceback"] = result["traceback"]
     out.close()
     err.close()
+    shutil.rmtree(tmpdir, ignore_errors=True)
     return rec
 
 
@@ -495,6 +522,9 @@ def write_reports(out_base, env, records, summaries, tgt, impls, workloads, fail
     if la0 and la1:
         md.append(f"- load average (1/5/15 min) at start {la0[0]:.2f}/{la0[1]:.2f}/{la0[2]:.2f}, at end {la1[0]:.2f}/{la1[1]:.2f}/{la1[2]:.2f}"
                   + (" — **the machine was busy: re-measure on a quiet machine**" if max(la0[0], la1[0]) > 0.5 * env["nproc"] else ""))
+    if env.get("hangfree_fingerprint_start") != env.get("hangfree_fingerprint_end"):
+        md.append("- **hangfree's files (python/hangfree: .py and the extension) changed during this run: "
+                  "the hangfree numbers mix versions; run again**")
     md.append("")
     md.append("## Results\n")
     md.append("| workload | " + " | ".join(impls) + " |")
@@ -584,6 +614,7 @@ def main():
         "quick": args.quick,
         "limits": limits,
         "loadavg_start": loadavg(),
+        "hangfree_fingerprint_start": hangfree_fingerprint(),
     }
     t_start = time.monotonic()
     records = []
@@ -604,6 +635,7 @@ def main():
                     print("    " + (rec.get("traceback") or rec.get("stderr_tail")).strip().replace("\n", "\n    "), flush=True)
     env["wall_s"] = time.monotonic() - t_start
     env["loadavg_end"] = loadavg()
+    env["hangfree_fingerprint_end"] = hangfree_fingerprint()
 
     summaries = {}
     for w, m, *_ in ROWS:
@@ -612,6 +644,8 @@ def main():
                 summaries[(w, impl, m)] = summarize(records, w, impl, m)
     tgt = targets(summaries, records)
     fails = failures(records)
+    if env["hangfree_fingerprint_start"] != env["hangfree_fingerprint_end"]:
+        fails.append("hangfree's files changed during the run (python/hangfree): the results mix versions")
     text = write_reports(out_base, env, records, summaries, tgt, impls, workloads, fails)
     title = f"hangfree benchmark, {env['date']}, {env['workers']} workers, {repeats} repeats" + (" (--quick)" if args.quick else "")
     try:
