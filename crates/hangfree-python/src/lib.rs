@@ -205,7 +205,8 @@ impl Engine {
                 }
                 q.drain(..).collect::<Vec<_>>()
             });
-            if !got.is_empty() || Instant::now() >= deadline || self.has_events() {
+            // A finished pool has nothing more to say: let the result thread go at once.
+            if !got.is_empty() || Instant::now() >= deadline || self.has_events() || self.pool.is_finished() {
                 break got;
             }
             py.check_signals()?;
@@ -251,7 +252,11 @@ impl Engine {
                 None => SLICE,
             };
             match py.detach(|| self.pool.join(Some(slice))) {
-                Ok(()) => return Ok(true),
+                Ok(()) => {
+                    // Wake the result thread from its wait: it sees the pool finished.
+                    self.queue.cv.notify_all();
+                    return Ok(true);
+                }
                 Err(hangfree::JoinError::StillOpen) => {
                     return Err(PyValueError::new_err("join() needs close() or terminate() first"));
                 }
