@@ -8,7 +8,11 @@ from concurrent.futures import Executor, Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
+from concurrent.futures import TimeoutError as FuturesTimeoutError
+from multiprocessing import TimeoutError as MpTimeoutError
+
 from hangfree._client import EngineClient, cpu_count
+from hangfree.pool import IMapIterator, _Run, _WithMany
 from hangfree._errors import TaskCancelledError
 
 __all__ = ["ProcessPoolExecutor"]
@@ -177,6 +181,8 @@ class ProcessPoolExecutor(Executor):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
+        if chunksize > 1:
+            return self._map_chunked(fn, iterables, chunksize, end_time, return_exceptions)
         # A copy: the iterator consumes its list while outcomes still index the original.
         futures = list(self._start(fn, list(zip(*iterables)), None, chunksize, None))
 
@@ -194,6 +200,51 @@ class ProcessPoolExecutor(Executor):
             finally:
                 for f in futures:
                     f.cancel()
+
+        return result_iterator()
+
+    def _map_chunked(self, fn: Callable[..., Any], iterables: tuple, chunksize: int,
+                     end_time: Optional[float], return_exceptions: bool) -> Iterator[Any]:
+        """``map`` with chunks: no future per item, as in the stdlib; each chunk travels as
+        one message and the results come back in order through one collector."""
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+        # One iterable: its items go as they are, cheaper to pickle than 1-tuples.
+        star = len(iterables) != 1
+        arg_list = list(zip(*iterables)) if star else list(iterables[0])
+        results = IMapIterator(self, len(arg_list), True, return_exceptions)
+        if arg_list:
+            put = _WithMany(results._put, results._put_many)
+            self._client.submit(fn, arg_list, None, put, chunksize=chunksize, star=star)
+
+        def result_iterator() -> Iterator[Any]:
+            left_to_yield = len(arg_list)
+            while left_to_yield:
+                left = None if end_time is None else max(0.0, end_time - time.monotonic())
+                try:
+                    results._wait_taken(left)
+                except MpTimeoutError:
+                    raise FuturesTimeoutError() from None
+                # Hand out everything that arrived; a chunk's values without a call per item.
+                taken = results._taken
+                while taken:
+                    entry = taken[0]
+                    if isinstance(entry, _Run):
+                        taken.popleft()
+                        values = entry.values[entry.pos:] if entry.pos else entry.values
+                        n = len(values)
+                        results._taken_n -= n
+                        results._yielded += n
+                        results._next_index += n
+                        left_to_yield -= n
+                        yield from values
+                        continue
+                    _, ok, value = results._pop_one()
+                    left_to_yield -= 1
+                    if not ok and not return_exceptions:
+                        raise value
+                    yield value
 
         return result_iterator()
 

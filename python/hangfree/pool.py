@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import time
@@ -136,59 +137,105 @@ class IMapIterator:
         self._n = n
         self._next_index = 0
         self._yielded = 0
-        self._ready: Dict[int, Tuple[bool, Any]] = {}
-        self._unordered: List[Tuple[int, bool, Any]] = []
+        # Outcomes not yet handed out: single (index, ok, value) entries, or runs of
+        # successful consecutive items from one chunk, kept whole (no per-item work).
+        self._ready: Dict[int, Any] = {}
+        self._unordered: List[Any] = []
+        # Entries taken from the shared state in one go, handed out without the lock.
+        self._taken: "collections.deque[Any]" = collections.deque()
+        self._taken_n = 0
 
     def __iter__(self) -> "IMapIterator":
         return self
 
-    def _put(self, index: int, ok: bool, value: Any) -> None:
+    def _add(self, first: int, entry: Any) -> None:
         with self._cond:
             if self._ordered:
-                self._ready[index] = (ok, value)
+                self._ready[first] = entry
             else:
-                self._unordered.append((index, ok, value))
+                self._unordered.append(entry)
             self._cond.notify()
+
+    def _put(self, index: int, ok: bool, value: Any) -> None:
+        self._add(index, (index, ok, value))
 
     def _put_many(self, first: int, values: List[Any]) -> None:
-        with self._cond:
-            for i, v in enumerate(values, first):
-                if self._ordered:
-                    self._ready[i] = (True, v)
-                else:
-                    self._unordered.append((i, True, v))
-            self._cond.notify()
+        if values:
+            self._add(first, _Run(first, values))
 
-    def _take(self) -> Optional[Tuple[int, bool, Any]]:
+    def _take(self) -> bool:
+        """Moves every entry that may be handed out now into ``_taken`` (in order: only
+        those that follow the last one taken without a gap)."""
         if self._ordered:
-            item = self._ready.pop(self._next_index, None)
-            return None if item is None else (self._next_index, *item)
-        return self._unordered.pop(0) if self._unordered else None
+            i = self._next_index + self._taken_n
+            while True:
+                entry = self._ready.pop(i, None)
+                if entry is None:
+                    break
+                n = entry.left() if isinstance(entry, _Run) else 1
+                self._taken.append(entry)
+                self._taken_n += n
+                i += n
+        else:
+            for entry in self._unordered:
+                self._taken.append(entry)
+                self._taken_n += entry.left() if isinstance(entry, _Run) else 1
+            self._unordered.clear()
+        return bool(self._taken)
+
+    def _pop_one(self) -> Tuple[int, bool, Any]:
+        entry = self._taken[0]
+        if isinstance(entry, _Run):
+            index, value = entry.first + entry.pos, entry.values[entry.pos]
+            entry.pos += 1
+            if entry.pos == len(entry.values):
+                self._taken.popleft()
+            item = (index, True, value)
+        else:
+            item = self._taken.popleft()
+        self._taken_n -= 1
+        self._yielded += 1
+        self._next_index += 1
+        return item
+
+    def _wait_taken(self, timeout: Optional[float]) -> None:
+        """Waits until ``_taken`` holds at least one outcome."""
+        if not self._taken:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            with self._cond:
+                while not self._take():
+                    self._client.check_process()
+                    left = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
+                    if left <= 0:
+                        raise TimeoutError
+                    self._cond.wait(left)
 
     def next(self, timeout: Optional[float] = None) -> Any:
         """The next result; raises its error, ``StopIteration`` at the end, or
         ``multiprocessing.TimeoutError`` if ``timeout`` passes."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                if self._yielded >= self._n:
-                    raise StopIteration
-                item = self._take()
-                if item is not None:
-                    break
-                self._client.check_process()
-                left = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
-                if left <= 0:
-                    raise TimeoutError
-                self._cond.wait(left)
-            self._yielded += 1
-            self._next_index += 1
-        index, ok, value = item
+        if self._yielded >= self._n:
+            raise StopIteration
+        self._wait_taken(timeout)
+        index, ok, value = self._pop_one()
         if not ok and not self._return_exceptions:
             raise value
         return (index, value) if self._with_index else value
 
     __next__ = next
+
+
+class _Run:
+    """The values of consecutive successful items, as one chunk delivered them."""
+
+    __slots__ = ("first", "values", "pos")
+
+    def __init__(self, first: int, values: List[Any]):
+        self.first = first
+        self.values = values
+        self.pos = 0
+
+    def left(self) -> int:
+        return len(self.values) - self.pos
 
 
 class _WithMany:
