@@ -101,20 +101,17 @@ class MapResult(ApplyResult):
 
     def _put_many(self, first: int, values: List[Any]) -> None:
         self._values[first:first + len(values)] = values
-        self._left -= len(values)
-        if self._left == 0:
-            if self._first_error is None:
-                self._finish(True, self._values)
-            else:
-                self._values = []
-                self._finish(False, self._first_error)
+        self._count_down(len(values))
 
     def _put(self, index: int, ok: bool, value: Any) -> None:
         if ok or self._return_exceptions:
             self._values[index] = value
         elif self._first_error is None:
             self._first_error = value
-        self._left -= 1
+        self._count_down(1)
+
+    def _count_down(self, n: int) -> None:
+        self._left -= n
         if self._left == 0:
             if self._first_error is None:
                 self._finish(True, self._values)

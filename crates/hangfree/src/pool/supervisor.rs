@@ -245,6 +245,14 @@ enum Timer {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChannelEnd {
+    /// Nothing more to read now (or the channel was already dropped).
+    Drained,
+    /// End of file, or a read error: the worker will not say more.
+    Closed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Run {
     Open,
     Closing,
@@ -986,29 +994,34 @@ impl Supervisor {
 
     fn on_readable(&mut self, slot: usize, now: Instant) {
         // Bounded reads per wake-up keep one chatty worker from starving the others.
-        for _ in 0..16 {
-            let Some(w) = self.workers[slot].as_mut() else { return };
-            let Some(chan) = w.chan.as_mut() else { return };
+        if self.read_channel(slot, now, 16) == ChannelEnd::Closed {
+            self.on_channel_closed(slot, now);
+        }
+    }
+
+    /// Reads up to `reads` times from a worker's channel and handles every whole frame.
+    /// Says whether the channel ended (end of file or an error) or is merely drained.
+    fn read_channel(&mut self, slot: usize, now: Instant, reads: usize) -> ChannelEnd {
+        for _ in 0..reads {
+            let Some(w) = self.workers[slot].as_mut() else { return ChannelEnd::Drained };
+            let Some(chan) = w.chan.as_mut() else { return ChannelEnd::Drained };
             let want = w.dec.wanted().clamp(64 * 1024, 4 << 20);
             match w.dec.read_from_fd(&*chan, want) {
                 Ok(0) => {
                     self.drain_frames(slot, now);
-                    self.on_channel_closed(slot, now);
-                    return;
+                    return ChannelEnd::Closed;
                 }
                 Ok(_) => {
                     if !self.drain_frames(slot, now) {
-                        return;
+                        return ChannelEnd::Drained;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => {
-                    self.on_channel_closed(slot, now);
-                    return;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ChannelEnd::Drained,
+                Err(_) => return ChannelEnd::Closed,
             }
         }
+        ChannelEnd::Drained
     }
 
     /// Handles every whole frame buffered; false if the channel is no longer usable.
@@ -1205,25 +1218,7 @@ impl Supervisor {
     /// caller is handling that), and it is bounded: a grandchild holding the channel could
     /// keep writing.
     fn drain_channel(&mut self, slot: usize, now: Instant) {
-        for _ in 0..64 {
-            let Some(w) = self.workers[slot].as_mut() else { return };
-            let Some(chan) = w.chan.as_mut() else { return };
-            let want = w.dec.wanted().clamp(64 * 1024, 4 << 20);
-            match w.dec.read_from_fd(&*chan, want) {
-                Ok(0) => {
-                    self.drain_frames(slot, now);
-                    return;
-                }
-                Ok(_) => {
-                    if !self.drain_frames(slot, now) {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // WouldBlock: everything written is read. Other errors: nothing more to get.
-                Err(_) => return,
-            }
-        }
+        self.read_channel(slot, now, 64);
     }
 
     fn fire_timers(&mut self, now: Instant) {
