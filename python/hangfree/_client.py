@@ -135,6 +135,8 @@ class EngineClient:
         self._may_pack = task_timeout is None and retries == 0 and max_memory is None
         self._packed_due = 0
         self._close_deferred = False
+        # The engine counts a packed chunk as one task; these turn its counts into items.
+        self._item_counts: Dict[str, int] = {}
         self.pid = os.getpid()
         self.owner = owner
         self.closed_error = closed_error
@@ -272,6 +274,7 @@ class EngineClient:
                     self._jobs.pop(key, None)
                     self._packed_due -= len(kept)
                 raise self.refused(e) from None
+            self.count_items(submitted=sum(len(span) - 1 for span in kept))
         return [None] * n
 
     def submit_items(self, calls: "_Calls", on_outcome: OnOutcome, idx: Iterable[int]) -> None:
@@ -398,8 +401,19 @@ class EngineClient:
         if threading.current_thread() is not self._thread:
             self._thread.join(1.0)
 
+    def count_items(self, **deltas: int) -> None:
+        with self._lock:
+            for k, v in deltas.items():
+                self._item_counts[k] = self._item_counts.get(k, 0) + v
+
     def stats(self) -> Dict[str, int]:
-        return self.engine.stats()
+        """The engine's counters, with tasks counted as the caller's calls (a chunk sent
+        as one message counts as its items)."""
+        counts = self.engine.stats()
+        with self._lock:
+            for k, v in self._item_counts.items():
+                counts[k] = counts.get(k, 0) + v
+        return counts
 
 
 class _Calls:
@@ -432,8 +446,10 @@ class _Packed:
         span = self.chunks[chunk]
         label_of = self.calls.label_of
         try:
+            m = len(span)
             if kind == "value":
                 values, failures = loads(data)
+                self.client.count_items(values=m - len(failures) - 1, raised=len(failures))
                 many = getattr(self.on_outcome, "many", None)
                 if many is not None and not failures:
                     many(span.start, values)
@@ -444,9 +460,15 @@ class _Packed:
                         else:
                             self.on_outcome(i, True, value)
             elif kind in ("worker_lost", "protocol"):
-                # Which item killed the worker is unknown: run each again on its own.
+                # Which item killed the worker is unknown: run each again on its own. The
+                # chunk itself was no call of the caller's: its items count as they end.
+                self.client.count_items(submitted=-m, **{"worker_lost" if kind == "worker_lost" else "protocol_errors": -1})
                 self.client.submit_items(self.calls, self.on_outcome, span)
             else:
+                stat = {"terminated": "terminated", "cancelled": "cancelled", "startup_failed": "startup_failed",
+                        "timed_out": "timed_out", "memory_limit": "memory_limited"}.get(kind)
+                if stat:
+                    self.client.count_items(**{stat: m - 1})
                 for i in span:
                     self.on_outcome(i, *decode(kind, data, lambda: label_of(i)))
         finally:

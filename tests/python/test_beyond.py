@@ -462,10 +462,6 @@ def test_stats_count_what_happened(tmp_path):
         wait_for(lambda: p.stats()["workers_spawned"] == 7, 10, "7 workers spawned")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ef4b6ee sends each map chunk as ONE engine task when there is no time limit, retry "
-    "or memory cap, and stats() returns the engine's counters unadjusted: submitted/values "
-    "count chunks (12 for these 120 items), and a chunk's raised items count as one value"))
 def test_stats_count_items_of_a_chunked_map():
     # Counted per item, whatever the chunk size: a user maps items, not chunks.
     with hangfree.Pool(2) as p:

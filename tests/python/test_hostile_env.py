@@ -299,11 +299,6 @@ print(json.dumps(res))
     assert out["children"] == [], out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: the supervisor thread forwards worker stderr with a blocking "
-    "io::stderr().write_all (supervisor.rs, forward_stderr); once the host's stderr pipe is "
-    "full it blocks there forever, so no outcome, time-out or terminate/join completes"))
-@pytest.mark.timeout(60)
 def test_host_stderr_is_a_pipe_nobody_reads(tmp_path):
     """The host's stderr is a pipe whose reader never reads (a supervisor that only
     collects stdout, say). Workers' stderr is forwarded there; once that pipe is full the

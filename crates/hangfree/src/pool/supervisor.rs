@@ -290,6 +290,32 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
+/// Copies worker output to this process's stderr without ever blocking: the supervisor
+/// must not hang because the host's stderr is a full pipe nobody reads. Each write is at
+/// most one pipe buffer page, made only when poll says the descriptor can take it; what
+/// does not fit is dropped (the worker's stderr tail keeps it for error reports).
+fn forward_to_stderr(bytes: &[u8]) {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let err = rustix::stdio::stderr();
+    let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+    for chunk in bytes.chunks(4096) {
+        let mut fds = [PollFd::new(&err, PollFlags::OUT)];
+        match poll(&mut fds, Some(&zero)) {
+            Ok(1) if fds[0].revents().contains(PollFlags::OUT) => {}
+            _ => return,
+        }
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            match rustix::io::write(err, rest) {
+                Ok(0) => return,
+                Ok(n) => rest = &rest[n..],
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
 const WAKER: u64 = u64::MAX;
 const FD_PID: u64 = 0;
 const FD_CHAN: u64 = 1;
@@ -1162,7 +1188,7 @@ impl Supervisor {
                 Ok(n) => {
                     let bytes = &self.scratch[..n];
                     if self.cfg.forward_stderr {
-                        let _ = io::stderr().write_all(bytes);
+                        forward_to_stderr(bytes);
                     }
                     let cap = self.cfg.stderr_tail;
                     let keep = &bytes[n.saturating_sub(cap)..];
