@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from hangfree import _core
 from hangfree._errors import HangfreeError, failure, initializer_error
-from hangfree._pickling import dumps, loads
+from hangfree._pickling import dumps, dumps_function, loads
 
 # How long the result thread sleeps between checks for shutdown.
 SLICE = 0.05
@@ -204,7 +204,7 @@ class EngineClient:
         pickled fails at once through ``on_outcome``, and packed chunks have one id for
         many calls)."""
         self.check_process()
-        fn_bytes = dumps(fn)
+        fn_bytes = dumps_function(fn)
         kw = kwargs or {}
         calls = _Calls(fn_bytes, arg_list, kw, star, lambda i: label(fn, calls.args(i), kw))
         label_of = calls.label_of
@@ -239,6 +239,27 @@ class EngineClient:
             err.__cause__ = e
             on_outcome(i, False, err)
         return ids
+
+    def submit_direct(self, fn: Callable[..., Any], args: tuple, kwargs: Optional[dict],
+                      timeout: Optional[float]) -> Tuple[int, Callable[[], str]]:
+        """Submits one call whose caller will wait for it itself (see ``wait_direct``);
+        returns its key and a function naming it. Raises as ``submit`` does, including
+        for arguments that cannot be pickled."""
+        self.check_process()
+        kw = kwargs or {}
+        payload = dumps((dumps_function(fn), args, kw))
+        key = next(self._keys)
+        try:
+            self.engine.submit(key, [payload], timeout=timeout, direct=True)
+        except _core.SubmitRefused as e:
+            raise self.refused(e) from None
+        return key, lambda: label(fn, args, kw)
+
+    def wait_direct(self, key: int, timeout: float, name: Callable[[], str]) -> Optional[Tuple[bool, Any]]:
+        """The outcome of a direct call as ``(ok, value)``, or None if it has not come
+        within ``timeout`` seconds."""
+        got = self.engine.wait_direct(key, timeout)
+        return None if got is None else decode(got[0], got[1], name)
 
     def _submit_packed(self, calls: "_Calls", on_outcome: OnOutcome, chunksize: int) -> List[Optional[int]]:
         """Sends each chunk of a map as one task: one pickle of its arguments out, one of

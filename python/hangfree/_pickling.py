@@ -9,6 +9,8 @@ much faster.
 from __future__ import annotations
 
 import pickle
+import types
+import weakref
 from typing import Any
 
 import cloudpickle
@@ -25,6 +27,26 @@ def dumps(obj: Any) -> bytes:
     # A reference to __main__ would not resolve in the worker: send such objects by value.
     if b"__main__" in data:
         return cloudpickle.dumps(obj, PROTOCOL)
+    return data
+
+
+# Functions pickled by value, by function. Workers never see the caller's globals change
+# after they started (as with multiprocessing's fork and spawn alike), so a function
+# without a closure may be pickled once; a closure's cells can change between calls.
+_by_value: "weakref.WeakKeyDictionary[Any, bytes]" = weakref.WeakKeyDictionary()
+
+
+def dumps_function(fn: Any) -> bytes:
+    """Pickles a task's function, reusing the by-value pickle of a plain function."""
+    cached = _by_value.get(fn) if isinstance(fn, types.FunctionType) else None
+    if cached is not None:
+        return cached
+    data = dumps(fn)
+    if isinstance(fn, types.FunctionType) and fn.__closure__ is None:
+        try:
+            _by_value[fn] = data
+        except TypeError:
+            pass
     return data
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import collections
 import os
+import pickle
 import threading
+import weakref
 import time
 from multiprocessing import TimeoutError
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
@@ -41,8 +43,14 @@ class ApplyResult:
         self._success = False
         self._value: Any = None
 
+    # Set for a call without callbacks: the caller takes its outcome straight from the
+    # engine, without the hop through the result thread.
+    _direct: Optional[Tuple[int, Callable[[], str]]] = None
+
     def ready(self) -> bool:
         """Whether the call has finished."""
+        if not self._event.is_set() and self._direct is not None:
+            self._take_direct(0.0)
         return self._event.is_set()
 
     def successful(self) -> bool:
@@ -53,7 +61,30 @@ class ApplyResult:
 
     def wait(self, timeout: Optional[float] = None) -> None:
         """Waits until the result is ready or ``timeout`` seconds pass."""
-        _interrupted_wait(self._event, timeout, self._client)
+        if self._direct is None:
+            _interrupted_wait(self._event, timeout, self._client)
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._event.is_set():
+            # Short slices: Ctrl-C is handled between them, and a fork is noticed.
+            self._client.check_process()
+            left = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
+            if left <= 0 and deadline is not None:
+                self._take_direct(0.0)
+                return
+            self._take_direct(max(left, 0.0))
+
+    def _take_direct(self, timeout: float) -> None:
+        with self._direct_lock:
+            if self._event.is_set() or self._direct is None:
+                return
+            key, name = self._direct
+            got = self._client.wait_direct(key, timeout, name)
+            if got is not None:
+                self._direct = None
+                self._discard.detach()
+                self._finish(*got)
+
 
     def get(self, timeout: Optional[float] = None) -> Any:
         """Returns the result, raising the task's exception (or the hangfree error saying
@@ -356,7 +387,19 @@ class Pool:
         """Runs ``func(*args, **kwds)`` in a worker; returns an :class:`ApplyResult`."""
         self._check_running()
         job = ApplyResult(self, callback, error_callback)
-        self._submit(job, func, [tuple(args)], kwds, 1, task_timeout)
+        args = tuple(args)
+        if callback is None and error_callback is None:
+            try:
+                job._direct_lock = threading.Lock()
+                job._direct = self._client.submit_direct(func, args, kwds, task_timeout)
+                # A result nobody waits for must not stay in the engine's table.
+                job._discard = weakref.finalize(job, self._client.engine.discard_direct, job._direct[0])
+                return job
+            except (pickle.PicklingError, TypeError, AttributeError):
+                # An argument that cannot be pickled: the usual path fails this call
+                # alone, with an error naming it.
+                job._direct = None
+        self._submit(job, func, [args], kwds, 1, task_timeout)
         return job
 
     def _default_chunksize(self, n: int) -> int:

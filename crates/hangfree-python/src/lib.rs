@@ -6,7 +6,7 @@
 //! that queue. Every blocking call here releases the GIL and wakes at least every 50 ms
 //! to let Python run its signal handlers (Ctrl-C).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,11 +35,39 @@ struct Queue {
     items: Mutex<VecDeque<Done>>,
     events: Mutex<VecDeque<hangfree::PoolEvent>>,
     cv: Condvar,
+    /// Outcomes of "direct" submissions, by key: the caller waits for them itself,
+    /// which saves the hop through the result thread on a round trip.
+    direct: Mutex<Direct>,
+    direct_cv: Condvar,
+}
+
+#[derive(Default)]
+struct Direct {
+    /// Outcomes not yet taken.
+    ready: HashMap<u64, Outcome>,
+    /// Keys whose caller is gone before the outcome came: dropped on arrival.
+    abandoned: std::collections::HashSet<u64>,
 }
 
 struct KeyedSink {
     key: u64,
     queue: Arc<Queue>,
+}
+
+struct DirectSink {
+    key: u64,
+    queue: Arc<Queue>,
+}
+
+impl Sink for DirectSink {
+    fn complete(&self, _index: usize, outcome: Outcome) {
+        let mut d = self.queue.direct.lock().unwrap_or_else(|e| e.into_inner());
+        if !d.abandoned.remove(&self.key) {
+            d.ready.insert(self.key, outcome);
+        }
+        drop(d);
+        self.queue.direct_cv.notify_all();
+    }
 }
 
 impl Sink for KeyedSink {
@@ -144,7 +172,7 @@ impl Engine {
 
     /// Submits payloads as one submission; outcomes arrive tagged with `key` and each
     /// payload's index. Returns the first task id (ids are consecutive).
-    #[pyo3(signature = (key, payloads, *, chunksize=1, timeout=None, labels=None))]
+    #[pyo3(signature = (key, payloads, *, chunksize=1, timeout=None, labels=None, direct=false))]
     fn submit(
         &self,
         py: Python<'_>,
@@ -153,6 +181,7 @@ impl Engine {
         chunksize: usize,
         timeout: Option<f64>,
         labels: Option<Vec<String>>,
+        direct: bool,
     ) -> PyResult<u64> {
         let timeout = secs(timeout, "timeout")?;
         let mut labels = labels.map(|l| l.into_iter());
@@ -169,7 +198,14 @@ impl Engine {
                 t
             })
             .collect();
-        let sink = Arc::new(KeyedSink { key, queue: self.queue.clone() });
+        if direct && tasks.len() != 1 {
+            return Err(PyValueError::new_err("a direct submission is one task"));
+        }
+        let sink: Arc<dyn Sink> = if direct {
+            Arc::new(DirectSink { key, queue: self.queue.clone() })
+        } else {
+            Arc::new(KeyedSink { key, queue: self.queue.clone() })
+        };
         let r = py.detach(|| self.pool.submit_to(sink, tasks, chunksize));
         match r {
             Ok(ids) => Ok(ids.start),
@@ -212,6 +248,56 @@ impl Engine {
             py.check_signals()?;
         };
         items.into_iter().map(|d| outcome_tuple(py, d)).collect()
+    }
+
+    /// Waits up to `timeout` seconds (GIL released) for the outcome of the direct
+    /// submission `key` and takes it: `(kind, data)` as in `next_outcomes`, or None if it
+    /// is not there yet. Polls briefly before sleeping: an answer usually comes within
+    /// microseconds of the last one, sooner than a cross-CPU wake-up.
+    fn wait_direct<'py>(&self, py: Python<'py>, key: u64, timeout: f64) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+        let got = py.detach(|| {
+            let spin_until = Instant::now() + Duration::from_micros(30).min(deadline.saturating_duration_since(Instant::now()));
+            loop {
+                let mut d = self.queue.direct.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(o) = d.ready.remove(&key) {
+                    return Some(o);
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return None;
+                }
+                if now < spin_until {
+                    drop(d);
+                    std::hint::spin_loop();
+                    continue;
+                }
+                let left = deadline - now;
+                d = self.queue.direct_cv.wait_timeout(d, left).unwrap_or_else(|e| e.into_inner()).0;
+                if let Some(o) = d.ready.remove(&key) {
+                    return Some(o);
+                }
+                if Instant::now() >= deadline {
+                    return None;
+                }
+            }
+        });
+        match got {
+            None => Ok(None),
+            Some(o) => {
+                let t = outcome_tuple(py, Done { key, index: 0, outcome: o })?;
+                // (key, index, kind, data) -> (kind, data)
+                Ok(Some((t.get_item(2)?, t.get_item(3)?).into_pyobject(py)?.into_any()))
+            }
+        }
+    }
+
+    /// Forgets the outcome of a direct submission nobody will wait for.
+    fn discard_direct(&self, key: u64) {
+        let mut d = self.queue.direct.lock().unwrap_or_else(|e| e.into_inner());
+        if d.ready.remove(&key).is_none() {
+            d.abandoned.insert(key);
+        }
     }
 
     /// The pool events since the last call, as `(kind, trouble, pid, task_id, message)`
