@@ -1,0 +1,79 @@
+"""Type stubs for ``hangfree._core``, the Rust extension (crates/hangfree-python)."""
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+KIND_INIT: int
+KIND_TASK: int
+KIND_SHUTDOWN: int
+KIND_READY: int
+KIND_INIT_FAILED: int
+KIND_VALUE: int
+KIND_RAISED: int
+KIND_STACK: int
+
+class SubmitRefused(RuntimeError):
+    """The engine refused a submission: ``args`` is ``(kind, message, detail)`` with kind
+    one of "closed", "terminated", "broken", "forked", "too_large"."""
+
+def parse_size(text: str) -> int:
+    """A memory size such as "2GiB" or "512MB", in bytes."""
+
+class Engine:
+    """A pool engine: worker processes running ``argv``, supervised by a Rust thread."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        workers: int,
+        task_timeout: Optional[float] = None,
+        grace: float = 1.0,
+        kill_wait: float = 1.0,
+        startup_timeout: float = 60.0,
+        max_tasks_per_worker: Optional[int] = None,
+        max_startup_failures: int = 3,
+        init_payload: bytes = b"",
+        prefetch: int = 2,
+        forward_stderr: bool = True,
+        env: Sequence[Tuple[str, str]] = (),
+        max_memory: Optional[int] = None,
+        retries: int = 0,
+        stack_dump_wait: Optional[float] = None,
+        events: bool = False,
+        prefetch_below: Optional[float] = None,
+    ) -> None: ...
+    def submit(
+        self,
+        key: int,
+        payloads: Sequence[bytes],
+        *,
+        chunksize: int = 1,
+        timeout: Optional[float] = None,
+        labels: Optional[Sequence[str]] = None,
+        direct: bool = False,
+    ) -> int:
+        """Submits payloads; returns the first task id (ids are consecutive)."""
+    def next_outcomes(self, timeout: float) -> List[Tuple[int, int, str, Any]]:
+        """``(key, index, kind, data)`` for every outcome ready within ``timeout``."""
+    def wait_direct(self, key: int, timeout: float) -> Optional[Tuple[str, Any]]:
+        """``(kind, data)`` of a direct submission, or None if not there in time."""
+    def discard_direct(self, key: int) -> None: ...
+    def take_events(self) -> List[Tuple[str, bool, Optional[int], Optional[int], str]]:
+        """``(kind, trouble, pid, task_id, message)`` for the events since the last call."""
+    def cancel(self, task_id: int) -> None: ...
+    def cancel_if_queued(self, task_id: int) -> bool: ...
+    def close(self) -> None: ...
+    def terminate(self) -> None: ...
+    def join(self, timeout: Optional[float] = None) -> bool: ...
+    def is_finished(self) -> bool: ...
+    def stats(self) -> Dict[str, int]: ...
+    def startup_failure(self) -> Optional[Dict[str, Any]]: ...
+
+class WorkerChannel:
+    """The worker's end of its channel (used by ``hangfree._worker``)."""
+
+    @staticmethod
+    def from_stdin() -> "WorkerChannel": ...
+    def recv(self) -> Optional[Tuple[int, int, bytes]]: ...
+    def send(self, kind: int, task_id: int, payload: bytes) -> None: ...
+    def close(self) -> None: ...
