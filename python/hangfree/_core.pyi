@@ -15,6 +15,9 @@ class SubmitRefused(RuntimeError):
     """The engine refused a submission: ``args`` is ``(kind, message, detail)`` with kind
     one of "closed", "terminated", "broken", "forked", "too_large"."""
 
+def kill_own_group() -> None:
+    """Ends this worker and its whole process group with SIGKILL (never returns)."""
+
 def parse_size(text: str) -> int:
     """A memory size such as "2GiB" or "512MB", in bytes."""
 

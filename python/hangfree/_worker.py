@@ -63,7 +63,9 @@ def main() -> int:
     while True:
         frame = ch.recv()
         if frame is None:
-            return 0
+            # The channel ended without a Shutdown frame: the pool is gone (or stopping
+            # this worker). Take the children this worker's tasks started along.
+            _core.kill_own_group()
         kind, task_id, payload = frame
         if kind == _core.KIND_INIT:
             try:

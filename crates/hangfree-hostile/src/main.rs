@@ -58,7 +58,7 @@ fn main() {
     loop {
         let frame = match ch.recv() {
             Ok(Some(f)) => f,
-            Ok(None) => std::process::exit(0),
+            Ok(None) => hangfree::worker::kill_own_group(),
             Err(e) => {
                 eprintln!("hangfree-hostile: {e}");
                 std::process::exit(71);

@@ -542,6 +542,13 @@ impl WorkerChannel {
     }
 }
 
+/// Ends this worker and its whole process group at once (its channel ended without a
+/// Shutdown frame: the pool is gone or is stopping it).
+#[pyfunction]
+fn kill_own_group() {
+    hangfree::worker::kill_own_group()
+}
+
 /// Parses a memory size such as "2GiB" or "512MB" into bytes (the engine's rules).
 #[pyfunction]
 fn parse_size(text: &str) -> PyResult<u64> {
@@ -551,6 +558,7 @@ fn parse_size(text: &str) -> PyResult<u64> {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_size, m)?)?;
+    m.add_function(wrap_pyfunction!(kill_own_group, m)?)?;
     m.add_class::<Engine>()?;
     m.add_class::<WorkerChannel>()?;
     m.add("SubmitRefused", m.py().get_type::<SubmitRefused>())?;

@@ -80,6 +80,21 @@ impl AsFd for WorkerChannel {
     }
 }
 
+/// Ends this worker and every process in its group (its children) at once, with SIGKILL.
+///
+/// For a worker that finds its channel closed without a `Shutdown` frame: the pool is
+/// gone or is stopping it. The parent-death signal may come only after the channel's end
+/// of file (the kernel closes a dying process's descriptors first), and a worker that
+/// simply exited then would leave its children behind.
+pub fn kill_own_group() -> ! {
+    // SAFETY: plain system calls with no memory arguments.
+    unsafe {
+        libc::kill(0, libc::SIGKILL);
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    std::process::abort()
+}
+
 /// The signal the kernel sends a worker when the pool's process dies. A real-time signal
 /// nothing else uses, because its handler must do more than SIGKILL would: kill the whole
 /// process group, so the worker's own children die with it.
