@@ -7,6 +7,7 @@ runs one task at a time and answers each with its value or its exception.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sys
@@ -147,17 +148,26 @@ def _run_chunk(ch: Any, task_id: int, fn: Callable[..., Any], items: list, kwarg
     are argument tuples, or single arguments when ``star`` is false."""
     values: list = []
     failures: Dict[int, bytes] = {}
-    for j, item in enumerate(items):
+    append = values.append
+    call = fn if not kwargs else (lambda *a: fn(*a, **kwargs))
+    start = 0
+    # The loop is the whole cost of a large map: keep it bare. A failure ends it; it
+    # resumes after the failed item.
+    while start < len(items):
         try:
             if star:
-                values.append(fn(*item, **kwargs) if kwargs else fn(*item))
+                for args in itertools.islice(items, start, None):
+                    append(call(*args))
             else:
-                values.append(fn(item, **kwargs) if kwargs else fn(item))
+                for item in itertools.islice(items, start, None):
+                    append(call(item))
+            break
         except SystemExit:
             raise
         except BaseException as e:
-            values.append(None)
-            failures[j] = _describe(e)
+            failures[len(values)] = _describe(e)
+            append(None)
+            start = len(values)
     try:
         data = dumps((values, failures))
     except BaseException:
