@@ -127,7 +127,9 @@ pub(crate) struct Inbox {
 /// State shared by the pool's handles and its supervisor thread.
 pub(crate) struct Shared {
     pub inbox: Mutex<Inbox>,
-    waker: OwnedFd,
+    /// The eventfd that wakes the supervisor; closed when the pool finishes, so a finished
+    /// pool holds no descriptor even while its handle lives on.
+    waker: Mutex<Option<OwnedFd>>,
     woken: AtomicBool,
     pub stats: Counters,
     pub finished: Mutex<bool>,
@@ -139,7 +141,7 @@ impl Shared {
     pub fn new() -> io::Result<Shared> {
         Ok(Shared {
             inbox: Mutex::new(Inbox { cmds: Vec::new(), gate: Gate::Open }),
-            waker: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?,
+            waker: Mutex::new(Some(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?)),
             woken: AtomicBool::new(false),
             stats: Counters::default(),
             finished: Mutex::new(false),
@@ -151,7 +153,9 @@ impl Shared {
     /// Wakes the supervisor; only the first wake since it last looked costs a syscall.
     pub fn wake(&self) {
         if !self.woken.swap(true, Ordering::AcqRel) {
-            let _ = rustix::io::write(&self.waker, &1u64.to_ne_bytes());
+            if let Some(fd) = lock(&self.waker).as_ref() {
+                let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+            }
         }
     }
 
@@ -348,7 +352,9 @@ pub(crate) struct Supervisor {
 impl Supervisor {
     pub fn new(shared: Arc<Shared>, cfg: Config) -> io::Result<Supervisor> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-        epoll::add(&epoll, &shared.waker, epoll::EventData::new_u64(WAKER), epoll::EventFlags::IN)?;
+        if let Some(fd) = lock(&shared.waker).as_ref() {
+            epoll::add(&epoll, fd, epoll::EventData::new_u64(WAKER), epoll::EventFlags::IN)?;
+        }
         Ok(Supervisor {
             shared,
             cfg,
@@ -438,7 +444,9 @@ impl Supervisor {
                     // order a write is only skipped while `woken` is still set, i.e. before
                     // the clear, and the commands it announces are drained below anyway.
                     let mut b = [0u8; 8];
-                    let _ = rustix::io::read(&self.shared.waker, &mut b);
+                    if let Some(fd) = lock(&self.shared.waker).as_ref() {
+                        let _ = rustix::io::read(fd, &mut b);
+                    }
                     self.shared.woken.store(false, Ordering::Release);
                     continue;
                 }
@@ -492,6 +500,7 @@ impl Supervisor {
         }
         *lock(&self.shared.finished) = true;
         self.shared.finished_cv.notify_all();
+        lock(&self.shared.waker).take();
     }
 
     // ----- commands -------------------------------------------------------------------
