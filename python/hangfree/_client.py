@@ -125,6 +125,7 @@ class EngineClient:
         retries: int = 0,
         stack_wait: float = 0.5,
         prefetch: int = 2,
+        cgroup: bool = False,
     ):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
@@ -166,6 +167,7 @@ class EngineClient:
             # The worker answers SIGUSR1 with the late task's stack (see _worker.py).
             stack_dump_wait=stack_wait if stack_wait > 0 else None,
             events=True,
+            cgroup=cgroup,
         )
         # key -> [on_outcome, engine index -> caller's index, caller's index -> label, outcomes due]
         self._jobs: Dict[int, list] = {}

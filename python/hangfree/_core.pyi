@@ -44,6 +44,7 @@ class Engine:
         stack_dump_wait: Optional[float] = None,
         events: bool = False,
         prefetch_below: Optional[float] = None,
+        cgroup: bool = False,
     ) -> None: ...
     def submit(
         self,

@@ -80,6 +80,7 @@ class ProcessPoolExecutor(Executor):
         grace: float = 1.0,
         max_memory: Union[int, str, None] = None,
         retries: int = 0,
+        cgroup: bool = False,
         startup_timeout: float = 60.0,
         max_startup_failures: int = 3,
     ):
@@ -107,6 +108,7 @@ class ProcessPoolExecutor(Executor):
             closed_error=lambda: RuntimeError("cannot schedule new futures after shutdown"),
             max_memory=max_memory,
             retries=retries,
+            cgroup=cgroup,
         )
         self._lock = threading.Lock()
         self._shutdown = False

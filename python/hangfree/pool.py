@@ -302,6 +302,9 @@ class Pool:
     first error) and ``progress=True`` (a tqdm bar) or a callback; :meth:`imap_outcomes`
     streams ``(index, result or exception)`` pairs; :meth:`stats` counts everything; and
     every worker death, time-out and escalation step is logged under ``hangfree``.
+    ``cgroup=True`` puts each worker in a cgroup (v2) of its own, killed whole with it, so
+    even descendants that left its process group (``setsid`` daemons) die with it; it
+    needs a writable cgroup v2 hierarchy and fails at construction otherwise.
 
     Workers are fresh interpreters started by exec (``context`` is accepted for
     compatibility and ignored). Functions defined in ``__main__`` travel by value, so
@@ -320,6 +323,7 @@ class Pool:
         grace: float = 1.0,
         max_memory: Union[int, str, None] = None,
         retries: int = 0,
+        cgroup: bool = False,
         startup_timeout: float = 60.0,
         max_startup_failures: int = 3,
     ):
@@ -344,6 +348,7 @@ class Pool:
             closed_error=lambda: ValueError("Pool not running"),
             max_memory=max_memory,
             retries=retries,
+            cgroup=cgroup,
         )
         self._state = "RUN"
 

@@ -370,6 +370,25 @@ def test_setsid_daemon_escapes_the_group_sweep():
             helpers.wait_gone({daemon}, 3.0)
 
 
+def test_cgroup_mode_kills_a_setsid_daemon_with_its_worker():
+    """With cgroup=True every worker has a cgroup of its own, killed whole: the daemon
+    that escaped the process group above dies with the pool here."""
+    try:
+        p = hangfree.Pool(1, grace=0.3, cgroup=True)
+    except RuntimeError as e:
+        pytest.skip(f"cgroup mode unavailable here: {e}")
+    daemon = None
+    try:
+        with p:
+            daemon = p.apply(T.start_daemon)
+            assert os.getsid(daemon) == daemon
+            assert helpers.alive(daemon)
+        assert not helpers.wait_gone({daemon}, 3.0), "the daemon outlived its worker's cgroup"
+    finally:
+        if daemon is not None and helpers.alive(daemon):
+            os.kill(daemon, signal.SIGKILL)  # ours: started by our task, pid reported to us
+
+
 # ----- many pools, many threads -------------------------------------------------------------
 
 @pytest.mark.timeout(240)

@@ -25,6 +25,7 @@
 //! | `!grow MIB`             | allocates MIB more MiB every 10 ms, forever                  |
 //! | `!die-once PATH`        | exits 1 if PATH does not exist (creating it), else answers `survived` |
 //! | `!kill-self`            | sends itself SIGKILL                                         |
+//! | `!daemon`               | starts a grandchild that calls setsid (leaving the group), answers its pid |
 //!
 //! The `Init` payload may be empty (ready at once), `fail TEXT` (sends `InitFailed`),
 //! `exit N` (exits before ready), `hang` (never ready) or `sleep MS` (slow start).
@@ -40,6 +41,14 @@ use hangfree::worker::WorkerChannel;
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("--pool-parent") {
         pool_parent();
+    }
+    if std::env::args().nth(1).as_deref() == Some("--daemon") {
+        // Leaves the worker's session and process group, as a daemon does.
+        let _ = rustix::process::setsid();
+        ignore_sigterm();
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
     }
     if std::env::args().nth(1).as_deref() == Some("--grandchild") {
         ignore_sigterm();
@@ -196,6 +205,14 @@ fn run(ch: &mut WorkerChannel, id: u64, payload: &[u8]) {
                 let _ = std::fs::write(path, b"died");
                 std::process::exit(1);
             }
+        }
+        "daemon" => {
+            let child = Command::new(std::env::current_exe().expect("own path"))
+                .arg("--daemon")
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawn daemon");
+            send(ch, Kind::Value, id, child.id().to_string().as_bytes());
         }
         "kill-self" => {
             let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);

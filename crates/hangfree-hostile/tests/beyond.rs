@@ -180,3 +180,27 @@ fn workers_and_their_children_die_with_a_sigkilled_parent() {
         assert!(tagged(&tag).iter().all(|p| p.state == 'Z'), "left: {:?}", tagged(&tag));
     });
 }
+
+#[test]
+fn cgroup_mode_kills_daemons_that_left_the_process_group() {
+    wd(|| {
+        let tag = new_tag("cgroup");
+        let pool = match builder(&tag).workers(1).grace(Duration::from_millis(200)).cgroup(true).build() {
+            Ok(p) => p,
+            Err(hangfree::BuildError::Cgroup(why)) => {
+                // Only where cgroup v2 is writable; say so rather than pass silently.
+                println!("SKIPPED: {why}");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let daemon: i32 = String::from_utf8(value(&submit(&pool, "!daemon"))).unwrap().parse().unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{daemon}/stat")).unwrap();
+        let worker = pid_of(&pool);
+        assert!(!stat.contains(&format!(" {worker} {worker} ")), "the daemon left the worker's group: {stat}");
+        assert!(!is_dead(daemon), "the daemon runs until its worker is stopped");
+        pool.terminate();
+        pool.join(Some(LONG)).unwrap();
+        wait_until(Duration::from_secs(2), "the setsid daemon to die with its worker's cgroup", || is_dead(daemon));
+    });
+}

@@ -100,7 +100,7 @@ impl Engine {
     #[pyo3(signature = (argv, *, workers, task_timeout=None, grace=1.0, kill_wait=1.0,
         startup_timeout=60.0, max_tasks_per_worker=None, max_startup_failures=3,
         init_payload=Vec::new(), prefetch=2, forward_stderr=true, env=Vec::new(),
-        max_memory=None, retries=0, stack_dump_wait=None, events=false, prefetch_below=None))]
+        max_memory=None, retries=0, stack_dump_wait=None, events=false, prefetch_below=None, cgroup=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -121,6 +121,7 @@ impl Engine {
         stack_dump_wait: Option<f64>,
         events: bool,
         prefetch_below: Option<f64>,
+        cgroup: bool,
     ) -> PyResult<Engine> {
         let Some((program, args)) = argv.split_first() else {
             return Err(PyValueError::new_err("argv must name the worker program"));
@@ -147,7 +148,7 @@ impl Engine {
         if let Some(m) = max_memory {
             b = b.max_memory(m);
         }
-        b = b.retries(retries);
+        b = b.retries(retries).cgroup(cgroup);
         if let Some(d) = secs(prefetch_below, "prefetch_below")? {
             b = b.prefetch_below(d);
         }

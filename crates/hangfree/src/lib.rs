@@ -39,6 +39,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cgroup;
 pub mod memory;
 pub mod outcome;
 pub mod pool;

@@ -12,7 +12,7 @@ use hangfree::{Outcome, Pool, PoolBuilder, TaskError, TaskHandle, WorkerCommand}
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_hangfree-hostile");
 /// Generous bound on any single wait that should finish "soon".
-const LONG: Duration = Duration::from_secs(20);
+pub const LONG: Duration = Duration::from_secs(20);
 
 // ----- harness ------------------------------------------------------------------------
 

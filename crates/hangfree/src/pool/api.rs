@@ -21,6 +21,9 @@ pub enum BuildError {
     /// The first worker could not be started (the program is missing, not executable…).
     #[error("{0}")]
     Spawn(std::io::Error),
+    /// Cgroup mode was asked for and cgroups cannot be made here.
+    #[error("cgroup mode is not available: {0}")]
+    Cgroup(String),
     /// The pool's own resources (epoll, eventfd, thread) could not be created.
     #[error("cannot create the pool: {0}")]
     Resources(std::io::Error),
@@ -75,6 +78,7 @@ pub enum JoinError {
 pub struct PoolBuilder {
     cfg: Config,
     stack_dump: Option<(i32, Duration)>,
+    cgroup: bool,
 }
 
 impl PoolBuilder {
@@ -208,6 +212,16 @@ impl PoolBuilder {
         self
     }
 
+    /// Puts each worker in a cgroup (v2) of its own, under this process's cgroup, and
+    /// kills that cgroup whole whenever the worker is killed or exits: descendants that
+    /// left the worker's process group (`setsid` daemons) die too. Needs a writable
+    /// cgroup v2 hierarchy and `cgroup.kill` (Linux ≥ 5.14); `build` fails otherwise.
+    /// Default: off (process groups only).
+    pub fn cgroup(mut self, on: bool) -> Self {
+        self.cgroup = on;
+        self
+    }
+
     /// Starts the supervisor thread and the first worker. Fails if the first worker cannot
     /// be started at all; later start-up failures are handled by the pool.
     pub fn build(self) -> Result<Pool, BuildError> {
@@ -227,6 +241,12 @@ impl PoolBuilder {
             }
             // SAFETY: checked just above to be a valid, non-zero signal number.
             cfg.stack_dump = Some((unsafe { rustix::process::Signal::from_raw_unchecked(n) }, wait));
+        }
+        if self.cgroup {
+            let parent = crate::cgroup::own_cgroup()
+                .and_then(|p| crate::cgroup::check_writable(&p).map(|()| p))
+                .map_err(|e| BuildError::Cgroup(e.to_string()))?;
+            cfg.cgroup_parent = Some(parent);
         }
         if cfg.memory_poll.is_zero() {
             return Err(BuildError::Invalid("memory_poll must be positive"));
@@ -314,8 +334,10 @@ impl Pool {
                 retries: 0,
                 stack_dump: None,
                 on_event: None,
+                cgroup_parent: None,
             },
             stack_dump: None,
+            cgroup: false,
         }
     }
 

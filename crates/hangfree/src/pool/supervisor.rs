@@ -22,6 +22,7 @@ use super::events::{EventHook, EventKind, PoolEvent};
 use super::handle::{Sink, Task, lock};
 use super::lifecycle::{self, Action, Event, Phase, Timing};
 use super::stats::{Counters, bump};
+use crate::cgroup::WorkerCgroup;
 use crate::memory;
 use crate::outcome::{Attempt, ExitStatus, LossCause, Outcome, StartupFailure, TaskError, TaskRef, WorkerLost};
 use crate::process::{self, WorkerCommand};
@@ -49,6 +50,8 @@ pub(crate) struct Config {
     /// Signal that asks a worker for the running task's stack, and how long to wait.
     pub stack_dump: Option<(Signal, Duration)>,
     pub on_event: Option<EventHook>,
+    /// In cgroup mode, the cgroup v2 directory under which each worker gets its own.
+    pub cgroup_parent: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Config {
@@ -219,6 +222,8 @@ struct Worker {
     peak_rss: u64,
     /// The late task whose stack it was asked for; the time-out waits for the answer.
     dumping: Option<u64>,
+    /// Its own cgroup, in cgroup mode: killed whole with it, setsid daemons included.
+    cgroup: Option<WorkerCgroup>,
 }
 
 impl Worker {
@@ -749,6 +754,18 @@ impl Supervisor {
 
     fn spawn_worker(&mut self, now: Instant) -> io::Result<()> {
         let s = process::spawn(&self.cfg.cmd, self.cfg.max_frame)?;
+        // Into its own cgroup before it is sent anything: no task has run yet, so nothing
+        // it starts can be outside.
+        let cgroup = match &self.cfg.cgroup_parent {
+            None => None,
+            Some(parent) => match WorkerCgroup::create(parent, s.pid) {
+                Ok(cg) => Some(cg),
+                Err(e) => {
+                    process::signal_group(s.pid, Signal::KILL);
+                    return Err(io::Error::new(e.kind(), format!("cannot put worker {} in a cgroup: {e}", s.pid)));
+                }
+            },
+        };
         bump(&self.shared.stats.workers_spawned);
         let slot = self.workers.iter().position(|w| w.is_none()).unwrap_or_else(|| {
             self.workers.push(None);
@@ -796,6 +813,7 @@ impl Supervisor {
             oom_mark: memory::oom_kills(),
             peak_rss: 0,
             dumping: None,
+            cgroup,
         };
         let pid = w.pid;
         self.emit(EventKind::WorkerStarted, Some(pid), None, || format!("started worker {pid}"));
@@ -835,6 +853,9 @@ impl Supervisor {
             Some(Action::Kill) => {
                 let pid = w.pid;
                 process::signal_group(pid, Signal::KILL);
+                if let Some(cg) = &w.cgroup {
+                    cg.kill();
+                }
                 self.emit(EventKind::Kill, Some(pid), None, || {
                     format!("worker {pid} outlived its grace period: sent SIGKILL to its process group")
                 });
@@ -1227,6 +1248,10 @@ impl Supervisor {
         // Read what it wrote last before the pipe is closed: a crash message lives there.
         self.read_stderr(slot);
         let Some(w) = self.workers[slot].as_ref() else { return };
+        if let Some(cg) = &w.cgroup {
+            // Descendants that left the group (setsid) are still in the cgroup.
+            cg.kill();
+        }
         process::sweep_and_reap(w.pid, &w.pidfd);
         let (phase, counted) = (w.phase, w.startup_counted);
         match phase {
