@@ -116,7 +116,7 @@ pub(crate) fn spawn(cmd: &WorkerCommand, max_frame: u32) -> io::Result<Spawned> 
             // Only possible if the kernel already reaped it (SIGCHLD ignored by the host)
             // and the pid is gone; nothing of ours is left to supervise.
             let _ = rustix::process::kill_process_group(to_pid(pid), Signal::KILL);
-            return Err(io::Error::new(io::ErrorKind::Other, format!("pidfd_open({pid}) failed: {e}")));
+            return Err(io::Error::other(format!("pidfd_open({pid}) failed: {e}")));
         }
     };
     ours.set_nonblocking(true)?;

@@ -279,7 +279,7 @@ impl PoolBuilder {
                 sup.run();
             })
             .map_err(BuildError::Resources)?;
-        let started = rx.recv().unwrap_or_else(|_| Err(BuildError::Invalid("supervisor thread died")));
+        let started = rx.recv().unwrap_or(Err(BuildError::Invalid("supervisor thread died")));
         if let Err(e) = started {
             let _ = thread.join();
             return Err(e);

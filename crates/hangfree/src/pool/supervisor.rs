@@ -456,7 +456,7 @@ impl Supervisor {
                     continue;
                 }
                 let (slot, generation, kind) = untoken(data);
-                if !self.workers.get(slot).and_then(|w| w.as_ref()).is_some_and(|w| w.generation == generation) {
+                if self.workers.get(slot).and_then(|w| w.as_ref()).is_none_or(|w| w.generation != generation) {
                     continue;
                 }
                 match kind {
