@@ -282,7 +282,9 @@ fn bench_batch(worker: &PathBuf, o: &Opts, rows: &mut Vec<Row>) -> Result<(), St
     let pool = builder(worker, 2, o).build().map_err(|e| e.to_string())?;
     wait_all_ready(&pool, 2)?;
     // Warm the path once with a small batch.
-    let warm = pool.submit_batch((0..10_000).map(|i| vec![b'a' + (i % 26) as u8; PAYLOAD_LEN]), 256).map_err(|e| e.to_string())?;
+    let warm = pool
+        .submit_batch((0..10_000).map(|i| vec![b'a' + (i % 26) as u8; PAYLOAD_LEN]), 256)
+        .map_err(|e| e.to_string())?;
     if !warm.wait_all().iter().all(Outcome::is_value) {
         return Err("warm-up batch had failures".into());
     }
@@ -515,7 +517,14 @@ fn print_table(rows: &[Row]) {
     for r in rows {
         let sec = if r.section == last { "" } else { r.section };
         last = r.section;
-        println!("{} | {} | {} | {} | {}", pad(sec, w1), pad(&r.case, w2), lpad(&r.value, w3), pad(&r.target, w4), r.verdict);
+        println!(
+            "{} | {} | {} | {} | {}",
+            pad(sec, w1),
+            pad(&r.case, w2),
+            lpad(&r.value, w3),
+            pad(&r.target, w4),
+            r.verdict
+        );
     }
 }
 

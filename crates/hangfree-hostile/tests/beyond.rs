@@ -138,7 +138,9 @@ fn events_report_deaths_timeouts_and_each_escalation_step() {
             .build()
             .unwrap();
         let lost = failed(wait(&submit(&pool, "!exit 3")));
-        let late = pool.submit(hangfree::Task::new(b"!ignore-term 20000".to_vec()).timeout(Duration::from_millis(200))).unwrap();
+        let late = pool
+            .submit(hangfree::Task::new(b"!ignore-term 20000".to_vec()).timeout(Duration::from_millis(200)))
+            .unwrap();
         let late = failed(wait(&late));
         wait_until(Duration::from_secs(5), "the SIGKILL step", || {
             seen.lock().unwrap().iter().any(|e| e.kind == EventKind::Kill)
@@ -146,7 +148,13 @@ fn events_report_deaths_timeouts_and_each_escalation_step() {
         shutdown(&pool);
         let events = seen.lock().unwrap().clone();
         let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
-        for k in [EventKind::WorkerStarted, EventKind::WorkerLost, EventKind::TaskTimedOut, EventKind::Terminate, EventKind::Kill] {
+        for k in [
+            EventKind::WorkerStarted,
+            EventKind::WorkerLost,
+            EventKind::TaskTimedOut,
+            EventKind::Terminate,
+            EventKind::Kill,
+        ] {
             assert!(kinds.contains(&k), "no {k:?} in {kinds:?}");
         }
         let lost_event = events.iter().find(|e| e.kind == EventKind::WorkerLost).unwrap();

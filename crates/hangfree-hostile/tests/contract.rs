@@ -19,8 +19,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hangfree::{
-    BuildError, ExitStatus, JoinError, LossCause, Outcome, Pool, StartupFailure, SubmitError, Task,
-    TaskError, TaskHandle, WorkerCommand,
+    BuildError, ExitStatus, JoinError, LossCause, Outcome, Pool, StartupFailure, SubmitError, Task, TaskError,
+    TaskHandle, WorkerCommand,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_hangfree-hostile");
@@ -132,11 +132,16 @@ fn timeout_kills_only_the_late_task_and_its_worker() {
 
         // A task's own limit overrides the pool's.
         let t0 = Instant::now();
-        let h = pool.submit(Task::new(b"!sleep 10000".to_vec()).timeout(Duration::from_millis(150)).label("napper")).unwrap();
+        let h = pool
+            .submit(Task::new(b"!sleep 10000".to_vec()).timeout(Duration::from_millis(150)).label("napper"))
+            .unwrap();
         let e = failed(wait(&h));
         let took = t0.elapsed();
         println!("Task::timeout 150 ms: TimedOut after {took:?}");
-        assert!(matches!(e, TaskError::TimedOut { limit, pid, .. } if limit == Duration::from_millis(150) && pid == p1), "{e:?}");
+        assert!(
+            matches!(e, TaskError::TimedOut { limit, pid, .. } if limit == Duration::from_millis(150) && pid == p1),
+            "{e:?}"
+        );
         assert!(e.to_string().contains("napper"), "{e}");
         assert!(took < Duration::from_millis(150 + 500), "{took:?}");
         // A fast task under the limit is unaffected.
@@ -497,7 +502,10 @@ fn hanging_initializer_times_out_and_breaks_the_pool() {
         let e = failed(wait(&h));
         let took = t0.elapsed();
         println!("3 start-up timeouts of 500 ms: task failed after {took:?}");
-        assert!(matches!(&e, TaskError::StartupFailed { failure: StartupFailure::Timeout(d), .. } if *d == Duration::from_millis(500)), "{e:?}");
+        assert!(
+            matches!(&e, TaskError::StartupFailed { failure: StartupFailure::Timeout(d), .. } if *d == Duration::from_millis(500)),
+            "{e:?}"
+        );
         assert!(took >= Duration::from_millis(1500), "{took:?}");
         assert!(took < Duration::from_millis(1500 + 1500), "{took:?}");
         check_broken_pool(&tag, &pool, vec![], 1, "not ready within 0.500 s", 3);
@@ -722,7 +730,9 @@ fn program_removed_after_build_fails_tasks_instead_of_hanging() {
         });
         println!("task failed {:?} after the program vanished: {:?}", t0.elapsed(), pool.stats());
         match failed(o) {
-            TaskError::StartupFailed { failure: StartupFailure::Spawn(msg), .. } => assert!(msg.contains("worker"), "{msg}"),
+            TaskError::StartupFailed { failure: StartupFailure::Spawn(msg), .. } => {
+                assert!(msg.contains("worker"), "{msg}")
+            }
             e => panic!("expected StartupFailed(Spawn), got {e:?}"),
         }
         assert_eq!(pool.stats().startup_failures, 5);
@@ -772,7 +782,11 @@ fn racing_submissions_never_lose_a_wakeup() {
             // Quiet now: nothing but this submission can wake the supervisor.
             let h = submit(&pool, "quiet");
             let o = h.wait_timeout(Duration::from_secs(5));
-            assert_eq!(o, Some(Outcome::Value(b"quiet".to_vec())), "round {round}: a submission to a quiet pool was not seen");
+            assert_eq!(
+                o,
+                Some(Outcome::Value(b"quiet".to_vec())),
+                "round {round}: a submission to a quiet pool was not seen"
+            );
         }
         let t0 = Instant::now();
         pool.terminate();

@@ -258,7 +258,8 @@ impl Engine {
     fn wait_direct<'py>(&self, py: Python<'py>, key: u64, timeout: f64) -> PyResult<Option<Bound<'py, PyAny>>> {
         let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
         let got = py.detach(|| {
-            let spin_until = Instant::now() + Duration::from_micros(30).min(deadline.saturating_duration_since(Instant::now()));
+            let spin_until =
+                Instant::now() + Duration::from_micros(30).min(deadline.saturating_duration_since(Instant::now()));
             loop {
                 let mut d = self.queue.direct.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(o) = d.ready.remove(&key) {

@@ -186,7 +186,8 @@ impl State {
                 }
                 (Kind::Raise, Outcome::Raised(v)) => {
                     if *v != format!("soak {i}").into_bytes() {
-                        g.violations.push(format!("task {i}: raised another task's error {:?}", String::from_utf8_lossy(v)));
+                        g.violations
+                            .push(format!("task {i}: raised another task's error {:?}", String::from_utf8_lossy(v)));
                     }
                 }
                 (Kind::Grandchild, Outcome::Value(v)) => match String::from_utf8_lossy(v).parse::<i32>() {
@@ -226,7 +227,9 @@ fn alive(pid: i32) -> bool {
 }
 
 fn all_pids() -> Vec<i32> {
-    std::fs::read_dir("/proc").map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()).unwrap_or_default()
+    std::fs::read_dir("/proc")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 fn tagged(tag: &str) -> BTreeSet<i32> {
@@ -267,7 +270,9 @@ fn threads() -> usize {
 fn rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().to_owned())))
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().to_owned()))
+        })
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
@@ -502,7 +507,8 @@ fn main() {
     let t1 = Instant::now();
     let (extra, nthreads) = loop {
         let now = fds();
-        let extra: Vec<String> = now.iter().filter(|(k, v)| base_fds.get(*k) != Some(v)).map(|(k, v)| format!("{k}->{v}")).collect();
+        let extra: Vec<String> =
+            now.iter().filter(|(k, v)| base_fds.get(*k) != Some(v)).map(|(k, v)| format!("{k}->{v}")).collect();
         let nthreads = threads();
         if (extra.is_empty() && nthreads <= base_threads) || t1.elapsed() > Duration::from_secs(3) {
             break (extra, nthreads);
@@ -544,7 +550,10 @@ fn main() {
         "workers spawned / lost".into(),
         format!("{} / {} (abandoned {})", stats.workers_spawned, stats.workers_lost, stats.workers_abandoned),
     ));
-    rows.push(("rss growth".into(), format!("{:+.1} MiB (from {} MiB)", growth as f64 / (1u64 << 20) as f64, rss_warm >> 20)));
+    rows.push((
+        "rss growth".into(),
+        format!("{:+.1} MiB (from {} MiB)", growth as f64 / (1u64 << 20) as f64, rss_warm >> 20),
+    ));
     rows.push(("wall".into(), format!("{:.1} s", wall.as_secs_f64())));
     for v in violations.iter().take(20) {
         println!("VIOLATION: {v}");

@@ -47,6 +47,11 @@ pub mod process;
 pub mod wire;
 pub mod worker;
 
-pub use outcome::{Attempt, ExitStatus, LossCause, Outcome, OutcomeError, StartupFailure, TaskError, TaskRef, WorkerLost};
-pub use pool::{EventKind, PoolEvent, BatchHandle, BuildError, JoinError, Pool, PoolBuilder, Sink, Stats, SubmitError, Task, TaskHandle};
+pub use outcome::{
+    Attempt, ExitStatus, LossCause, Outcome, OutcomeError, StartupFailure, TaskError, TaskRef, WorkerLost,
+};
+pub use pool::{
+    BatchHandle, BuildError, EventKind, JoinError, Pool, PoolBuilder, PoolEvent, Sink, Stats, SubmitError, Task,
+    TaskHandle,
+};
 pub use process::WorkerCommand;

@@ -57,10 +57,38 @@ impl fmt::Display for ExitStatus {
 /// The conventional name of a Linux signal number (`SIGSEGV` for 11).
 pub fn signal_name(sig: i32) -> Option<&'static str> {
     const NAMES: [&str; 32] = [
-        "", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE",
-        "SIGKILL", "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT",
-        "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU",
-        "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
     ];
     usize::try_from(sig).ok().and_then(|i| NAMES.get(i)).copied().filter(|n| !n.is_empty())
 }
@@ -354,7 +382,10 @@ mod tests {
             stack: Some("  File \"x.py\", line 3, in f\n".into()),
             stack_requested: true,
         };
-        assert_eq!(t.to_string(), "task 4 (f()): timed out after 1.500 s; worker 7 was stopped; it was at:\n  File \"x.py\", line 3, in f");
+        assert_eq!(
+            t.to_string(),
+            "task 4 (f()): timed out after 1.500 s; worker 7 was stopped; it was at:\n  File \"x.py\", line 3, in f"
+        );
         assert_eq!(signal_name(9), Some("SIGKILL"));
         assert_eq!(signal_name(0), None);
         assert_eq!(signal_name(64), None);

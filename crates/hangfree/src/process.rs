@@ -103,9 +103,8 @@ pub(crate) fn spawn(cmd: &WorkerCommand, max_frame: u32) -> io::Result<Spawned> 
     if let Some(d) = &cmd.cwd {
         c.current_dir(d);
     }
-    let mut child = c.spawn().map_err(|e| {
-        io::Error::new(e.kind(), format!("cannot start `{}`: {e}", cmd.program.display()))
-    })?;
+    let mut child =
+        c.spawn().map_err(|e| io::Error::new(e.kind(), format!("cannot start `{}`: {e}", cmd.program.display())))?;
     let pid = child.id() as i32;
     let stderr: OwnedFd = child.stderr.take().expect("stderr was piped").into();
     // `child` is dropped without waiting: the pidfd owns the exit from here on.

@@ -281,11 +281,9 @@ pub fn read_frame<R: Read>(r: &mut R, max: u32) -> Result<Option<Frame>, ReadErr
         while filled < step {
             match r.read(&mut payload[old + filled..old + step]) {
                 Ok(0) => {
-                    return Err(ProtocolError::Truncated {
-                        have: HEADER_LEN + old + filled,
-                        need: HEADER_LEN + need,
-                    }
-                    .into())
+                    return Err(
+                        ProtocolError::Truncated { have: HEADER_LEN + old + filled, need: HEADER_LEN + need }.into()
+                    );
                 }
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -345,10 +343,7 @@ mod tests {
     fn header_layout_is_as_documented() {
         let mut out = Vec::new();
         encode_into(&mut out, Kind::Value, 0x0102_0304_0506_0708, b"abc");
-        assert_eq!(
-            out,
-            [18, 0, 0, 0, 3, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1, b'a', b'b', b'c']
-        );
+        assert_eq!(out, [18, 0, 0, 0, 3, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1, b'a', b'b', b'c']);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use rustix::process::Signal;
 
 use crate::process::{ENV_MAX_FRAME, ENV_PARENT_PID};
-use crate::wire::{self, Frame, Kind, ReadError, DEFAULT_MAX_FRAME};
+use crate::wire::{self, DEFAULT_MAX_FRAME, Frame, Kind, ReadError};
 
 /// The worker's end of its channel to the pool.
 #[derive(Debug)]
@@ -42,10 +42,7 @@ impl WorkerChannel {
 
     /// Wraps an already-prepared channel descriptor.
     pub fn from_fd(fd: OwnedFd) -> io::Result<WorkerChannel> {
-        let max_frame = std::env::var(ENV_MAX_FRAME)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_MAX_FRAME);
+        let max_frame = std::env::var(ENV_MAX_FRAME).ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_MAX_FRAME);
         let reader = File::from(fd);
         let writer = reader.try_clone()?;
         Ok(WorkerChannel { reader: BufReader::with_capacity(64 * 1024, reader), writer, max_frame })

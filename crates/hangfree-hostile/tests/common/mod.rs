@@ -125,10 +125,7 @@ pub fn stat(pid: i32) -> Option<Proc> {
 }
 
 pub fn all_pids() -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
+    std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
 }
 
 /// Live (non-zombie) processes whose environment carries `tag`: a pool's workers and
@@ -164,11 +161,7 @@ pub fn is_dead(pid: i32) -> bool {
 /// Processes left in any of `groups` that count as alive (any non-zombie, or a zombie
 /// that is our own unreaped child).
 pub fn left_in_groups(groups: &BTreeSet<i32>) -> Vec<Proc> {
-    all_pids()
-        .into_iter()
-        .filter_map(stat)
-        .filter(|p| groups.contains(&p.pgid) && !is_dead(p.pid))
-        .collect()
+    all_pids().into_iter().filter_map(stat).filter(|p| groups.contains(&p.pgid) && !is_dead(p.pid)).collect()
 }
 
 pub fn ignores_sigterm(pid: i32) -> bool {
@@ -179,4 +172,3 @@ pub fn ignores_sigterm(pid: i32) -> bool {
         .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
         .is_some_and(|m| m & (1 << (15 - 1)) != 0)
 }
-

@@ -284,7 +284,13 @@ impl PoolBuilder {
             let _ = thread.join();
             return Err(e);
         }
-        Ok(Pool { shared, thread: Mutex::new(Some(thread)), owner: std::process::id(), max_frame, shutdown_bound: grace })
+        Ok(Pool {
+            shared,
+            thread: Mutex::new(Some(thread)),
+            owner: std::process::id(),
+            max_frame,
+            shutdown_bound: grace,
+        })
     }
 }
 

@@ -207,7 +207,10 @@ impl Sink for BatchSink {
 
 impl BatchSink {
     pub(crate) fn new(n: usize) -> BatchSink {
-        BatchSink { state: Mutex::new(BatchState { ready: VecDeque::new(), remaining: n, waiting: 0 }), cv: Condvar::new() }
+        BatchSink {
+            state: Mutex::new(BatchState { ready: VecDeque::new(), remaining: n, waiting: 0 }),
+            cv: Condvar::new(),
+        }
     }
 }
 

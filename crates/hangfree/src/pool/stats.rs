@@ -65,8 +65,21 @@ macro_rules! counters {
 }
 
 counters!(
-    submitted, values, raised, worker_lost, timed_out, cancelled, terminated, startup_failed,
-    protocol_errors, memory_limited, retries, workers_spawned, workers_lost, workers_recycled, workers_abandoned,
+    submitted,
+    values,
+    raised,
+    worker_lost,
+    timed_out,
+    cancelled,
+    terminated,
+    startup_failed,
+    protocol_errors,
+    memory_limited,
+    retries,
+    workers_spawned,
+    workers_lost,
+    workers_recycled,
+    workers_abandoned,
     startup_failures
 );
 

@@ -85,7 +85,12 @@ pub(crate) enum Gate {
 }
 
 pub(crate) enum Command {
-    Submit { sink: Arc<dyn Sink>, first_id: u64, tasks: Vec<Task>, chunksize: usize },
+    Submit {
+        sink: Arc<dyn Sink>,
+        first_id: u64,
+        tasks: Vec<Task>,
+        chunksize: usize,
+    },
     Cancel(u64),
     /// Cancel only if the task has not been sent to a worker; answer whether it was.
     CancelQueued(u64, Arc<Reply>),
@@ -242,13 +247,28 @@ impl Worker {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    Phase { slot: usize, generation: u32, epoch: u64 },
-    TaskDeadline { slot: usize, generation: u32, task: u64 },
-    Linger { slot: usize, generation: u32 },
+    Phase {
+        slot: usize,
+        generation: u32,
+        epoch: u64,
+    },
+    TaskDeadline {
+        slot: usize,
+        generation: u32,
+        task: u64,
+    },
+    Linger {
+        slot: usize,
+        generation: u32,
+    },
     /// Try again to start workers after a spawn failed (nothing else may wake the loop).
     Respawn,
     /// Stop waiting for a late task's stack.
-    DumpWait { slot: usize, generation: u32, task: u64 },
+    DumpWait {
+        slot: usize,
+        generation: u32,
+        task: u64,
+    },
     /// Check busy workers' memory against the limit.
     MemoryPoll,
 }
@@ -592,7 +612,8 @@ impl Supervisor {
                 self.complete(id, Outcome::Failed(TaskError::Cancelled(self.task_ref(id))));
             }
             Some(slot) => {
-                let is_head = self.workers[slot].as_ref().is_some_and(|w| w.inflight.front().is_some_and(|f| f.id == id));
+                let is_head =
+                    self.workers[slot].as_ref().is_some_and(|w| w.inflight.front().is_some_and(|f| f.id == id));
                 if is_head {
                     let task = self.task_ref(id);
                     self.pop_head(slot);
@@ -774,9 +795,24 @@ impl Supervisor {
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
         let ep = &self.epoll;
-        let regs = epoll::add(ep, &s.pidfd, epoll::EventData::new_u64(token(slot, generation, FD_PID)), epoll::EventFlags::IN)
-            .and_then(|_| epoll::add(ep, &s.channel, epoll::EventData::new_u64(token(slot, generation, FD_CHAN)), epoll::EventFlags::IN))
-            .and_then(|_| epoll::add(ep, &s.stderr, epoll::EventData::new_u64(token(slot, generation, FD_ERR)), epoll::EventFlags::IN));
+        let regs =
+            epoll::add(ep, &s.pidfd, epoll::EventData::new_u64(token(slot, generation, FD_PID)), epoll::EventFlags::IN)
+                .and_then(|_| {
+                    epoll::add(
+                        ep,
+                        &s.channel,
+                        epoll::EventData::new_u64(token(slot, generation, FD_CHAN)),
+                        epoll::EventFlags::IN,
+                    )
+                })
+                .and_then(|_| {
+                    epoll::add(
+                        ep,
+                        &s.stderr,
+                        epoll::EventData::new_u64(token(slot, generation, FD_ERR)),
+                        epoll::EventFlags::IN,
+                    )
+                });
         if let Err(e) = regs {
             process::signal_group(s.pid, Signal::KILL);
             // Bounded: SIGKILL lands within milliseconds; a stuck one is left as a zombie.
@@ -847,7 +883,10 @@ impl Supervisor {
                 process::signal_group(pid, Signal::TERM);
                 let grace = timing.grace;
                 self.emit(EventKind::Terminate, Some(pid), None, || {
-                    format!("sent SIGTERM to worker {pid}'s process group; SIGKILL follows in {:.3} s", grace.as_secs_f64())
+                    format!(
+                        "sent SIGTERM to worker {pid}'s process group; SIGKILL follows in {:.3} s",
+                        grace.as_secs_f64()
+                    )
                 });
             }
             Some(Action::Kill) => {
@@ -936,7 +975,9 @@ impl Supervisor {
             if used_up {
                 bump(&self.shared.stats.workers_recycled);
                 let pid = w.pid;
-                self.emit(EventKind::Recycled, Some(pid), None, || format!("retiring worker {pid}: it reached max_tasks_per_worker"));
+                self.emit(EventKind::Recycled, Some(pid), None, || {
+                    format!("retiring worker {pid}: it reached max_tasks_per_worker")
+                });
             }
             if closing || used_up {
                 self.transition(slot, Event::Retire, now);
@@ -956,9 +997,9 @@ impl Supervisor {
                 if self.queue.is_empty() {
                     return;
                 }
-                let ok = self.workers[slot].as_ref().is_some_and(|w| {
-                    w.is_ready() && w.chunks == depth && (depth == 0 || self.may_send_ahead(w, now))
-                });
+                let ok = self.workers[slot]
+                    .as_ref()
+                    .is_some_and(|w| w.is_ready() && w.chunks == depth && (depth == 0 || self.may_send_ahead(w, now)));
                 if ok {
                     self.send_chunk(slot, now);
                 }
@@ -1044,7 +1085,12 @@ impl Supervisor {
         if done == w.want_out {
             w.want_out = !done;
             let flags = if done { epoll::EventFlags::IN } else { epoll::EventFlags::IN | epoll::EventFlags::OUT };
-            let _ = epoll::modify(&self.epoll, &*chan, epoll::EventData::new_u64(token(slot, w.generation, FD_CHAN)), flags);
+            let _ = epoll::modify(
+                &self.epoll,
+                &*chan,
+                epoll::EventData::new_u64(token(slot, w.generation, FD_CHAN)),
+                flags,
+            );
         }
     }
 
@@ -1132,7 +1178,8 @@ impl Supervisor {
                     });
                 }
                 self.pop_head(slot);
-                let outcome = if f.kind == Kind::Value { Outcome::Value(f.payload) } else { Outcome::Raised(f.payload) };
+                let outcome =
+                    if f.kind == Kind::Value { Outcome::Value(f.payload) } else { Outcome::Raised(f.payload) };
                 self.complete(f.task_id, outcome);
                 self.start_head(slot, now);
             }
@@ -1154,7 +1201,10 @@ impl Supervisor {
                 w.startup_counted = true;
             }
             self.stop_worker(slot, now);
-            self.startup_failed(StartupFailure::Broken(format!("worker {pid} broke the channel protocol: {error}")), now);
+            self.startup_failed(
+                StartupFailure::Broken(format!("worker {pid} broke the channel protocol: {error}")),
+                now,
+            );
             return;
         }
         bump(&self.shared.stats.workers_lost);
@@ -1198,7 +1248,10 @@ impl Supervisor {
         if matches!(w.phase, Phase::Starting { .. }) {
             self.workers[slot].as_mut().expect("present").startup_counted = true;
             self.stop_worker(slot, now);
-            self.startup_failed(StartupFailure::Broken(format!("worker {pid} closed its channel before it was ready")), now);
+            self.startup_failed(
+                StartupFailure::Broken(format!("worker {pid} closed its channel before it was ready")),
+                now,
+            );
             return;
         }
         self.lose_head(slot, LossCause::ChannelClosed);
@@ -1289,11 +1342,16 @@ impl Supervisor {
             self.timers.pop();
             match t {
                 Timer::Phase { slot, generation, epoch } => {
-                    let current = self.workers.get(slot).and_then(|w| w.as_ref()).is_some_and(|w| w.generation == generation && w.epoch == epoch);
+                    let current = self
+                        .workers
+                        .get(slot)
+                        .and_then(|w| w.as_ref())
+                        .is_some_and(|w| w.generation == generation && w.epoch == epoch);
                     if !current {
                         continue;
                     }
-                    let was_starting = matches!(self.workers[slot].as_ref().map(|w| w.phase), Some(Phase::Starting { .. }));
+                    let was_starting =
+                        matches!(self.workers[slot].as_ref().map(|w| w.phase), Some(Phase::Starting { .. }));
                     self.transition(slot, Event::Deadline, now);
                     if was_starting {
                         if let Some(w) = self.workers[slot].as_mut() {
@@ -1316,7 +1374,11 @@ impl Supervisor {
                     self.time_out(slot, task, now);
                 }
                 Timer::DumpWait { slot, generation, task } => {
-                    let waiting = self.workers.get(slot).and_then(|w| w.as_ref()).is_some_and(|w| w.generation == generation && w.dumping == Some(task));
+                    let waiting = self
+                        .workers
+                        .get(slot)
+                        .and_then(|w| w.as_ref())
+                        .is_some_and(|w| w.generation == generation && w.dumping == Some(task));
                     if waiting {
                         self.finish_timeout(slot, task, None, true, now);
                     }
@@ -1347,7 +1409,8 @@ impl Supervisor {
         let pid = w.pid;
         bump(&self.shared.stats.workers_lost);
         let killed_from_outside = cause == LossCause::Exited(ExitStatus::Signal(9));
-        let probably_oom = killed_from_outside && w.oom_mark.is_some_and(|m| memory::oom_kills().is_some_and(|n| n > m));
+        let probably_oom =
+            killed_from_outside && w.oom_mark.is_some_and(|m| memory::oom_kills().is_some_and(|n| n > m));
         let tail = w.tail_string();
         let head = self.pop_head(slot);
         self.requeue_inflight(slot);
