@@ -203,9 +203,11 @@ fn cgroup_mode_kills_daemons_that_left_the_process_group() {
             Err(e) => panic!("{e}"),
         };
         let daemon: i32 = String::from_utf8(value(&submit(&pool, "!daemon"))).unwrap().parse().unwrap();
-        let stat = std::fs::read_to_string(format!("/proc/{daemon}/stat")).unwrap();
         let worker = pid_of(&pool);
-        assert!(!stat.contains(&format!(" {worker} {worker} ")), "the daemon left the worker's group: {stat}");
+        // The daemon calls setsid() right after it starts: wait until it has.
+        wait_until(Duration::from_secs(5), "the daemon to leave its worker's process group", || {
+            stat(daemon).is_some_and(|p| p.pgid == daemon && p.pgid != worker)
+        });
         assert!(!is_dead(daemon), "the daemon runs until its worker is stopped");
         pool.terminate();
         pool.join(Some(LONG)).unwrap();

@@ -423,7 +423,10 @@ fn ten_thousand_tasks_with_deaths_each_get_exactly_one_outcome() {
         assert_eq!(st.submitted, n as u64);
         assert_eq!(st.finished(), n as u64, "{st:?}");
         assert_eq!(st.worker_lost, deaths as u64, "{st:?}");
-        assert!(st.workers_spawned >= 2 + deaths as u64, "{st:?}");
+        // The last death's replacement may start just after its task's outcome is out.
+        wait_until(Duration::from_secs(5), "a replacement for every lost worker", || {
+            pool.stats().workers_spawned >= 2 + deaths as u64
+        });
         pool.close();
         pool.join(Some(LONG)).unwrap();
         assert!(tagged(&tag).is_empty());
