@@ -194,7 +194,7 @@ def measure(impl, workload, args, limits):
     out = open(out_path)
     err = open(err_path)
     events, buf, pos = [], "", 0
-    phase, killed, status_override = None, None, None
+    phase, killed = None, None
 
     def read_events():
         nonlocal buf, pos, phase

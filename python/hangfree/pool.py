@@ -361,17 +361,19 @@ class Pool:
 
     def _submit(self, job: Any, fn: Callable[..., Any], arg_list: List[tuple], kwargs: Optional[dict],
                 chunksize: int, timeout: Optional[float], progress: ProgressArg = None, star: bool = True) -> None:
-        put = job._put
+        put: Callable[[int, bool, Any], None]
         if progress:
             bar = Progress(progress, len(arg_list), getattr(fn, "__qualname__", None))
 
-            def put(i: int, ok: bool, value: Any) -> None:  # noqa: F811
+            def put(i: int, ok: bool, value: Any) -> None:
                 # The bar first: once the caller has its result, the bar shows it.
                 bar.update(ok)
                 job._put(i, ok, value)
 
         elif hasattr(job, "_put_many"):
             put = _WithMany(job._put, job._put_many)
+        else:
+            put = job._put
         self._client.submit(fn, arg_list, kwargs, put, chunksize=chunksize, timeout=timeout, star=star)
 
     def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict = {}, *,

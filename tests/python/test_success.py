@@ -6,7 +6,6 @@ import inspect
 import multiprocessing
 import multiprocessing.pool
 import os
-import sys
 import threading
 
 import pytest

@@ -84,12 +84,19 @@ impl AsFd for WorkerChannel {
 /// of file (the kernel closes a dying process's descriptors first), and a worker that
 /// simply exited then would leave its children behind.
 pub fn kill_own_group() -> ! {
+    sigkill_group_and_self();
+    std::process::abort()
+}
+
+/// SIGKILL to this process's group (the worker leads it), then to itself in case the
+/// group signal could not be sent. Only async-signal-safe calls: the parent-death
+/// handler uses it too.
+fn sigkill_group_and_self() {
     // SAFETY: plain system calls with no memory arguments.
     unsafe {
         libc::kill(0, libc::SIGKILL);
         libc::kill(libc::getpid(), libc::SIGKILL);
     }
-    std::process::abort()
 }
 
 /// The signal the kernel sends a worker when the pool's process dies. A real-time signal
@@ -100,12 +107,7 @@ fn parent_death_signal() -> libc::c_int {
 }
 
 extern "C" fn on_parent_death(_: libc::c_int) {
-    // Only async-signal-safe calls here: kill(2) of our own group (the worker leads it),
-    // then of ourselves in case the group signal could not be sent.
-    unsafe {
-        libc::kill(0, libc::SIGKILL);
-        libc::kill(libc::getpid(), libc::SIGKILL);
-    }
+    sigkill_group_and_self();
 }
 
 /// Arranges for this process and its process group to be SIGKILLed when the parent dies,

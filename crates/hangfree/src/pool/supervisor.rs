@@ -1221,10 +1221,8 @@ impl Supervisor {
         // dropped, or finished tasks would lose their values and the death be pinned on
         // the wrong task.
         self.drain_channel(slot, now);
-        let Some(w) = self.workers[slot].as_mut() else { return };
-        if let Some(c) = w.chan.take() {
-            let _ = epoll::delete(&self.epoll, &c);
-        }
+        self.close_channel(slot);
+        let Some(w) = self.workers[slot].as_ref() else { return };
         if !w.phase.is_going() && w.phase.is_live() {
             // Most often the process is exiting; give its exit a moment to be reported.
             if process::peek_exit(&w.pidfd).is_some() {
