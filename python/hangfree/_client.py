@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from hangfree import _core
 from hangfree._errors import HangfreeError, failure, initializer_error
-from hangfree._pickling import dumps, dumps_function, loads
+from hangfree._pickling import dumps, dumps_call, dumps_function, loads
 
 # How long the result thread sleeps between checks for shutdown.
 SLICE = 0.05
@@ -219,7 +219,7 @@ class EngineClient:
         bad: List[Tuple[int, BaseException]] = []
         for i in range(len(arg_list)):
             try:
-                payloads.append(dumps((fn_bytes, calls.args(i), kw)))
+                payloads.append(dumps_call(fn_bytes, calls.args(i), kw))
                 positions.append(i)
             except Exception as e:
                 bad.append((i, e))
@@ -249,7 +249,7 @@ class EngineClient:
         for arguments that cannot be pickled."""
         self.check_process()
         kw = kwargs or {}
-        payload = dumps((dumps_function(fn), args, kw))
+        payload = dumps_call(dumps_function(fn), args, kw)
         key = next(self._keys)
         try:
             self.engine.submit(key, [payload], timeout=timeout, direct=True)
@@ -307,7 +307,7 @@ class EngineClient:
         positions: List[int] = []
         for i in idx:
             try:
-                payloads.append(dumps((calls.fn_bytes, calls.args(i), calls.kw)))
+                payloads.append(dumps_call(calls.fn_bytes, calls.args(i), calls.kw))
                 positions.append(i)
             except Exception as e:
                 err = HangfreeError(f"{calls.label_of(i)}: its arguments cannot be pickled: {type(e).__name__}: {e}")

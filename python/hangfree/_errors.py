@@ -104,14 +104,14 @@ def _with(exc: HangfreeError, **attrs: Any) -> HangfreeError:
 
 def initializer_error(details: dict) -> InitializerError:
     """Builds the InitializerError for an engine start-up failure record."""
-    import pickle
+    from hangfree._pickling import loads
 
     tb = ""
     message = details.get("message", "workers cannot start")
     payload = details.get("payload")
     if payload:
         try:
-            info = pickle.loads(payload)
+            info = loads(payload)
             tb = info.get("traceback", "")
             message = f"the pool's initializer raised {info.get('summary', '')}".rstrip()
         except Exception:  # a worker that sent garbage still gets a clear error

@@ -16,7 +16,7 @@ from multiprocessing.pool import MaybeEncodingError
 from typing import Any, Callable, Dict
 
 from hangfree import _core
-from hangfree._pickling import dumps, loads
+from hangfree._pickling import dumps, dumps_result, loads
 
 
 def _describe(exc: BaseException, input_error: bool = False) -> bytes:
@@ -135,7 +135,7 @@ def _task(ch: Any, task_id: int, payload: bytes, functions: Dict[bytes, Callable
         return
     _current_task = 0
     try:
-        data = dumps(result)
+        data = dumps_result(result)
     except BaseException as e:
         ch.send(_core.KIND_RAISED, task_id, _describe(MaybeEncodingError(e, result)))
         return

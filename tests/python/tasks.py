@@ -186,3 +186,20 @@ def return_env(name):
 
 def return_cwd(_=None):
     return os.getcwd()
+
+
+def describe_buffers(*args, **kwargs):
+    """For each argument: its type name, length, whether it can be written, a checksum."""
+    import hashlib
+
+    def one(v):
+        writable = not memoryview(v).readonly
+        return (type(v).__name__, len(v), writable, hashlib.sha256(v).hexdigest())
+
+    return [one(a) for a in args], {k: one(v) for k, v in kwargs.items()}
+
+
+def flip_bytearray(data):
+    """Changes the worker's copy in place and returns it (the caller's must not change)."""
+    data[0] ^= 0xFF
+    return data

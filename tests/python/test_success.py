@@ -363,6 +363,38 @@ def test_large_payloads(pool):
     assert len(pool.apply(bytes, (4 << 20,))) == 4 << 20
 
 
+def _digest(v):
+    import hashlib
+
+    return (type(v).__name__, len(v), not memoryview(v).readonly, hashlib.sha256(v).hexdigest())
+
+
+@pytest.mark.parametrize("size", [10, 64 * 1024 - 1, 64 * 1024, 3 << 20])
+def test_buffers_keep_their_type_content_and_mutability(pool, size):
+    """Large buffers travel out of band: each arrives with its type, its bytes, and
+    writable exactly when the sender's was; nested ones and keywords too."""
+    data = os.urandom(size)
+    ba = bytearray(os.urandom(size))
+    got = pool.apply(tasks.describe_buffers, (data, ba, data), {"kw": data, "kwa": ba})
+    assert got == ([_digest(data), _digest(ba), _digest(data)], {"kw": _digest(data), "kwa": _digest(ba)})
+    # A bytearray comes back as a writable bytearray, and the worker changed only its copy.
+    back = pool.apply(tasks.flip_bytearray, (ba,))
+    assert type(back) is bytearray and back[0] == ba[0] ^ 0xFF and back[1:] == ba[1:]
+    back[0] = 0
+    assert pool.apply(tasks.identity, (data,)) == data
+    nested = {"a": [data, (ba,)]}
+    assert pool.apply(tasks.identity, (nested,)) == nested
+    assert pool.map(tasks.identity, [data, ba, data], chunksize=2) == [data, ba, data]
+
+
+def test_executor_echoes_large_buffers():
+    data = os.urandom(2 << 20)
+    with hangfree.ProcessPoolExecutor(2) as ex:
+        futs = [ex.submit(tasks.identity, data) for _ in range(6)]
+        assert all(f.result(timeout=30) == data for f in futs)
+        assert list(ex.map(tasks.identity, [data, bytearray(data)])) == [data, bytearray(data)]
+
+
 def test_short_task_does_not_wait_behind_a_long_one_while_a_worker_is_idle(tmp_path):
     """Right after start only one worker may be ready: the second task must go to the
     second worker when it is ready, not queue behind the first task in the first one."""
