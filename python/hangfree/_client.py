@@ -19,7 +19,7 @@ import sys
 import threading
 import weakref
 from multiprocessing.pool import RemoteTraceback
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from hangfree import _core
 from hangfree._errors import HangfreeError, failure, initializer_error
@@ -54,6 +54,13 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def as_items(iterable: Iterable[Any]) -> Sequence[Any]:
+    """The items of a map call. A list, tuple or range is used as it is (as
+    multiprocessing does), which saves a copy before the first chunk can go; the client
+    copies a list once its chunks are sent (see ``EngineClient.submit``)."""
+    return iterable if type(iterable) in (list, tuple, range) else list(iterable)  # type: ignore[return-value]
 
 
 def label(fn: Callable[..., Any], args: tuple, kwargs: Optional[dict] = None) -> str:
@@ -199,20 +206,31 @@ class EngineClient:
         chunksize: int = 1,
         timeout: Optional[float] = None,
         star: bool = True,
+        borrowed: bool = False,
     ) -> List[Optional[int]]:
         """Submits ``fn(*args, **kwargs)`` for each ``args`` of ``arg_list`` (or
         ``fn(item, **kwargs)`` for each item with ``star=False``); returns each call's task
         id (None where there is no single task to name: a call whose arguments cannot be
         pickled fails at once through ``on_outcome``, and packed chunks have one id for
-        many calls)."""
+        many calls). ``borrowed``: ``arg_list`` is the caller's own list, which may change
+        once this returns."""
         self.check_process()
         fn_bytes = dumps_function(fn)
         kw = kwargs or {}
         calls = _Calls(fn_bytes, arg_list, kw, star, lambda i: label(fn, calls.args(i), kw))
-        label_of = calls.label_of
+        try:
+            if chunksize > 1 and len(arg_list) > 1 and timeout is None and self._may_pack:
+                return self._submit_packed(calls, on_outcome, chunksize)
+            return self._submit_each(calls, on_outcome, chunksize, timeout)
+        finally:
+            # Items are needed again only to name a failed call or to rerun a chunk whose
+            # worker died; by then the caller may have changed a list it passed.
+            if borrowed and type(arg_list) is list:
+                calls.items = arg_list[:]
 
-        if chunksize > 1 and len(arg_list) > 1 and timeout is None and self._may_pack:
-            return self._submit_packed(calls, on_outcome, chunksize)
+    def _submit_each(self, calls: "_Calls", on_outcome: OnOutcome, chunksize: int,
+                     timeout: Optional[float]) -> List[Optional[int]]:
+        fn_bytes, arg_list, kw, label_of = calls.fn_bytes, calls.items, calls.kw, calls.label_of
 
         payloads: List[bytes] = []
         positions: List[int] = []
@@ -276,6 +294,7 @@ class EngineClient:
         n = len(calls.items)
         payloads: List[bytes] = []
         kept: List[range] = []
+        sent = 0
         for start in range(0, n, chunksize):
             span = range(start, min(start + chunksize, n))
             try:
@@ -285,20 +304,29 @@ class EngineClient:
                 # Something in this chunk does not pickle: send its items one by one, so
                 # only the bad item fails.
                 self.submit_items(calls, on_outcome, span)
+            # Send the first chunks as soon as they are pickled, so workers start while
+            # the rest are pickled: groups of 1, 1, 2, 4, ... chunks.
+            if kept and len(kept) >= max(1, sent):
+                self._submit_chunks(calls, on_outcome, payloads, kept)
+                sent += len(kept)
+                payloads, kept = [], []
         if kept:
-            key = next(self._keys)
-            with self._lock:
-                self._jobs[key] = [_Packed(self, calls, on_outcome, kept), list(range(len(kept))), None, len(kept)]
-                self._packed_due += len(kept)
-            try:
-                self.engine.submit(key, payloads, chunksize=1)
-            except _core.SubmitRefused as e:
-                with self._lock:
-                    self._jobs.pop(key, None)
-                    self._packed_due -= len(kept)
-                raise self.refused(e) from None
-            self.count_items(submitted=sum(len(span) - 1 for span in kept))
+            self._submit_chunks(calls, on_outcome, payloads, kept)
         return [None] * n
+
+    def _submit_chunks(self, calls: "_Calls", on_outcome: OnOutcome, payloads: List[bytes], kept: List[range]) -> None:
+        key = next(self._keys)
+        with self._lock:
+            self._jobs[key] = [_Packed(self, calls, on_outcome, kept), list(range(len(kept))), None, len(kept)]
+            self._packed_due += len(kept)
+        try:
+            self.engine.submit(key, payloads, chunksize=1)
+        except _core.SubmitRefused as e:
+            with self._lock:
+                self._jobs.pop(key, None)
+                self._packed_due -= len(kept)
+            raise self.refused(e) from None
+        self.count_items(submitted=sum(len(span) - 1 for span in kept))
 
     def submit_items(self, calls: "_Calls", on_outcome: OnOutcome, idx: Iterable[int]) -> None:
         """Submits the calls ``idx`` one message each (their outcomes go to

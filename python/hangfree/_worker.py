@@ -7,6 +7,7 @@ runs one task at a time and answers each with its value or its exception.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import signal
@@ -148,25 +149,21 @@ def _run_chunk(ch: Any, task_id: int, fn: Callable[..., Any], items: list, kwarg
     are argument tuples, or single arguments when ``star`` is false."""
     values: list = []
     failures: Dict[int, bytes] = {}
-    append = values.append
-    call = fn if not kwargs else (lambda *a: fn(*a, **kwargs))
+    call = functools.partial(fn, **kwargs) if kwargs else fn
+    apply = itertools.starmap if star else map
     start = 0
-    # The loop is the whole cost of a large map: keep it bare. A failure ends it; it
-    # resumes after the failed item.
+    # The loop is the whole cost of a large map: run it in C. list.extend keeps what an
+    # iterator gave before it raised, so a failure costs only its own item; the loop
+    # resumes after it.
     while start < len(items):
         try:
-            if star:
-                for args in itertools.islice(items, start, None):
-                    append(call(*args))
-            else:
-                for item in itertools.islice(items, start, None):
-                    append(call(item))
+            values.extend(apply(call, itertools.islice(items, start, None)))
             break
         except SystemExit:
             raise
         except BaseException as e:
             failures[len(values)] = _describe(e)
-            append(None)
+            values.append(None)
             start = len(values)
     try:
         data = dumps((values, failures))

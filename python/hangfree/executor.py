@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Unio
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from multiprocessing import TimeoutError as MpTimeoutError
 
-from hangfree._client import EngineClient, cpu_count
+from hangfree._client import EngineClient, as_items, cpu_count
 from hangfree.pool import IMapIterator, _Run, _WithMany
 from hangfree._errors import TaskCancelledError
 
@@ -214,11 +214,12 @@ class ProcessPoolExecutor(Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
         # One iterable: its items go as they are, cheaper to pickle than 1-tuples.
         star = len(iterables) != 1
-        arg_list = list(zip(*iterables)) if star else list(iterables[0])
+        arg_list = list(zip(*iterables)) if star else as_items(iterables[0])
         results = IMapIterator(self, len(arg_list), True, return_exceptions)
         if arg_list:
             put = _WithMany(results._put, results._put_many)
-            self._client.submit(fn, arg_list, None, put, chunksize=chunksize, star=star)
+            self._client.submit(fn, arg_list, None, put, chunksize=chunksize, star=star,
+                                borrowed=arg_list is iterables[0])
 
         def result_iterator() -> Iterator[Any]:
             left_to_yield = len(arg_list)

@@ -9,9 +9,9 @@ import threading
 import weakref
 import time
 from multiprocessing import TimeoutError
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from hangfree._client import SLICE, EngineClient, cpu_count
+from hangfree._client import SLICE, EngineClient, as_items, cpu_count
 from hangfree._progress import Progress, ProgressArg
 
 __all__ = ["Pool", "AsyncResult", "ApplyResult", "MapResult", "IMapIterator", "cpu_count"]
@@ -123,20 +123,27 @@ class MapResult(ApplyResult):
     def __init__(self, pool: "Pool", n: int, callback: Optional[Callable], error_callback: Optional[Callable],
                  return_exceptions: bool = False):
         super().__init__(pool, callback, error_callback)
-        self._values: List[Any] = [None] * n
+        # Made at the first outcome, not here: the first chunk goes out sooner.
+        self._values: Optional[List[Any]] = None
+        self._n = n
         self._left = n
         self._first_error: Optional[BaseException] = None
         self._return_exceptions = return_exceptions
         if n == 0:
             self._finish(True, [])
 
+    def _slots(self) -> List[Any]:
+        if self._values is None:
+            self._values = [None] * self._n
+        return self._values
+
     def _put_many(self, first: int, values: List[Any]) -> None:
-        self._values[first:first + len(values)] = values
+        self._slots()[first:first + len(values)] = values
         self._count_down(len(values))
 
     def _put(self, index: int, ok: bool, value: Any) -> None:
         if ok or self._return_exceptions:
-            self._values[index] = value
+            self._slots()[index] = value
         elif self._first_error is None:
             self._first_error = value
         self._count_down(1)
@@ -145,7 +152,7 @@ class MapResult(ApplyResult):
         self._left -= n
         if self._left == 0:
             if self._first_error is None:
-                self._finish(True, self._values)
+                self._finish(True, self._slots())
             else:
                 self._values = []
                 self._finish(False, self._first_error)
@@ -359,8 +366,9 @@ class Pool:
         if self._state != "RUN":
             raise ValueError("Pool not running")
 
-    def _submit(self, job: Any, fn: Callable[..., Any], arg_list: List[tuple], kwargs: Optional[dict],
-                chunksize: int, timeout: Optional[float], progress: ProgressArg = None, star: bool = True) -> None:
+    def _submit(self, job: Any, fn: Callable[..., Any], arg_list: Sequence[Any], kwargs: Optional[dict],
+                chunksize: int, timeout: Optional[float], progress: ProgressArg = None, star: bool = True,
+                borrowed: bool = False) -> None:
         put: Callable[[int, bool, Any], None]
         if progress:
             bar = Progress(progress, len(arg_list), getattr(fn, "__qualname__", None))
@@ -374,7 +382,8 @@ class Pool:
             put = _WithMany(job._put, job._put_many)
         else:
             put = job._put
-        self._client.submit(fn, arg_list, kwargs, put, chunksize=chunksize, timeout=timeout, star=star)
+        self._client.submit(fn, arg_list, kwargs, put, chunksize=chunksize, timeout=timeout, star=star,
+                            borrowed=borrowed)
 
     def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict = {}, *,
               task_timeout: Optional[float] = None) -> Any:
@@ -414,7 +423,8 @@ class Pool:
         return chunksize + 1 if extra else max(chunksize, 1)
 
     def _map_async(self, func, arg_list, chunksize, callback, error_callback, task_timeout,
-                   return_exceptions=False, progress=None, star=True) -> MapResult:
+                   return_exceptions=False, progress=None, star=True, iterable=None) -> MapResult:
+        """``iterable``: what the caller passed, when ``arg_list`` is it (not a copy)."""
         self._check_running()
         if chunksize is None:
             chunksize = self._default_chunksize(len(arg_list))
@@ -422,7 +432,8 @@ class Pool:
             raise ValueError(f"Chunksize must be 1+, not {chunksize}")
         job = MapResult(self, len(arg_list), callback, error_callback, return_exceptions)
         if arg_list:
-            self._submit(job, func, arg_list, None, chunksize, task_timeout, progress, star)
+            self._submit(job, func, arg_list, None, chunksize, task_timeout, progress, star,
+                         borrowed=arg_list is iterable)
         return job
 
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: Optional[int] = None, *,
@@ -432,14 +443,14 @@ class Pool:
         ``return_exceptions=True`` a failed item's exception stands in its place instead
         of the first error being raised; ``progress=True`` shows a tqdm bar, or pass a
         callable ``progress(done, failed, total)``."""
-        return self._map_async(func, list(iterable), chunksize, None, None, task_timeout,
-                               return_exceptions, progress, star=False).get()
+        return self._map_async(func, as_items(iterable), chunksize, None, None, task_timeout,
+                               return_exceptions, progress, star=False, iterable=iterable).get()
 
     def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None, *,
                   task_timeout=None, return_exceptions=False, progress=None) -> MapResult:
         """Like :meth:`map`, returning a :class:`MapResult`."""
-        return self._map_async(func, list(iterable), chunksize, callback, error_callback, task_timeout,
-                               return_exceptions, progress, star=False)
+        return self._map_async(func, as_items(iterable), chunksize, callback, error_callback, task_timeout,
+                               return_exceptions, progress, star=False, iterable=iterable)
 
     def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: Optional[int] = None,
                 *, task_timeout: Optional[float] = None, return_exceptions: bool = False,
@@ -459,10 +470,11 @@ class Pool:
         self._check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        arg_list = list(iterable)
+        arg_list = as_items(iterable)
         it = IMapIterator(self, len(arg_list), ordered, return_exceptions, with_index)
         if arg_list:
-            self._submit(it, func, arg_list, None, chunksize, task_timeout, progress, star=False)
+            self._submit(it, func, arg_list, None, chunksize, task_timeout, progress, star=False,
+                         borrowed=arg_list is iterable)
         return it
 
     def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *,
