@@ -258,10 +258,23 @@ impl Engine {
     fn wait_direct<'py>(&self, py: Python<'py>, key: u64, timeout: f64) -> PyResult<Option<Bound<'py, PyAny>>> {
         let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
         let got = py.detach(|| {
-            let spin_until =
-                Instant::now() + Duration::from_micros(30).min(deadline.saturating_duration_since(Instant::now()));
+            let mut d = self.queue.direct.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(o) = d.ready.remove(&key) {
+                return Some(o);
+            }
+            drop(d);
+            // Poll briefly before sleeping: the answer usually comes sooner than a
+            // cross-CPU wake-up would take.
+            let mut got = None;
+            let limit = hangfree::spin::WAIT.min(deadline.saturating_duration_since(Instant::now()));
+            if hangfree::spin::poll_for(limit, || {
+                got = self.queue.direct.lock().unwrap_or_else(|e| e.into_inner()).ready.remove(&key);
+                got.is_some()
+            }) {
+                return got;
+            }
+            let mut d = self.queue.direct.lock().unwrap_or_else(|e| e.into_inner());
             loop {
-                let mut d = self.queue.direct.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(o) = d.ready.remove(&key) {
                     return Some(o);
                 }
@@ -269,19 +282,7 @@ impl Engine {
                 if now >= deadline {
                     return None;
                 }
-                if now < spin_until {
-                    drop(d);
-                    std::hint::spin_loop();
-                    continue;
-                }
-                let left = deadline - now;
-                d = self.queue.direct_cv.wait_timeout(d, left).unwrap_or_else(|e| e.into_inner()).0;
-                if let Some(o) = d.ready.remove(&key) {
-                    return Some(o);
-                }
-                if Instant::now() >= deadline {
-                    return None;
-                }
+                d = self.queue.direct_cv.wait_timeout(d, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
             }
         });
         match got {

@@ -44,6 +44,7 @@ pub mod memory;
 pub mod outcome;
 pub mod pool;
 pub mod process;
+pub mod spin;
 pub mod wire;
 pub mod worker;
 

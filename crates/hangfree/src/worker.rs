@@ -48,8 +48,17 @@ impl WorkerChannel {
         Ok(WorkerChannel { reader: BufReader::with_capacity(64 * 1024, reader), writer, max_frame })
     }
 
-    /// Receives the next frame; `Ok(None)` when the pool closed the channel.
+    /// Receives the next frame; `Ok(None)` when the pool closed the channel. Polls
+    /// briefly before sleeping: in a stream of short tasks the next one is usually on its
+    /// way (see [`crate::spin`]).
     pub fn recv(&mut self) -> Result<Option<Frame>, ReadError> {
+        if self.reader.buffer().is_empty() {
+            let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+            crate::spin::poll_for(crate::spin::WORKER, || {
+                let mut fds = [rustix::event::PollFd::new(self.reader.get_ref(), rustix::event::PollFlags::IN)];
+                rustix::event::poll(&mut fds, Some(&zero)).is_ok_and(|n| n > 0)
+            });
+        }
         wire::read_frame(&mut self.reader, self.max_frame)
     }
 

@@ -64,16 +64,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// How long a waiter polls before it sleeps. A wake-up across CPUs costs tens of
-/// microseconds on a small VM, more than most round trips; polling this long first lets a
-/// quick answer skip it, and costs little when the answer is slow.
-const SPIN: Duration = Duration::from_micros(25);
-
+/// Polls `flag` briefly before the caller sleeps (see [`crate::spin`]).
 fn spin_until(flag: &AtomicBool) {
-    let t0 = Instant::now();
-    while !flag.load(Ordering::Acquire) && t0.elapsed() < SPIN {
-        std::hint::spin_loop();
-    }
+    crate::spin::poll_for(crate::spin::WAIT, || flag.load(Ordering::Acquire));
 }
 
 #[derive(Default)]

@@ -72,9 +72,6 @@ impl std::fmt::Debug for Config {
 /// reported, so an end of file usually means "exit in a moment".
 const LINGER: Duration = Duration::from_millis(100);
 
-/// How long the loop polls for the next event after activity before it sleeps.
-const SPIN: Duration = Duration::from_micros(25);
-
 /// What callers may still do.
 #[derive(Clone, Debug)]
 pub(crate) enum Gate {
@@ -443,12 +440,11 @@ impl Supervisor {
             // within microseconds: poll for it briefly instead of paying a sleep and a
             // cross-CPU wake-up. An idle pool never spins.
             if active {
-                let until = Instant::now() + SPIN;
                 let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
-                while events.is_empty() && Instant::now() < until {
+                crate::spin::poll_for(crate::spin::WAIT, || {
                     let _ = epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), Some(&zero));
-                    std::hint::spin_loop();
-                }
+                    !events.is_empty()
+                });
             }
             if events.is_empty() {
                 match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), timeout.as_ref()) {
