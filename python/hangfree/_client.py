@@ -231,34 +231,43 @@ class EngineClient:
     def _submit_each(self, calls: "_Calls", on_outcome: OnOutcome, chunksize: int,
                      timeout: Optional[float]) -> List[Optional[int]]:
         fn_bytes, arg_list, kw, label_of = calls.fn_bytes, calls.items, calls.kw, calls.label_of
-
+        ids: List[Optional[int]] = [None] * len(arg_list)
         payloads: List[bytes] = []
         positions: List[int] = []
         bad: List[Tuple[int, BaseException]] = []
-        for i in range(len(arg_list)):
+        sent = 0
+        n = len(arg_list)
+        for i in range(n):
             try:
                 payloads.append(dumps_call(fn_bytes, calls.args(i), kw))
                 positions.append(i)
             except Exception as e:
                 bad.append((i, e))
-        ids: List[Optional[int]] = [None] * len(arg_list)
-        if payloads:
-            key = next(self._keys)
-            with self._lock:
-                self._jobs[key] = [on_outcome, positions, label_of, len(payloads)]
-            try:
-                first = self.engine.submit(key, payloads, chunksize=max(1, chunksize), timeout=timeout)
-            except _core.SubmitRefused as e:
-                with self._lock:
-                    self._jobs.pop(key, None)
-                raise self.refused(e) from None
-            for n, i in enumerate(positions):
-                ids[i] = first + n
+            # As with chunks: the first calls go while the rest are pickled, in groups
+            # of 16, 16, 32, 64, ... (each group is one submission).
+            if payloads and (i + 1 == n or len(payloads) >= max(16, sent)):
+                first = self._submit_group(on_outcome, payloads, positions, label_of, chunksize, timeout)
+                for k, j in enumerate(positions):
+                    ids[j] = first + k
+                sent += len(payloads)
+                payloads, positions = [], []
         for i, e in bad:
             err = HangfreeError(f"{label_of(i)}: its arguments cannot be pickled: {type(e).__name__}: {e}")
             err.__cause__ = e
             on_outcome(i, False, err)
         return ids
+
+    def _submit_group(self, on_outcome: OnOutcome, payloads: List[bytes], positions: List[int],
+                      label_of: Callable[[int], str], chunksize: int, timeout: Optional[float]) -> int:
+        key = next(self._keys)
+        with self._lock:
+            self._jobs[key] = [on_outcome, positions, label_of, len(payloads)]
+        try:
+            return self.engine.submit(key, payloads, chunksize=max(1, chunksize), timeout=timeout)
+        except _core.SubmitRefused as e:
+            with self._lock:
+                self._jobs.pop(key, None)
+            raise self.refused(e) from None
 
     def submit_direct(self, fn: Callable[..., Any], args: tuple, kwargs: Optional[dict],
                       timeout: Optional[float]) -> Tuple[int, Callable[[], str]]:
@@ -386,14 +395,19 @@ class EngineClient:
             for kind, _trouble, pid, task_id, message in events:
                 log.log(_EVENT_LEVELS.get(kind, logging.WARNING), "%s", message,
                         extra={"hangfree_event": kind, "pid": pid, "task_id": task_id})
-            for key, index, kind, data in outcomes:
-                with self._lock:
-                    entry = self._jobs.get(key)
+            # One lock for the whole batch: a stream of short calls brings hundreds.
+            taken = []
+            with self._lock:
+                jobs = self._jobs
+                for key, index, kind, data in outcomes:
+                    entry = jobs.get(key)
                     if entry is None:
                         continue
                     entry[3] -= 1
                     if entry[3] == 0:
-                        del self._jobs[key]
+                        del jobs[key]
+                    taken.append((entry, index, kind, data))
+            for entry, index, kind, data in taken:
                 if isinstance(entry[0], _Packed):
                     try:
                         entry[0].settle(index, kind, data)
@@ -402,7 +416,13 @@ class EngineClient:
                     continue
                 on_outcome, positions, label_of = entry[0], entry[1], entry[2]
                 i = positions[index]
-                ok, value = decode(kind, data, lambda: label_of(i))
+                if kind == "value":
+                    try:
+                        ok, value = True, loads(data)
+                    except Exception:
+                        ok, value = decode(kind, data, lambda: label_of(i))
+                else:
+                    ok, value = decode(kind, data, lambda: label_of(i))
                 try:
                     on_outcome(i, ok, value)
                 except BaseException as e:  # a user callback raised: report, keep serving
