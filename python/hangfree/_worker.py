@@ -157,7 +157,7 @@ def _run_chunk(ch: Any, task_id: int, fn: Callable[..., Any], items: list, kwarg
     # resumes after it.
     while start < len(items):
         try:
-            values.extend(apply(call, itertools.islice(items, start, None)))
+            values.extend(apply(call, itertools.islice(items, start, None) if start else items))
             break
         except SystemExit:
             raise
