@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Executor, Future
+import weakref
+from concurrent.futures import CancelledError, Executor, Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
@@ -114,6 +115,8 @@ class ProcessPoolExecutor(Executor):
         self._shutdown = False
         # Futures not finished yet, by task id (for cancel_futures and stop).
         self._pending: Dict[int, _Future] = {}
+        # The collectors of map calls not yet fully consumed (for cancel_futures).
+        self._maps: "weakref.WeakSet[IMapIterator]" = weakref.WeakSet()
 
     # ----- submission ---------------------------------------------------------------
 
@@ -183,32 +186,13 @@ class ProcessPoolExecutor(Executor):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
-        if chunksize > 1:
-            return self._map_chunked(fn, iterables, chunksize, end_time, return_exceptions)
-        # A copy: the iterator consumes its list while outcomes still index the original.
-        futures = list(self._start(fn, list(zip(*iterables)), None, chunksize, None))
+        return self._map_collected(fn, iterables, chunksize, end_time, return_exceptions)
 
-        def result_iterator() -> Iterator[Any]:
-            try:
-                futures.reverse()
-                while futures:
-                    f = futures.pop()
-                    left = None if end_time is None else end_time - time.monotonic()
-                    if return_exceptions:
-                        exc = f.exception(left)
-                        yield exc if exc is not None else f.result()
-                    else:
-                        yield f.result(left)
-            finally:
-                for f in futures:
-                    f.cancel()
-
-        return result_iterator()
-
-    def _map_chunked(self, fn: Callable[..., Any], iterables: tuple, chunksize: int,
-                     end_time: Optional[float], return_exceptions: bool) -> Iterator[Any]:
-        """``map`` with chunks: no future per item, as in the stdlib; each chunk travels as
-        one message and the results come back in order through one collector."""
+    def _map_collected(self, fn: Callable[..., Any], iterables: tuple, chunksize: int,
+                       end_time: Optional[float], return_exceptions: bool) -> Iterator[Any]:
+        """``map`` without a future per call: the results come back in order through one
+        collector (a chunk travels as one message where it can). Closing the iterator
+        early cancels the calls no worker has started, as the stdlib does."""
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -216,40 +200,57 @@ class ProcessPoolExecutor(Executor):
         star = len(iterables) != 1
         arg_list = list(zip(*iterables)) if star else as_items(iterables[0])
         results = IMapIterator(self, len(arg_list), True, return_exceptions)
+        ids: List[Optional[int]] = []
         if arg_list:
             put = _WithMany(results._put, results._put_many)
-            self._client.submit(fn, arg_list, None, put, chunksize=chunksize, star=star,
-                                borrowed=arg_list is iterables[0])
+            ids = self._client.submit(fn, arg_list, None, put, chunksize=chunksize, star=star,
+                                      borrowed=arg_list is iterables[0])
+
+        results._ids = ids
+        self._maps.add(results)
 
         def result_iterator() -> Iterator[Any]:
             left_to_yield = len(arg_list)
-            while left_to_yield:
-                left = None if end_time is None else max(0.0, end_time - time.monotonic())
-                try:
-                    results._wait_taken(left)
-                except MpTimeoutError:
-                    raise FuturesTimeoutError() from None
-                # Hand out everything that arrived; a chunk's values without a call per item.
-                taken = results._taken
-                while taken:
-                    entry = taken[0]
-                    if isinstance(entry, _Run):
-                        taken.popleft()
-                        values = entry.values[entry.pos:] if entry.pos else entry.values
-                        n = len(values)
-                        results._taken_n -= n
-                        results._yielded += n
-                        results._next_index += n
-                        left_to_yield -= n
-                        yield from values
-                        continue
-                    _, ok, value = results._pop_one()
-                    left_to_yield -= 1
-                    if not ok and not return_exceptions:
-                        raise value
-                    yield value
+            try:
+                while left_to_yield:
+                    left = None if end_time is None else max(0.0, end_time - time.monotonic())
+                    try:
+                        results._wait_taken(left)
+                    except MpTimeoutError:
+                        raise FuturesTimeoutError() from None
+                    # Hand out everything that arrived; a chunk's values without a call per item.
+                    taken = results._taken
+                    while taken:
+                        entry = taken[0]
+                        if isinstance(entry, _Run):
+                            taken.popleft()
+                            values = entry.values[entry.pos:] if entry.pos else entry.values
+                            n = len(values)
+                            results._taken_n -= n
+                            results._yielded += n
+                            results._next_index += n
+                            left_to_yield -= n
+                            yield from values
+                            continue
+                        _, ok, value = results._pop_one()
+                        left_to_yield -= 1
+                        if isinstance(value, TaskCancelledError):
+                            # Cancelled by shutdown(cancel_futures=True): as the stdlib says it.
+                            value = CancelledError()
+                        if not ok and not return_exceptions:
+                            raise value
+                        yield value
+            finally:
+                self._cancel_unstarted(results)
 
         return result_iterator()
+
+    def _cancel_unstarted(self, results: IMapIterator) -> None:
+        """Cancels the calls of a map that no worker has started yet."""
+        self._maps.discard(results)
+        for task_id in results._ids[results._yielded:]:
+            if task_id is not None:
+                self._client.cancel_if_queued(task_id)
 
     def stop(self, future: Future) -> bool:
         """Stops a call whether or not it is running: a queued call is cancelled; a
@@ -277,6 +278,8 @@ class ProcessPoolExecutor(Executor):
         if cancel_futures:
             for f in list(self._pending.values()):
                 f.cancel()
+            for results in list(self._maps):
+                self._cancel_unstarted(results)
         self._client.close()
         if wait:
             try:

@@ -203,3 +203,10 @@ def flip_bytearray(data):
     """Changes the worker's copy in place and returns it (the caller's must not change)."""
     data[0] ^= 0xFF
     return data
+
+
+def append_and_sleep(path, seconds):
+    """Appends a line to ``path`` (one per call that started), then sleeps."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(seconds)

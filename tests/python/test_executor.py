@@ -723,3 +723,33 @@ def test_ctrl_c_during_shutdown_wait_stops_the_workers_before_propagating(tmp_pa
         helpers.kill_tree(proc, env)
         raise
     assert "caught; worker alive: False future done: True" in out, (out, err)
+
+
+def test_closing_a_map_iterator_cancels_its_unstarted_calls(tmp_path):
+    """As in the stdlib: leaving a map's iterator early cancels the calls no worker has
+    started, so shutdown does not run them."""
+    log = tmp_path / "calls"
+    e = hangfree.ProcessPoolExecutor(1, grace=GRACE)
+    it = e.map(tasks.append_and_sleep, [str(log)] * 20, [0.3] * 20)
+    assert next(it) is None
+    it.close()
+    t0 = time.monotonic()
+    finished = _bounded(lambda: e.shutdown(wait=True), 0.6 + SLACK, e.terminate)
+    assert finished, f"shutdown still running the map's calls after {time.monotonic() - t0:.1f} s"
+    # The first call, and at most the one already running or sent ahead, ran.
+    assert 1 <= len(log.read_text().splitlines()) <= 3
+    assert e.stats()["cancelled"] >= 17
+
+
+def test_shutdown_cancel_futures_cancels_the_calls_of_a_map(tmp_path):
+    log = tmp_path / "calls"
+    e = hangfree.ProcessPoolExecutor(1, grace=GRACE)
+    it = e.map(tasks.append_and_sleep, [str(log)] * 10, [0.3] * 10, return_exceptions=True)
+    deadline = time.monotonic() + 30
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    finished = _bounded(lambda: e.shutdown(wait=True, cancel_futures=True), 0.6 + SLACK, e.terminate)
+    assert finished
+    outcomes = list(it)
+    assert outcomes[0] is None
+    assert sum(isinstance(o, concurrent.futures.CancelledError) for o in outcomes) >= 8
