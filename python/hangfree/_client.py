@@ -287,6 +287,40 @@ class EngineClient:
             raise self.refused(e) from None
         return key, lambda: label(fn, args, kw)
 
+    def submit_claimable(self, fn: Callable[..., Any], args: tuple, kwargs: Optional[dict], on_outcome: OnOutcome,
+                         timeout: Optional[float]) -> Tuple[Optional[int], Optional[int]]:
+        """Submits one call whose outcome goes to ``on_outcome(0, ok, value)``, through
+        the result thread or taken by a thread waiting in ``wait_claim``. Returns its task
+        id and key (both None if its arguments cannot be pickled: ``on_outcome`` has been
+        told)."""
+        self.check_process()
+        kw = kwargs or {}
+        label_of = lambda _: label(fn, args, kw)  # noqa: E731
+        try:
+            payload = dumps_call(dumps_function(fn), args, kw)
+        except Exception as e:
+            err = HangfreeError(f"{label_of(0)}: its arguments cannot be pickled: {type(e).__name__}: {e}")
+            err.__cause__ = e
+            on_outcome(0, False, err)
+            return None, None
+        key = next(self._keys)
+        with self._lock:
+            self._jobs[key] = [on_outcome, [0], label_of, 1]
+        try:
+            return self.engine.submit(key, [payload], timeout=timeout, claim=True), key
+        except _core.SubmitRefused as e:
+            with self._lock:
+                self._jobs.pop(key, None)
+            raise self.refused(e) from None
+
+    def wait_claim(self, key: int, timeout: float) -> None:
+        """Waits up to ``timeout`` seconds for the outcome of a claimable call; if it
+        comes here, hands it to the call's ``on_outcome`` in this thread (one wake-up
+        fewer than through the result thread)."""
+        got = self.engine.wait_claim(key, timeout)
+        if got is not None:
+            self._settle([(key, 0, got[0], got[1])])
+
     def wait_direct(self, key: int, timeout: float, name: Callable[[], str]) -> Optional[Tuple[bool, Any]]:
         """The outcome of a direct call as ``(ok, value)``, or None if it has not come
         within ``timeout`` seconds."""
@@ -397,40 +431,44 @@ class EngineClient:
             for kind, _trouble, pid, task_id, message in events:
                 log.log(_EVENT_LEVELS.get(kind, logging.WARNING), "%s", message,
                         extra={"hangfree_event": kind, "pid": pid, "task_id": task_id})
-            # One lock for the whole batch: a stream of short calls brings hundreds.
-            taken = []
-            with self._lock:
-                jobs = self._jobs
-                for key, index, kind, data in outcomes:
-                    entry = jobs.get(key)
-                    if entry is None:
-                        continue
-                    entry[3] -= 1
-                    if entry[3] == 0:
-                        del jobs[key]
-                    taken.append((entry, index, kind, data))
-            for entry, index, kind, data in taken:
-                if isinstance(entry[0], _Packed):
-                    try:
-                        entry[0].settle(index, kind, data)
-                    except BaseException as e:  # a user callback raised: report, keep serving
-                        print(f"hangfree: exception in a result callback: {e!r}", file=sys.stderr)
-                    continue
-                on_outcome, positions, label_of = entry[0], entry[1], entry[2]
-                i = positions[index]
-                if kind == "value":
-                    try:
-                        ok, value = True, loads(data)
-                    except Exception:
-                        ok, value = decode(kind, data, lambda: label_of(i))
-                else:
-                    ok, value = decode(kind, data, lambda: label_of(i))
-                try:
-                    on_outcome(i, ok, value)
-                except BaseException as e:  # a user callback raised: report, keep serving
-                    print(f"hangfree: exception in a result callback: {e!r}", file=sys.stderr)
+            self._settle(outcomes)
             if not outcomes and not self._jobs and engine.is_finished():
                 return
+
+    def _settle(self, outcomes: List[Tuple[int, int, str, Any]]) -> None:
+        """Hands each engine outcome to its job. One lock for the whole batch: a stream
+        of short calls brings hundreds at a time."""
+        taken = []
+        with self._lock:
+            jobs = self._jobs
+            for key, index, kind, data in outcomes:
+                entry = jobs.get(key)
+                if entry is None:
+                    continue
+                entry[3] -= 1
+                if entry[3] == 0:
+                    del jobs[key]
+                taken.append((entry, index, kind, data))
+        for entry, index, kind, data in taken:
+            if isinstance(entry[0], _Packed):
+                try:
+                    entry[0].settle(index, kind, data)
+                except BaseException as e:  # a user callback raised: report, keep serving
+                    print(f"hangfree: exception in a result callback: {e!r}", file=sys.stderr)
+                continue
+            on_outcome, positions, label_of = entry[0], entry[1], entry[2]
+            i = positions[index]
+            if kind == "value":
+                try:
+                    ok, value = True, loads(data)
+                except Exception:
+                    ok, value = decode(kind, data, lambda: label_of(i))
+            else:
+                ok, value = decode(kind, data, lambda: label_of(i))
+            try:
+                on_outcome(i, ok, value)
+            except BaseException as e:  # a user callback raised: report, keep serving
+                print(f"hangfree: exception in a result callback: {e!r}", file=sys.stderr)
 
     def cancel(self, task_id: int) -> None:
         """Cancels a task; a running one has its worker stopped."""

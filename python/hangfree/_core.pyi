@@ -55,6 +55,7 @@ class Engine:
         timeout: Optional[float] = None,
         labels: Optional[Sequence[str]] = None,
         direct: bool = False,
+        claim: bool = False,
     ) -> int:
         """Submits payloads; returns the first task id (ids are consecutive)."""
     def next_outcomes(self, timeout: float) -> List[Tuple[int, int, str, Any]]:
@@ -62,6 +63,11 @@ class Engine:
     def wait_direct(self, key: int, timeout: float) -> Optional[Tuple[str, Any]]:
         """``(kind, data)`` of a direct submission, or None if not there in time."""
     def discard_direct(self, key: int) -> None: ...
+    def wait_claim(self, key: int, timeout: float) -> Optional[Tuple[str, Any]]:
+        """``(kind, data)`` of a claimable submission taken by this waiter, or None on
+        time-out or once it is ``completed`` elsewhere."""
+    def completed(self, key: int) -> None:
+        """Wakes the waiters of a claimable submission whose future is done."""
     def take_events(self) -> List[Tuple[str, bool, Optional[int], Optional[int], str]]:
         """``(kind, trouble, pid, task_id, message)`` for the events since the last call."""
     def cancel(self, task_id: int) -> None: ...

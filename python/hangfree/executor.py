@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Unio
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from multiprocessing import TimeoutError as MpTimeoutError
 
-from hangfree._client import EngineClient, as_items, cpu_count
+from hangfree._client import SLICE, EngineClient, as_items, cpu_count
 from hangfree.pool import IMapIterator, _Run, _WithMany
 from hangfree._errors import TaskCancelledError
 
@@ -27,7 +27,31 @@ class _Future(Future):
         super().__init__()
         self._executor: Optional[ProcessPoolExecutor] = executor
         self._task_id: Optional[int] = None
+        # The engine key under which a thread waiting in result() takes the outcome.
+        self._claim_key: Optional[int] = None
         self._stopped = False
+
+    def _claim(self, timeout: Optional[float]) -> Optional[float]:
+        """Waits for the outcome in this thread, taking it straight from the engine
+        (the result thread's hop costs a wake-up across CPUs). Returns what is left of
+        ``timeout``. Short slices let Ctrl-C and a fork be noticed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ex, key = self._executor, self._claim_key
+        if ex is not None and key is not None:
+            client = ex._client
+            while not self.done():
+                left = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
+                if left <= 0:
+                    break
+                client.check_process()
+                client.wait_claim(key, left)
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        return super().result(self._claim(timeout))
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        return super().exception(self._claim(timeout))
 
     def cancel(self) -> bool:
         with self._condition:
@@ -135,27 +159,28 @@ class ProcessPoolExecutor(Executor):
         else:
             f.set_exception(value)
         f._executor = None
+        if f._claim_key is not None:
+            # Threads waiting in wait_claim return: the future is done.
+            self._client.engine.completed(f._claim_key)
 
-    def _start(self, fn: Callable[..., Any], arg_list: List[tuple], kwargs: Optional[dict], chunksize: int, timeout: Optional[float]) -> List[_Future]:
+    def _start(self, fn: Callable[..., Any], args: tuple, kwargs: Optional[dict], timeout: Optional[float]) -> _Future:
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-        futures = [_Future(self) for _ in arg_list]
-        ids = self._client.submit(
-            fn, arg_list, kwargs, lambda i, ok, v: self._settle(futures[i], ok, v), chunksize=chunksize, timeout=timeout
-        )
-        for f, task_id in zip(futures, ids):
-            f._task_id = task_id
-            if task_id is not None and not f.done():
-                self._pending[task_id] = f
-                # The outcome may have come in between: never leave a finished one listed.
-                if f.done():
-                    self._pending.pop(task_id, None)
-        return futures
+        f = _Future(self)
+        task_id, f._claim_key = self._client.submit_claimable(
+            fn, args, kwargs, lambda _i, ok, v: self._settle(f, ok, v), timeout)
+        f._task_id = task_id
+        if task_id is not None and not f.done():
+            self._pending[task_id] = f
+            # The outcome may have come in between: never leave a finished one listed.
+            if f.done():
+                self._pending.pop(task_id, None)
+        return f
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedules ``fn(*args, **kwargs)``; returns a ``concurrent.futures.Future``."""
-        return self._start(fn, [args], kwargs, 1, None)[0]
+        return self._start(fn, args, kwargs, None)
 
     def submit_with(
         self,
@@ -168,7 +193,7 @@ class ProcessPoolExecutor(Executor):
         """Like :meth:`submit`, with options that cannot collide with ``fn``'s own keyword
         arguments: ``timeout`` is this call's time limit in seconds (overriding
         ``task_timeout``); past it the future fails with ``TaskTimeoutError``."""
-        return self._start(fn, [tuple(args)], kwargs, 1, timeout)[0]
+        return self._start(fn, tuple(args), kwargs, timeout)
 
     def map(
         self,

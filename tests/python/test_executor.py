@@ -753,3 +753,57 @@ def test_shutdown_cancel_futures_cancels_the_calls_of_a_map(tmp_path):
     outcomes = list(it)
     assert outcomes[0] is None
     assert sum(isinstance(o, concurrent.futures.CancelledError) for o in outcomes) >= 8
+
+
+def test_two_threads_waiting_on_one_future_both_get_it(ex):
+    """result() takes the outcome straight from the engine in the waiting thread; a
+    second thread waiting on the same future is woken too."""
+    f = ex.submit(tasks.sleep_return, 0.3, "x")
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(f.result(timeout=30))) for _ in range(2)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert got == ["x", "x"]
+    assert time.monotonic() - t0 < 0.3 + SLACK
+
+
+def test_a_future_taken_by_result_still_runs_callbacks_and_wakes_wait(ex):
+    seen = []
+    f = ex.submit(tasks.sleep_return, 0.2, 7)
+    f.add_done_callback(lambda fut: seen.append(fut.result()))
+    waiter = threading.Thread(target=lambda: seen.append(("wait", len(wait([f], timeout=30).done))))
+    waiter.start()
+    assert f.result(timeout=30) == 7
+    waiter.join(30)
+    assert len(seen) == 2 and 7 in seen and ("wait", 1) in seen
+    assert f.exception(timeout=0) is None
+
+
+def test_futures_waited_by_result_and_as_completed_at_once(ex):
+    """Half the futures are waited with result() from four threads, the other half with
+    as_completed: every one ends once with its value, nothing waits for a slice."""
+    futures = [ex.submit(tasks.square, i) for i in range(400)]
+    values = {}
+
+    def waiter(k):
+        for i in range(k, 200, 4):
+            values[i] = futures[i].result(timeout=30)
+
+    threads = [threading.Thread(target=waiter, args=(k,)) for k in range(4)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for f in as_completed(futures[200:], timeout=60):
+        values[futures.index(f)] = f.result(timeout=0)
+    for t in threads:
+        t.join(60)
+    assert values == {i: i * i for i in range(400)}
+    assert time.monotonic() - t0 < 10 + SLACK
+    # Sequential round trips never wait for a 50 ms slice: 300 of them are far under that.
+    t0 = time.monotonic()
+    for i in range(300):
+        assert ex.submit(tasks.square, i).result(timeout=30) == i * i
+    assert time.monotonic() - t0 < 300 * 0.05

@@ -47,7 +47,19 @@ struct Direct {
     ready: HashMap<u64, Outcome>,
     /// Keys whose caller is gone before the outcome came: dropped on arrival.
     abandoned: std::collections::HashSet<u64>,
+    /// Claimable submissions someone is waiting for now (`wait_claim`), with how many
+    /// threads wait: their outcome goes to `ready` instead of the result thread.
+    waiting: HashMap<u64, usize>,
+    /// The claimable keys finished lately by someone else than their waiter
+    /// (`completed`), oldest first. A waiter that saw its future not done and then
+    /// registered may have missed that moment: it finds the key here.
+    finished: std::collections::HashSet<u64>,
+    finished_order: VecDeque<u64>,
 }
+
+/// How many finished claimable keys are remembered; the race they cover lasts
+/// microseconds, so this bounds memory without ever mattering.
+const FINISHED_KEPT: usize = 4096;
 
 struct KeyedSink {
     key: u64,
@@ -67,6 +79,28 @@ impl Sink for DirectSink {
         }
         drop(d);
         self.queue.direct_cv.notify_all();
+    }
+}
+
+/// The sink of a claimable submission (one call of a ProcessPoolExecutor): a thread
+/// waiting for it in `wait_claim` takes the outcome itself, one hop sooner; with nobody
+/// waiting it goes to the result thread like any other (for `as_completed`, callbacks).
+struct ClaimSink {
+    key: u64,
+    queue: Arc<Queue>,
+}
+
+impl Sink for ClaimSink {
+    fn complete(&self, index: usize, outcome: Outcome) {
+        let mut d = self.queue.direct.lock().unwrap_or_else(|e| e.into_inner());
+        if d.waiting.contains_key(&self.key) {
+            d.ready.insert(self.key, outcome);
+            drop(d);
+            self.queue.direct_cv.notify_all();
+            return;
+        }
+        drop(d);
+        KeyedSink { key: self.key, queue: self.queue.clone() }.complete(index, outcome);
     }
 }
 
@@ -173,7 +207,8 @@ impl Engine {
 
     /// Submits payloads as one submission; outcomes arrive tagged with `key` and each
     /// payload's index. Returns the first task id (ids are consecutive).
-    #[pyo3(signature = (key, payloads, *, chunksize=1, timeout=None, labels=None, direct=false))]
+    #[pyo3(signature = (key, payloads, *, chunksize=1, timeout=None, labels=None, direct=false, claim=false))]
+    #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
         py: Python<'_>,
@@ -183,6 +218,7 @@ impl Engine {
         timeout: Option<f64>,
         labels: Option<Vec<String>>,
         direct: bool,
+        claim: bool,
     ) -> PyResult<u64> {
         let timeout = secs(timeout, "timeout")?;
         let mut labels = labels.map(|l| l.into_iter());
@@ -199,11 +235,13 @@ impl Engine {
                 t
             })
             .collect();
-        if direct && tasks.len() != 1 {
-            return Err(PyValueError::new_err("a direct submission is one task"));
+        if (direct || claim) && tasks.len() != 1 {
+            return Err(PyValueError::new_err("a direct or claimable submission is one task"));
         }
         let sink: Arc<dyn Sink> = if direct {
             Arc::new(DirectSink { key, queue: self.queue.clone() })
+        } else if claim {
+            Arc::new(ClaimSink { key, queue: self.queue.clone() })
         } else {
             Arc::new(KeyedSink { key, queue: self.queue.clone() })
         };
@@ -285,13 +323,70 @@ impl Engine {
                 d = self.queue.direct_cv.wait_timeout(d, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
             }
         });
-        match got {
-            None => Ok(None),
-            Some(o) => {
-                let t = outcome_tuple(py, Done { key, index: 0, outcome: o })?;
-                // (key, index, kind, data) -> (kind, data)
-                Ok(Some((t.get_item(2)?, t.get_item(3)?).into_pyobject(py)?.into_any()))
+        got.map(|o| kind_and_data(py, key, o)).transpose()
+    }
+
+    /// Waits up to `timeout` seconds (GIL released) for the outcome of the claimable
+    /// submission `key` and takes it, as `wait_direct` does. Returns None on time-out, or
+    /// at once when the result thread has finished it instead (`completed`): the caller
+    /// then finds it done.
+    fn wait_claim<'py>(&self, py: Python<'py>, key: u64, timeout: f64) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+        let q = &self.queue;
+        let got = py.detach(|| {
+            let mut d = q.direct.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(o) = d.ready.remove(&key) {
+                return Some(o);
             }
+            *d.waiting.entry(key).or_insert(0) += 1;
+            drop(d);
+            let mut got = None;
+            let limit = hangfree::spin::WAIT.min(deadline.saturating_duration_since(Instant::now()));
+            hangfree::spin::poll_for(limit, || {
+                let mut d = q.direct.lock().unwrap_or_else(|e| e.into_inner());
+                got = d.ready.remove(&key);
+                got.is_some() || d.finished.contains(&key)
+            });
+            let mut d = q.direct.lock().unwrap_or_else(|e| e.into_inner());
+            while got.is_none() && !d.finished.contains(&key) {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                d = q.direct_cv.wait_timeout(d, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+                got = d.ready.remove(&key);
+            }
+            // Leave: an outcome that came meanwhile is taken now, never stranded.
+            if got.is_none() {
+                got = d.ready.remove(&key);
+            }
+            if let Some(n) = d.waiting.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    d.waiting.remove(&key);
+                }
+            }
+            got
+        });
+        got.map(|o| kind_and_data(py, key, o)).transpose()
+    }
+
+    /// Says that the claimable submission `key` is finished (its future is done); the
+    /// threads waiting for it in `wait_claim` return.
+    fn completed(&self, key: u64) {
+        let mut d = self.queue.direct.lock().unwrap_or_else(|e| e.into_inner());
+        if d.finished.insert(key) {
+            d.finished_order.push_back(key);
+            if d.finished_order.len() > FINISHED_KEPT
+                && let Some(old) = d.finished_order.pop_front()
+            {
+                d.finished.remove(&old);
+            }
+        }
+        let wake = d.waiting.contains_key(&key);
+        drop(d);
+        if wake {
+            self.queue.direct_cv.notify_all();
         }
     }
 
@@ -446,6 +541,12 @@ fn failure_details(py: Python<'_>, f: &StartupFailure) -> PyResult<Py<PyAny>> {
         StartupFailure::Broken(_) => d.set_item("cause", "broken")?,
     }
     Ok(d.into_any().unbind())
+}
+
+/// One outcome as `(kind, data)` (see `next_outcomes`).
+fn kind_and_data<'py>(py: Python<'py>, key: u64, outcome: Outcome) -> PyResult<Bound<'py, PyAny>> {
+    let t = outcome_tuple(py, Done { key, index: 0, outcome })?;
+    (t.get_item(2)?, t.get_item(3)?).into_pyobject(py).map(|t| t.into_any())
 }
 
 fn outcome_tuple<'py>(py: Python<'py>, done: Done) -> PyResult<Bound<'py, PyAny>> {
