@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import weakref
 from concurrent.futures import CancelledError, Executor, Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, Generator, Iterable, Iterator, List, Optional, Union
 
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from multiprocessing import TimeoutError as MpTimeoutError
@@ -65,6 +66,23 @@ class _Future(Future):
                 # A worker has it: from now on it counts as running, as in the stdlib.
                 self._state = RUNNING
             return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
+
+
+class _Results(itertools.chain):
+    """The iterator ``map`` returns: a chain of result runs (C-level ``__next__``), with
+    a generator's ``close`` (which cancels the calls not started, as in the stdlib)."""
+
+    _runs: Optional[Generator[List[Any], None, None]] = None
+
+    @classmethod
+    def from_iterable(cls, runs: Any) -> "_Results":  # type: ignore[override]
+        it = super().from_iterable(runs)
+        it._runs = runs
+        return it
+
+    def close(self) -> None:
+        if self._runs is not None:
+            self._runs.close()
 
 
 class ProcessPoolExecutor(Executor):
@@ -234,7 +252,9 @@ class ProcessPoolExecutor(Executor):
         results._ids = ids
         self._maps.add(results)
 
-        def result_iterator() -> Iterator[Any]:
+        def runs() -> Iterator[List[Any]]:
+            # Yields runs of values in order (a chunk's values at once); the C-level
+            # chain below hands them out without a Python call per item.
             left_to_yield = len(arg_list)
             try:
                 while left_to_yield:
@@ -243,7 +263,6 @@ class ProcessPoolExecutor(Executor):
                         results._wait_taken(left)
                     except MpTimeoutError:
                         raise FuturesTimeoutError() from None
-                    # Hand out everything that arrived; a chunk's values without a call per item.
                     taken = results._taken
                     while taken:
                         entry = taken[0]
@@ -255,7 +274,7 @@ class ProcessPoolExecutor(Executor):
                             results._yielded += n
                             results._next_index += n
                             left_to_yield -= n
-                            yield from values
+                            yield values
                             continue
                         _, ok, value = results._pop_one()
                         left_to_yield -= 1
@@ -264,11 +283,11 @@ class ProcessPoolExecutor(Executor):
                             value = CancelledError()
                         if not ok and not return_exceptions:
                             raise value
-                        yield value
+                        yield [value]
             finally:
                 self._cancel_unstarted(results)
 
-        return result_iterator()
+        return _Results.from_iterable(runs())
 
     def _cancel_unstarted(self, results: IMapIterator) -> None:
         """Cancels the calls of a map that no worker has started yet."""
