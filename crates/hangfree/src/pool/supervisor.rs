@@ -987,11 +987,12 @@ impl Supervisor {
         if self.queue.is_empty() {
             return;
         }
-        // Idle workers first, then one more chunk ahead per worker up to `prefetch`.
-        for depth in 0..self.cfg.prefetch.max(1) {
+        // Idle workers first, then one more chunk ahead per worker up to `prefetch`. Each
+        // worker's frames go out in one write at the end, not one write per chunk.
+        'fill: for depth in 0..self.cfg.prefetch.max(1) {
             for slot in 0..self.workers.len() {
                 if self.queue.is_empty() {
-                    return;
+                    break 'fill;
                 }
                 let ok = self.workers[slot]
                     .as_ref()
@@ -999,6 +1000,12 @@ impl Supervisor {
                 if ok {
                     self.send_chunk(slot, now);
                 }
+            }
+        }
+        for slot in 0..self.workers.len() {
+            // A worker already waiting for EPOLLOUT is flushed when the socket has room.
+            if self.workers[slot].as_ref().is_some_and(|w| w.out_pos < w.out.len() && !w.want_out) {
+                self.flush(slot, now);
             }
         }
     }
@@ -1012,6 +1019,7 @@ impl Supervisor {
         head_short && w.typical_task.is_some_and(|d| d < limit)
     }
 
+    /// Queues the next chunk in the worker's output buffer; `dispatch` flushes it.
     fn send_chunk(&mut self, slot: usize, now: Instant) {
         let budget = {
             let w = self.workers[slot].as_ref().expect("ready worker");
@@ -1049,7 +1057,6 @@ impl Supervisor {
         if was_idle {
             self.start_head(slot, now);
         }
-        self.flush(slot, now);
     }
 
     /// Writes as much of the worker's output buffer as the socket takes, never blocking;
@@ -1109,8 +1116,13 @@ impl Supervisor {
                     self.drain_frames(slot, now);
                     return ChannelEnd::Closed;
                 }
-                Ok(_) => {
+                Ok(n) => {
                     if !self.drain_frames(slot, now) {
+                        return ChannelEnd::Drained;
+                    }
+                    // A short read emptied the socket: level-triggered epoll reports the
+                    // next bytes, so skip the read that would only say EAGAIN.
+                    if n < want {
                         return ChannelEnd::Drained;
                     }
                 }
