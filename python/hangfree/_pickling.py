@@ -12,9 +12,10 @@ import pickle
 import struct
 import types
 import weakref
-from typing import Any, Dict, List
-
-import cloudpickle
+# Annotations only (strings here); importing typing would cost every worker start ~9 ms.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, List
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -54,12 +55,12 @@ def dumps(obj: Any) -> bytes:
         data = pickle.dumps(obj, PROTOCOL, buffer_callback=buffers.append)
     except Exception:
         buffers.clear()
-        data = cloudpickle.dumps(obj, PROTOCOL, buffer_callback=buffers.append)
+        data = _dumps_by_value(obj, buffers)
     else:
         # A reference to __main__ would not resolve in the worker: send such objects by value.
         if b"__main__" in data:
             buffers.clear()
-            data = cloudpickle.dumps(obj, PROTOCOL, buffer_callback=buffers.append)
+            data = _dumps_by_value(obj, buffers)
     if not buffers:
         return data
     raws = [b.raw() for b in buffers]
@@ -67,6 +68,14 @@ def dumps(obj: Any) -> bytes:
         f"<BIQ{len(raws)}Q", _OOB, len(raws), len(data), *(r.nbytes | (0 if r.readonly else _WRITABLE) for r in raws)
     )
     return b"".join([head, data, *raws])
+
+
+def _dumps_by_value(obj: Any, buffers: List[pickle.PickleBuffer]) -> bytes:
+    # Imported here: a worker process needs cloudpickle only to send such objects back
+    # (loading them imports it by itself), and starts sooner without it.
+    import cloudpickle
+
+    return cloudpickle.dumps(obj, PROTOCOL, buffer_callback=buffers.append)
 
 
 def dumps_call(fn_bytes: bytes, args: tuple, kwargs: Dict[str, Any]) -> bytes:

@@ -424,3 +424,38 @@ def test_default_chunks_give_the_same_results_as_multiprocessing(pool):
     items = list(range(10_007))
     assert pool.map(tasks.square, items) == [x * x for x in items]
     assert pool.starmap(tasks.add, [(i, i) for i in range(999)]) == [2 * i for i in range(999)]
+
+
+def test_a_worker_starts_without_the_pool_machinery():
+    """Workers start after every crash and every max_tasks_per_child calls: importing
+    the worker must not pull in multiprocessing, cloudpickle, typing or the fronts."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hangfree._worker; "
+        "heavy = [m for m in ('multiprocessing', 'cloudpickle', 'typing', 'hangfree.pool', "
+        "'hangfree.executor', 'concurrent.futures') if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_package_names_load_on_first_use():
+    import subprocess
+    import sys
+
+    code = (
+        "import hangfree, multiprocessing; "
+        "assert hangfree.TimeoutError is multiprocessing.TimeoutError; "
+        "from hangfree import *; "
+        "assert Pool.__module__ == 'hangfree.pool' and issubclass(WorkerLostError, HangfreeError); "
+        "assert 'ProcessPoolExecutor' in dir(hangfree); "
+        "print(sorted(set(hangfree.__all__) - set(dir(hangfree))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        hangfree.nope  # noqa: B018
