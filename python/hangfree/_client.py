@@ -19,11 +19,14 @@ import sys
 import threading
 import weakref
 from multiprocessing.pool import RemoteTraceback
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from hangfree import _core
 from hangfree._errors import HangfreeError, failure, initializer_error
-from hangfree._pickling import dumps, dumps_call, dumps_function, loads
+from hangfree._pickling import dumps, dumps_call, dumps_function, dumps_payload, loads
+
+if TYPE_CHECKING:
+    from hangfree._pickling import Payload
 
 # How long the result thread sleeps between checks for shutdown.
 SLICE = 0.05
@@ -235,7 +238,7 @@ class EngineClient:
                      timeout: Optional[float]) -> List[Optional[int]]:
         fn_bytes, arg_list, kw, label_of = calls.fn_bytes, calls.items, calls.kw, calls.label_of
         ids: List[Optional[int]] = [None] * len(arg_list)
-        payloads: List[bytes] = []
+        payloads: List[Payload] = []
         positions: List[int] = []
         bad: List[Tuple[int, BaseException]] = []
         sent = 0
@@ -260,7 +263,7 @@ class EngineClient:
             on_outcome(i, False, err)
         return ids
 
-    def _submit_group(self, on_outcome: OnOutcome, payloads: List[bytes], positions: List[int],
+    def _submit_group(self, on_outcome: OnOutcome, payloads: List[Payload], positions: List[int],
                       label_of: Callable[[int], str], chunksize: int, timeout: Optional[float]) -> int:
         key = next(self._keys)
         with self._lock:
@@ -338,12 +341,12 @@ class EngineClient:
         finished before the crash therefore run twice.
         """
         n = len(calls.items)
-        payloads: List[bytes] = []
+        payloads: List[Payload] = []
         kept: List[range] = []
         sent = 0
         for span in spans:
             try:
-                payloads.append(dumps((calls.fn_bytes, calls.items[span.start:span.stop], calls.kw, calls.star)))
+                payloads.append(dumps_payload((calls.fn_bytes, calls.items[span.start:span.stop], calls.kw, calls.star)))
                 kept.append(span)
             except Exception:
                 # Something in this chunk does not pickle: send its items one by one, so
@@ -359,7 +362,7 @@ class EngineClient:
             self._submit_chunks(calls, on_outcome, payloads, kept)
         return [None] * n
 
-    def _submit_chunks(self, calls: "_Calls", on_outcome: OnOutcome, payloads: List[bytes], kept: List[range]) -> None:
+    def _submit_chunks(self, calls: "_Calls", on_outcome: OnOutcome, payloads: List[Payload], kept: List[range]) -> None:
         key = next(self._keys)
         with self._lock:
             self._jobs[key] = [_Packed(self, calls, on_outcome, kept), list(range(len(kept))), None, len(kept)]
@@ -376,7 +379,7 @@ class EngineClient:
     def submit_items(self, calls: "_Calls", on_outcome: OnOutcome, idx: Iterable[int]) -> None:
         """Submits the calls ``idx`` one message each (their outcomes go to
         ``on_outcome`` under their own indices)."""
-        payloads: List[bytes] = []
+        payloads: List[Payload] = []
         positions: List[int] = []
         for i in idx:
             try:

@@ -1,6 +1,6 @@
 """Type stubs for ``hangfree._core``, the Rust extension (crates/hangfree-python)."""
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 KIND_INIT: int
 KIND_TASK: int
@@ -49,7 +49,7 @@ class Engine:
     def submit(
         self,
         key: int,
-        payloads: Sequence[bytes],
+        payloads: Sequence[Union[bytes, Sequence[bytes]]],
         *,
         chunksize: int = 1,
         timeout: Optional[float] = None,
@@ -57,7 +57,8 @@ class Engine:
         direct: bool = False,
         claim: bool = False,
     ) -> int:
-        """Submits payloads; returns the first task id (ids are consecutive)."""
+        """Submits payloads (bytes, or parts sent end to end); returns the first task id
+        (ids are consecutive)."""
     def next_outcomes(self, timeout: float) -> List[Tuple[int, int, str, Any]]:
         """``(key, index, kind, data)`` for every outcome ready within ``timeout``."""
     def wait_direct(self, key: int, timeout: float) -> Optional[Tuple[str, Any]]:
@@ -85,5 +86,5 @@ class WorkerChannel:
     @staticmethod
     def from_stdin() -> "WorkerChannel": ...
     def recv(self) -> Optional[Tuple[int, int, bytes]]: ...
-    def send(self, kind: int, task_id: int, payload: bytes) -> None: ...
+    def send(self, kind: int, task_id: int, payload: Union[bytes, Sequence[bytes]]) -> None: ...
     def close(self) -> None: ...

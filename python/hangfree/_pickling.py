@@ -15,7 +15,10 @@ import weakref
 # Annotations only (strings here); importing typing would cost every worker start ~9 ms.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, List
+    from typing import Any, Dict, List, Union
+
+    # What the engine sends: one bytes object, or parts sent end to end.
+    Payload = Union[bytes, List[bytes]]
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -50,6 +53,14 @@ def _wrap(value: Any) -> Any:
 def dumps(obj: Any) -> bytes:
     """Pickles ``obj``, by value where the standard pickle would refer to ``__main__``;
     large buffers (bytearray, NumPy arrays, ...) go out of band."""
+    data = dumps_payload(obj)
+    return data if type(data) is bytes else b"".join(data)
+
+
+def dumps_payload(obj: Any) -> Payload:
+    """Like ``dumps``, but a payload with out-of-band buffers comes as its parts, which
+    the engine sends end to end without joining them here: a large ``bytes`` object
+    travels as itself, not as a copy."""
     buffers: List[pickle.PickleBuffer] = []
     try:
         data = pickle.dumps(obj, PROTOCOL, buffer_callback=buffers.append)
@@ -67,7 +78,11 @@ def dumps(obj: Any) -> bytes:
     head = struct.pack(
         f"<BIQ{len(raws)}Q", _OOB, len(raws), len(data), *(r.nbytes | (0 if r.readonly else _WRITABLE) for r in raws)
     )
-    return b"".join([head, data, *raws])
+    parts = [head, data]
+    for r in raws:
+        # A whole bytes object goes as it is; anything else (bytearray, an array) as a copy.
+        parts.append(r.obj if type(r.obj) is bytes and r.nbytes == len(r.obj) else r.tobytes())
+    return parts
 
 
 def _dumps_by_value(obj: Any, buffers: List[pickle.PickleBuffer]) -> bytes:
@@ -78,18 +93,18 @@ def _dumps_by_value(obj: Any, buffers: List[pickle.PickleBuffer]) -> bytes:
     return cloudpickle.dumps(obj, PROTOCOL, buffer_callback=buffers.append)
 
 
-def dumps_call(fn_bytes: bytes, args: tuple, kwargs: Dict[str, Any]) -> bytes:
+def dumps_call(fn_bytes: bytes, args: tuple, kwargs: Dict[str, Any]) -> Payload:
     """Pickles one call; its large ``bytes`` arguments travel out of band."""
     if any(type(a) is bytes and len(a) >= OOB_MIN for a in args):
         args = tuple(_wrap(a) for a in args)
     if kwargs and any(type(v) is bytes and len(v) >= OOB_MIN for v in kwargs.values()):
         kwargs = {k: _wrap(v) for k, v in kwargs.items()}
-    return dumps((fn_bytes, args, kwargs))
+    return dumps_payload((fn_bytes, args, kwargs))
 
 
-def dumps_result(value: Any) -> bytes:
+def dumps_result(value: Any) -> Payload:
     """Pickles a task's value; a large ``bytes`` value travels out of band."""
-    return dumps(_wrap(value))
+    return dumps_payload(_wrap(value))
 
 
 def loads(data: bytes) -> Any:

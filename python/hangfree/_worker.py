@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Dict
 
 from hangfree import _core
-from hangfree._pickling import dumps, dumps_result, loads
+from hangfree._pickling import dumps, dumps_payload, dumps_result, loads
 
 
 # Workers start often (after every crash, every max_tasks_per_child calls): modules only
@@ -182,7 +182,7 @@ def _run_chunk(ch: Any, task_id: int, fn: Callable[..., Any], items: list, kwarg
             values.append(None)
             start = len(values)
     try:
-        data = dumps((values, failures))
+        data = dumps_payload((values, failures))
     except BaseException:
         # Some value does not pickle: find it, and fail only that item.
         for j, value in enumerate(values):
@@ -191,7 +191,7 @@ def _run_chunk(ch: Any, task_id: int, fn: Callable[..., Any], items: list, kwarg
             except BaseException as e:
                 values[j] = None
                 failures[j] = _describe(_encoding_error(e, value))
-        data = dumps((values, failures))
+        data = dumps_payload((values, failures))
     ch.send(_core.KIND_VALUE, task_id, data)
 
 

@@ -16,7 +16,7 @@ use hangfree::worker::WorkerChannel as RawChannel;
 use hangfree::{
     ExitStatus, LossCause, Outcome, Pool, Sink, StartupFailure, SubmitError, Task, TaskError, WorkerCommand,
 };
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
@@ -225,7 +225,7 @@ impl Engine {
         &self,
         py: Python<'_>,
         key: u64,
-        payloads: Vec<Vec<u8>>,
+        payloads: Vec<Bound<'_, PyAny>>,
         chunksize: usize,
         timeout: Option<f64>,
         labels: Option<Vec<String>>,
@@ -234,6 +234,7 @@ impl Engine {
     ) -> PyResult<u64> {
         let timeout = secs(timeout, "timeout")?;
         let mut labels = labels.map(|l| l.into_iter());
+        let payloads: Vec<Vec<u8>> = payloads.iter().map(payload_vec).collect::<PyResult<_>>()?;
         let tasks: Vec<Task> = payloads
             .into_iter()
             .map(|p| {
@@ -621,6 +622,31 @@ fn outcome_tuple<'py>(py: Python<'py>, done: Done) -> PyResult<Bound<'py, PyAny>
     (done.key, done.index, kind, data).into_pyobject(py).map(|t| t.into_any())
 }
 
+/// A payload given as bytes or as a list (or tuple) of bytes, as its parts.
+fn payload_parts<'py>(payload: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    if let Ok(b) = payload.cast::<PyBytes>() {
+        return Ok(vec![b.clone()]);
+    }
+    payload
+        .try_iter()
+        .map_err(|_| PyTypeError::new_err("a payload is bytes or a list of bytes"))?
+        .map(|p| p?.cast_into::<PyBytes>().map_err(|_| PyTypeError::new_err("a payload part must be bytes")))
+        .collect()
+}
+
+/// A payload as one buffer: its parts copied once, end to end.
+fn payload_vec(payload: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    if let Ok(b) = payload.cast::<PyBytes>() {
+        return Ok(b.as_bytes().to_vec());
+    }
+    let parts = payload_parts(payload)?;
+    let mut v = Vec::with_capacity(parts.iter().map(|p| p.as_bytes().len()).sum());
+    for p in &parts {
+        v.extend_from_slice(p.as_bytes());
+    }
+    Ok(v)
+}
+
 /// The worker's end of its channel (used by `hangfree._worker`).
 #[pyclass(module = "hangfree._core")]
 struct WorkerChannel {
@@ -644,18 +670,24 @@ impl WorkerChannel {
     /// channel. The GIL is released while waiting.
     fn recv<'py>(&mut self, py: Python<'py>) -> PyResult<Option<(u8, u64, Bound<'py, PyBytes>)>> {
         let ch = self.inner.as_mut().ok_or_else(|| PyRuntimeError::new_err("channel closed"))?;
-        match py.detach(|| ch.recv()) {
-            Ok(Some(f)) => Ok(Some((f.kind as u8, f.task_id, PyBytes::new(py, &f.payload)))),
-            Ok(None) => Ok(None),
-            Err(e) => Err(PyRuntimeError::new_err(e.to_string())),
-        }
+        let err = |e: hangfree::wire::ReadError| PyRuntimeError::new_err(e.to_string());
+        let Some((kind, task_id, len)) = py.detach(|| ch.recv_header()).map_err(err)? else {
+            return Ok(None);
+        };
+        // The payload is read straight into the new bytes object (its bytes are already
+        // on their way: the GIL is held only while they are copied in).
+        let payload = PyBytes::new_with(py, len, |buf| ch.recv_payload(buf).map_err(err))?;
+        Ok(Some((kind as u8, task_id, payload)))
     }
 
-    /// Sends one frame.
-    fn send(&mut self, py: Python<'_>, kind: u8, task_id: u64, payload: &[u8]) -> PyResult<()> {
+    /// Sends one frame; `payload` is bytes, or a list of bytes objects sent one after
+    /// the other as one payload (no joining copy).
+    fn send(&mut self, py: Python<'_>, kind: u8, task_id: u64, payload: &Bound<'_, PyAny>) -> PyResult<()> {
         let kind = kind_from(kind)?;
         let ch = self.inner.as_mut().ok_or_else(|| PyRuntimeError::new_err("channel closed"))?;
-        py.detach(|| ch.send(kind, task_id, payload))?;
+        let parts = payload_parts(payload)?;
+        let slices: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+        py.detach(|| ch.send_parts(kind, task_id, &slices))?;
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //! Python extension, for the Python worker): one implementation of the protocol.
 
 use std::fs::File;
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::process::Signal;
@@ -52,6 +52,11 @@ impl WorkerChannel {
     /// briefly before sleeping: in a stream of short tasks the next one is usually on its
     /// way (see [`crate::spin`]).
     pub fn recv(&mut self) -> Result<Option<Frame>, ReadError> {
+        self.poll_briefly();
+        wire::read_frame(&mut self.reader, self.max_frame)
+    }
+
+    fn poll_briefly(&mut self) {
         if self.reader.buffer().is_empty() {
             let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
             crate::spin::poll_for(crate::spin::WORKER, || {
@@ -59,12 +64,72 @@ impl WorkerChannel {
                 rustix::event::poll(&mut fds, Some(&zero)).is_ok_and(|n| n > 0)
             });
         }
-        wire::read_frame(&mut self.reader, self.max_frame)
+    }
+
+    /// Receives the next frame's header: `(kind, task_id, payload length)`, or `Ok(None)`
+    /// when the pool closed the channel. The caller then reads exactly that many bytes
+    /// with [`WorkerChannel::recv_payload`], into memory of its own (a Python `bytes`,
+    /// say), which saves a copy of large payloads.
+    pub fn recv_header(&mut self) -> Result<Option<(Kind, u64, usize)>, ReadError> {
+        self.poll_briefly();
+        let mut h = [0u8; wire::HEADER_LEN];
+        let mut got = 0;
+        while got < wire::HEADER_LEN {
+            match self.reader.read(&mut h[got..]) {
+                Ok(0) if got == 0 => return Ok(None),
+                Ok(0) => return Err(wire::ProtocolError::Truncated { have: got, need: wire::HEADER_LEN }.into()),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let (kind, len, task_id) = wire::parse_header(&h, self.max_frame)?;
+        Ok(Some((kind, task_id, len as usize)))
+    }
+
+    /// Fills `buf` with the payload announced by [`WorkerChannel::recv_header`].
+    pub fn recv_payload(&mut self, buf: &mut [u8]) -> Result<(), ReadError> {
+        let need = buf.len();
+        let mut filled = 0;
+        while filled < need {
+            match self.reader.read(&mut buf[filled..]) {
+                Ok(0) => {
+                    let have = wire::HEADER_LEN + filled;
+                    return Err(wire::ProtocolError::Truncated { have, need: wire::HEADER_LEN + need }.into());
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Sends one frame.
     pub fn send(&mut self, kind: Kind, task_id: u64, payload: &[u8]) -> io::Result<()> {
         wire::write_frame(&mut self.writer, kind, task_id, payload)
+    }
+
+    /// Sends one frame whose payload is the concatenation of `parts`, with vectored
+    /// writes instead of joining them first.
+    pub fn send_parts(&mut self, kind: Kind, task_id: u64, parts: &[&[u8]]) -> io::Result<()> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let len = u32::try_from(total)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "payload longer than 4 GiB"))?;
+        let h = wire::header(kind, task_id, len);
+        let mut slices: Vec<io::IoSlice<'_>> = Vec::with_capacity(parts.len() + 1);
+        slices.push(io::IoSlice::new(&h));
+        slices.extend(parts.iter().filter(|p| !p.is_empty()).map(|p| io::IoSlice::new(p)));
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match self.writer.write_vectored(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Writes raw bytes on the channel, bypassing framing. Only for tests of the pool's
