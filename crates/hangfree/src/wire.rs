@@ -153,7 +153,21 @@ pub struct Decoder {
     buf: Vec<u8>,
     start: usize,
     max: u32,
+    /// A large frame being received into its own buffer (see `read_from_fd`).
+    big: Option<Big>,
 }
+
+/// The header of a large frame and its payload so far.
+struct Big {
+    kind: Kind,
+    task_id: u64,
+    need: usize,
+    payload: Vec<u8>,
+}
+
+/// Frames at least this large are read straight into their own payload buffer, which is
+/// handed out whole instead of copied out of the stream buffer.
+const BIG_FRAME: usize = 256 * 1024;
 
 impl fmt::Debug for Decoder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -164,22 +178,40 @@ impl fmt::Debug for Decoder {
 impl Decoder {
     /// A decoder that refuses payloads larger than `max_frame` bytes.
     pub fn new(max_frame: u32) -> Decoder {
-        Decoder { buf: Vec::new(), start: 0, max: max_frame }
+        Decoder { buf: Vec::new(), start: 0, max: max_frame, big: None }
     }
 
     /// Bytes received and not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        let big = self.big.as_ref().map_or(0, |b| HEADER_LEN + b.payload.len());
+        self.buf.len() - self.start + big
     }
 
     /// Appends received bytes.
-    pub fn feed(&mut self, bytes: &[u8]) {
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        if let Some(b) = self.big.as_mut() {
+            let take = (b.need - b.payload.len()).min(bytes.len());
+            b.payload.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if bytes.is_empty() {
+                return;
+            }
+            // The large frame is whole: the bytes after it wait in the stream buffer.
+        }
         self.compact();
         self.buf.extend_from_slice(bytes);
     }
 
     /// Reads once from `r` (up to `chunk` bytes) into the buffer; returns the count read.
     pub fn read_from<R: Read>(&mut self, r: &mut R, chunk: usize) -> io::Result<usize> {
+        if let Some(b) = self.big.as_mut() {
+            let old = b.payload.len();
+            let left = b.need - old;
+            b.payload.resize(old + left, 0);
+            let got = r.read(&mut b.payload[old..]);
+            b.payload.truncate(old + *got.as_ref().unwrap_or(&0));
+            return got;
+        }
         self.compact();
         let old = self.buf.len();
         // Read straight into the buffer's tail: the stream's bytes are copied once.
@@ -199,15 +231,52 @@ impl Decoder {
     /// Reads once from a descriptor (up to `chunk` bytes) straight into the buffer's spare
     /// capacity; returns the count read. Unlike [`Decoder::read_from`] it does not zero
     /// the space first, which matters on the supervisor's hot path.
+    ///
+    /// A large frame (from 256 KiB) is read into a buffer of its own once its header is
+    /// in: [`Decoder::next_frame`] then hands that buffer out without copying it.
     pub fn read_from_fd(&mut self, fd: impl std::os::fd::AsFd, chunk: usize) -> io::Result<usize> {
+        if let Some(b) = self.big.as_mut() {
+            let left = b.need - b.payload.len();
+            let spare = &mut b.payload.spare_capacity_mut()[..left];
+            let (filled, _) = rustix::io::read(fd, spare)?;
+            let n = filled.len();
+            // SAFETY: `read` initialised the first `n` bytes of the spare capacity.
+            unsafe { b.payload.set_len(b.payload.len() + n) };
+            return Ok(n);
+        }
         self.compact();
         self.buf.reserve(chunk);
-        Ok(rustix::io::read(fd, rustix::buffer::spare_capacity(&mut self.buf))?)
+        let n = rustix::io::read(fd, rustix::buffer::spare_capacity(&mut self.buf))?;
+        self.start_big_frame();
+        Ok(n)
+    }
+
+    /// Moves a large, incomplete frame at the head of the buffer into its own buffer.
+    fn start_big_frame(&mut self) {
+        let avail = &self.buf[self.start..];
+        if avail.len() < HEADER_LEN {
+            return;
+        }
+        let h: &[u8; HEADER_LEN] = avail[..HEADER_LEN].try_into().expect("16 bytes");
+        // A bad header is left where it is, for `next_frame` to report.
+        let Ok((kind, len, task_id)) = parse_header(h, self.max) else { return };
+        let need = len as usize;
+        if need < BIG_FRAME || avail.len() >= HEADER_LEN + need {
+            return;
+        }
+        let mut payload = Vec::with_capacity(need);
+        payload.extend_from_slice(&avail[HEADER_LEN..]);
+        self.buf.clear();
+        self.start = 0;
+        self.big = Some(Big { kind, task_id, need, payload });
     }
 
     /// How many more bytes the frame at the head of the buffer needs (at least 1 when a
     /// partial frame is buffered, 0 when the buffer is empty or holds a whole frame).
     pub fn wanted(&self) -> usize {
+        if let Some(b) = &self.big {
+            return b.need - b.payload.len();
+        }
         let have = self.buffered();
         if have < HEADER_LEN {
             return if have == 0 { 0 } else { HEADER_LEN - have };
@@ -219,6 +288,13 @@ impl Decoder {
     /// The next whole frame, `Ok(None)` if more bytes are needed, or the protocol error
     /// that makes the rest of the stream meaningless.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        if let Some(b) = &self.big {
+            if b.payload.len() < b.need {
+                return Ok(None);
+            }
+            let b = self.big.take().expect("checked");
+            return Ok(Some(Frame { kind: b.kind, task_id: b.task_id, payload: b.payload }));
+        }
         let avail = &self.buf[self.start..];
         if avail.len() < HEADER_LEN {
             return Ok(None);
@@ -379,6 +455,43 @@ mod tests {
         assert!(matches!(read_frame(&mut r, 1024), Err(ReadError::Protocol(ProtocolError::Truncated { .. }))));
         let mut empty: &[u8] = &[];
         assert!(read_frame(&mut empty, 1024).unwrap().is_none());
+    }
+
+    #[test]
+    fn large_frames_read_into_their_own_buffer_keep_the_stream_in_order() {
+        use std::io::Write as _;
+        use std::os::unix::net::UnixStream;
+        let big: Vec<u8> = (0..(BIG_FRAME * 3 + 7)).map(|i| (i % 251) as u8).collect();
+        let frames = vec![
+            (Kind::Value, 1u64, b"small".to_vec()),
+            (Kind::Value, 2, big.clone()),
+            (Kind::Raised, 3, vec![9; 10]),
+            (Kind::Value, 4, big[..BIG_FRAME].to_vec()),
+            (Kind::Value, 5, Vec::new()),
+        ];
+        let mut stream = Vec::new();
+        for (k, id, p) in &frames {
+            encode_into(&mut stream, *k, *id, p);
+        }
+        let (mut tx, rx) = UnixStream::pair().unwrap();
+        let writer = std::thread::spawn(move || {
+            // Odd piece sizes, so headers and payloads straddle the reads.
+            for piece in stream.chunks(70_001) {
+                tx.write_all(piece).unwrap();
+            }
+        });
+        let mut d = Decoder::new(1 << 24);
+        let mut got = Vec::new();
+        while got.len() < frames.len() {
+            let n = d.read_from_fd(&rx, d.wanted().clamp(4096, 100_000)).unwrap();
+            assert!(n > 0, "stream ended early");
+            while let Some(f) = d.next_frame().unwrap() {
+                got.push((f.kind, f.task_id, f.payload));
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(d.finish(), None);
+        assert_eq!(got, frames);
     }
 
     proptest! {
