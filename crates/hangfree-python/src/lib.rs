@@ -42,6 +42,9 @@ struct Queue {
     /// Result threads asleep on `cv`, counted under the `items` lock: an outcome wakes
     /// one only then (a futex call per outcome otherwise, mostly for nobody).
     sleepers: std::sync::atomic::AtomicUsize,
+    /// Whether `items` holds anything, for the result thread to poll without taking the
+    /// lock (polling the lock itself made the supervisor's every push contend for it).
+    nonempty: std::sync::atomic::AtomicBool,
     events: Mutex<VecDeque<hangfree::PoolEvent>>,
     cv: Condvar,
     /// Outcomes of "direct" submissions, by key: the caller waits for them itself,
@@ -117,6 +120,7 @@ impl Sink for KeyedSink {
     fn complete(&self, index: usize, outcome: Outcome) {
         let mut q = self.queue.items.lock().unwrap_or_else(|e| e.into_inner());
         q.push_back(Done { key: self.key, index, outcome });
+        self.queue.nonempty.store(true, Ordering::Release);
         let asleep = self.queue.sleepers.load(Ordering::Relaxed) > 0;
         drop(q);
         if asleep {
@@ -289,15 +293,14 @@ impl Engine {
                 let left = deadline.saturating_duration_since(Instant::now()).min(SLICE);
                 // In a stream of outcomes the next one is microseconds away: poll for it
                 // before sleeping, so the supervisor need not wake this thread for each.
-                hangfree::spin::poll_for(RESULT_POLL.min(left), || {
-                    !self.queue.items.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
-                });
+                hangfree::spin::poll_for(RESULT_POLL.min(left), || self.queue.nonempty.load(Ordering::Acquire));
                 let mut q = self.queue.items.lock().unwrap_or_else(|e| e.into_inner());
                 if q.is_empty() && !left.is_zero() && !self.has_events() {
                     self.queue.sleepers.fetch_add(1, Ordering::Relaxed);
                     q = self.queue.cv.wait_timeout(q, left).unwrap_or_else(|e| e.into_inner()).0;
                     self.queue.sleepers.fetch_sub(1, Ordering::Relaxed);
                 }
+                self.queue.nonempty.store(false, Ordering::Release);
                 q.drain(..).collect::<Vec<_>>()
             });
             // A finished pool has nothing more to say: let the result thread go at once.
