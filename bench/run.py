@@ -374,7 +374,8 @@ def targets(summaries, records):
         d = s.get("median") if s else None
         rows.append({"target": "death detection ≤ 5 ms, pool still serving", "front": hf, "measured": d,
                      "required": 5.0, "unit": "ms", "met": None if d is None else (d <= 5.0 and bool(s.get("serves_next"))),
-                     "detail": "serves next call" if s and s.get("serves_next") else "does NOT serve the next call"})
+                     "detail": None if s is None else ("serves next call" if s.get("serves_next")
+                                                       else "does NOT serve the next call")})
         s = summaries.get(("shutdown", hf, "ms"))
         d = s.get("median") if s else None
         graces = [r["metrics"].get("grace_s") for r in records if r["workload"] == "shutdown" and r["impl"] == hf and r["status"] == "ok"]
