@@ -225,12 +225,14 @@ class Broken(Exception):
     pass
 
 
-def w_throughput_default(impl, make, workers, quick):
+def w_throughput_default(impl, make, workers, quick, as_list=False):
     n = 20_000 if quick else 100_000
     cs = None if impl in OWN_DEFAULT_CHUNKS else default_chunks(n, workers)
     a = make(workers)
     warm(a, workers)
-    items = list(range(n))
+    # The workload is map(inc, range(N)): the range itself. The list variant
+    # shows the case where every item must be pickled.
+    items = list(range(n)) if as_list else range(n)
     t0 = time.perf_counter()
     out = a.map(tasks.inc, items, cs)
     dt = time.perf_counter() - t0
@@ -243,7 +245,7 @@ def w_throughput_chunk1(impl, make, workers, quick):
     n = 2_000 if quick else 20_000
     a = make(workers)
     warm(a, workers)
-    items = list(range(n))
+    items = range(n)
     t0 = time.perf_counter()
     out = a.map(tasks.inc, items, 1)
     dt = time.perf_counter() - t0
@@ -431,6 +433,7 @@ def w_cpu(impl, make, workers, quick):
 
 WORKLOADS = {
     "throughput_default": w_throughput_default,
+    "throughput_default_list": lambda *a: w_throughput_default(*a, as_list=True),
     "throughput_chunk1": w_throughput_chunk1,
     "latency": w_latency,
     "payload": w_payload,

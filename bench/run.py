@@ -46,6 +46,7 @@ PEERS = [i for i in IMPLS if i not in HANGFREE]
 
 WORKLOADS = [
     "throughput_default",
+    "throughput_default_list",
     "throughput_chunk1",
     "latency",
     "payload",
@@ -62,6 +63,7 @@ FAULT_WORKLOADS = {"crash_respawn", "death", "shutdown"}
 # Table rows: (workload, metric, label, unit kind, higher is better)
 ROWS = [
     ("throughput_default", "tasks_per_s", "tiny tasks, default chunks (tasks/s)", "rate", True),
+    ("throughput_default_list", "tasks_per_s", "tiny tasks, default chunks, list input (tasks/s)", "rate", True),
     ("throughput_chunk1", "tasks_per_s", "tiny tasks, chunksize=1 (tasks/s)", "rate", True),
     ("latency", "median_us", "round trip, median (µs)", "num", False),
     ("latency", "p99_us", "round trip, p99 (µs)", "num", False),
@@ -476,11 +478,14 @@ METHOD = """\
   round-robin within each repeat and the order rotates between repeats. Cells show the
   median over repeats with min–max in parentheses.
 - Pools are warmed (every worker has served a call) before timing, except cold start.
-- **tiny tasks, default chunks**: `map(inc, range(N))`. `hangfree.Pool` and `mp.Pool`
-  use their own default chunksize (`ceil(N / (4 × workers))`); the executors
-  (`hangfree.ProcessPoolExecutor`, `cf.ProcessPoolExecutor`, loky, pebble) are given
-  that same chunksize explicitly. **chunksize=1**: the same over fewer items, every
-  implementation with chunksize 1.
+- **tiny tasks, default chunks**: `map(inc, range(N))`, the range object itself, as the
+  issue specifies (hangfree sends a chunk of a range as a range; the others pickle each
+  chunk's items). **list input**: the same over `list(range(N))`, where every pool
+  pickles every item. `hangfree.Pool` and `mp.Pool` use their own default chunksize
+  (`ceil(N / (4 × workers))`); the executors (`hangfree.ProcessPoolExecutor`,
+  `cf.ProcessPoolExecutor`, loky, pebble) are given that same chunksize explicitly.
+  **chunksize=1**: `map(inc, range(20_000), chunksize=1)`, every implementation with
+  chunksize 1.
 - **round trip**: sequential `apply_async(noop).get()` / `submit(noop).result()` (pebble:
   `schedule`), after a warm-up; median and p99 of the individual round trips.
 - **1 MiB echo**: the calls are all submitted at once, then collected; MB/s counts bytes

@@ -368,7 +368,7 @@ class Pool:
 
     def _submit(self, job: Any, fn: Callable[..., Any], arg_list: Sequence[Any], kwargs: Optional[dict],
                 chunksize: int, timeout: Optional[float], progress: ProgressArg = None, star: bool = True,
-                borrowed: bool = False, ramp: bool = False) -> None:
+                borrowed: bool = False) -> None:
         put: Callable[[int, bool, Any], None]
         if progress:
             bar = Progress(progress, len(arg_list), getattr(fn, "__qualname__", None))
@@ -383,7 +383,7 @@ class Pool:
         else:
             put = job._put
         self._client.submit(fn, arg_list, kwargs, put, chunksize=chunksize, timeout=timeout, star=star,
-                            borrowed=borrowed, ramp=ramp)
+                            borrowed=borrowed)
 
     def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict = {}, *,
               task_timeout: Optional[float] = None) -> Any:
@@ -426,7 +426,6 @@ class Pool:
                    return_exceptions=False, progress=None, star=True, iterable=None) -> MapResult:
         """``iterable``: what the caller passed, when ``arg_list`` is it (not a copy)."""
         self._check_running()
-        ramp = chunksize is None
         if chunksize is None:
             chunksize = self._default_chunksize(len(arg_list))
         if chunksize < 1:
@@ -434,7 +433,7 @@ class Pool:
         job = MapResult(self, len(arg_list), callback, error_callback, return_exceptions)
         if arg_list:
             self._submit(job, func, arg_list, None, chunksize, task_timeout, progress, star,
-                         borrowed=arg_list is iterable, ramp=ramp)
+                         borrowed=arg_list is iterable)
         return job
 
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: Optional[int] = None, *,
