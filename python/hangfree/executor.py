@@ -276,14 +276,21 @@ class ProcessPoolExecutor(Executor):
                             left_to_yield -= n
                             yield values
                             continue
-                        _, ok, value = results._pop_one()
-                        left_to_yield -= 1
-                        if isinstance(value, TaskCancelledError):
-                            # Cancelled by shutdown(cancel_futures=True): as the stdlib says it.
-                            value = CancelledError()
-                        if not ok and not return_exceptions:
-                            raise value
-                        yield [value]
+                        # Single outcomes (calls sent one each): the successful ones in a
+                        # row go out as one run.
+                        batch = []
+                        while taken and not isinstance(taken[0], _Run):
+                            _, ok, value = results._pop_one()
+                            left_to_yield -= 1
+                            if isinstance(value, TaskCancelledError):
+                                # Cancelled by shutdown(cancel_futures=True): as the stdlib says it.
+                                value = CancelledError()
+                            if not ok and not return_exceptions:
+                                if batch:
+                                    yield batch
+                                raise value
+                            batch.append(value)
+                        yield batch
             finally:
                 self._cancel_unstarted(results)
 

@@ -807,3 +807,13 @@ def test_futures_waited_by_result_and_as_completed_at_once(ex):
     for i in range(300):
         assert ex.submit(tasks.square, i).result(timeout=30) == i * i
     assert time.monotonic() - t0 < 300 * 0.05
+
+
+@pytest.mark.parametrize("chunksize", [1, 2])
+def test_map_raises_at_the_failed_call_after_the_values_before_it(ex, chunksize):
+    got = []
+    with pytest.raises(ValueError, match="odd 5"):
+        for v in ex.map(tasks.fail_if_odd, [0, 2, 4, 5, 6, 8], chunksize=chunksize):
+            got.append(v)
+    assert got == [0, 2, 4]
+    assert list(ex.map(tasks.fail_if_odd, [0, 1, 2], chunksize=chunksize, return_exceptions=True))[::2] == [0, 2]
