@@ -131,10 +131,10 @@ fn parse_args() -> Result<Opts, String> {
             o.grace = Duration::from_millis(200);
         }
     }
-    if let Some(w) = &o.only {
-        if !["rt", "batch", "death", "term", "floor"].contains(&w.as_str()) {
-            return Err(format!("--only: expected rt, batch, death, term or floor, got {w}"));
-        }
+    if let Some(w) = &o.only
+        && !["rt", "batch", "death", "term", "floor"].contains(&w.as_str())
+    {
+        return Err(format!("--only: expected rt, batch, death, term or floor, got {w}"));
     }
     Ok(o)
 }
@@ -467,7 +467,7 @@ fn bench_floor(worker: &PathBuf, o: &Opts, rows: &mut Vec<Row>) -> Result<(), St
     let echo = std::thread::spawn(move || {
         for i in 0..total {
             let mut g = b2.turn.lock().unwrap();
-            while !(g.0 == i && !g.1) {
+            while g.0 != i || g.1 {
                 g = b2.cv.wait(g).unwrap();
             }
             g.1 = true;

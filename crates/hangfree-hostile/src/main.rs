@@ -207,6 +207,8 @@ fn run(ch: &mut WorkerChannel, id: u64, payload: &[u8]) {
             }
         }
         "daemon" => {
+            // Never waited for on purpose: the daemon outlives this worker (the test).
+            #[allow(clippy::zombie_processes)]
             let child = Command::new(std::env::current_exe().expect("own path"))
                 .arg("--daemon")
                 .stdin(Stdio::null())
@@ -250,6 +252,8 @@ fn dummy_channel() -> WorkerChannel {
 /// copy of the channel open; returns its pid.
 fn grandchild(ch: &WorkerChannel) -> u32 {
     let chan_copy: OwnedFd = rustix::io::fcntl_dupfd_cloexec(ch.as_fd(), 3).expect("dup channel");
+    // Never waited for on purpose: the pool's group sweep must take it (the test).
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(std::env::current_exe().expect("own path"))
         .arg("--grandchild")
         .stdin(Stdio::from(chan_copy))

@@ -423,7 +423,7 @@ impl Engine {
 
     /// The pool events since the last call, as `(kind, trouble, pid, task_id, message)`
     /// tuples (only with `events=True`).
-    fn take_events(&self) -> Vec<(String, bool, Option<i32>, Option<u64>, String)> {
+    fn take_events(&self) -> Vec<EventTuple> {
         let mut q = self.queue.events.lock().unwrap_or_else(|e| e.into_inner());
         q.drain(..).map(|e| (format!("{:?}", e.kind), e.kind.is_trouble(), e.pid, e.task_id, e.message)).collect()
     }
@@ -519,6 +519,9 @@ impl Engine {
         !self.queue.events.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
     }
 }
+
+/// A pool event as Python sees it: `(kind, trouble, pid, task_id, message)`.
+type EventTuple = (String, bool, Option<i32>, Option<u64>, String);
 
 /// The signal the Python worker answers with the running task's stack.
 const STACK_SIGNAL: i32 = 10; // SIGUSR1

@@ -179,16 +179,12 @@ impl State {
             g.violations.push(text.chars().take(400).collect());
         } else {
             match (kind, &o) {
-                (Kind::Normal, Outcome::Value(v)) => {
-                    if *v != format!("n {i} {}", checksum(i as u64)).into_bytes() {
-                        g.violations.push(format!("task {i}: wrong value {:?}", String::from_utf8_lossy(v)));
-                    }
+                (Kind::Normal, Outcome::Value(v)) if *v != format!("n {i} {}", checksum(i as u64)).into_bytes() => {
+                    g.violations.push(format!("task {i}: wrong value {:?}", String::from_utf8_lossy(v)));
                 }
-                (Kind::Raise, Outcome::Raised(v)) => {
-                    if *v != format!("soak {i}").into_bytes() {
-                        g.violations
-                            .push(format!("task {i}: raised another task's error {:?}", String::from_utf8_lossy(v)));
-                    }
+                (Kind::Raise, Outcome::Raised(v)) if *v != format!("soak {i}").into_bytes() => {
+                    g.violations
+                        .push(format!("task {i}: raised another task's error {:?}", String::from_utf8_lossy(v)));
                 }
                 (Kind::Grandchild, Outcome::Value(v)) => match String::from_utf8_lossy(v).parse::<i32>() {
                     Ok(pid) => g.grandchildren.push(pid),
@@ -454,7 +450,7 @@ fn main() {
             rss_warm = rss();
         }
         let tasks: Vec<Task> = (start..end).map(|i| kinds[i].task(i)).collect();
-        let chunk = if group % 2 == 0 { 1 } else { 4 };
+        let chunk = if group.is_multiple_of(2) { 1 } else { 4 };
         if let Err(e) = pool.submit_to(Arc::new(SoakSink { base: start, state: state.clone() }), tasks, chunk) {
             violations.push(format!("submit refused at task {start}: {e}"));
             break;

@@ -66,13 +66,13 @@ fn describe(o: &Outcome) -> String {
 }
 
 fn matches(expect: Expect, o: &Outcome) -> bool {
-    match (expect, o) {
-        (Expect::Echo, Outcome::Value(_)) => true,
-        (Expect::Crash, Outcome::Failed(TaskError::WorkerLost(_))) => true,
-        (Expect::TimedOut, Outcome::Failed(TaskError::TimedOut { .. })) => true,
-        (Expect::Terminated, Outcome::Failed(TaskError::Terminated(_))) => true,
-        _ => false,
-    }
+    matches!(
+        (expect, o),
+        (Expect::Echo, Outcome::Value(_))
+            | (Expect::Crash, Outcome::Failed(TaskError::WorkerLost(_)))
+            | (Expect::TimedOut, Outcome::Failed(TaskError::TimedOut { .. }))
+            | (Expect::Terminated, Outcome::Failed(TaskError::Terminated(_)))
+    )
 }
 
 fn main() -> ExitCode {
