@@ -17,6 +17,7 @@ import os
 import reprlib
 import sys
 import threading
+import time
 import weakref
 from multiprocessing.pool import RemoteTraceback
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -159,8 +160,13 @@ class EngineClient:
         # Chunks of a map travel as one message each (see `_submit_packed`) only where
         # nothing measures or retries a single item: no time limit, retries or memory cap.
         self._may_pack = task_timeout is None and retries == 0 and max_memory is None
-        self._packed_due = 0
+        # What keeps the engine open after close(): packed chunks out (their items may
+        # have to run again one by one) and imap feeders still reading their input.
+        self._holds = 0
         self._close_deferred = False
+        # Clear while a close() waits for the holds: join() waits for it too.
+        self._not_deferred = threading.Event()
+        self._not_deferred.set()
         # The engine counts a packed chunk as one task; these turn its counts into items.
         self._item_counts: Dict[str, int] = {}
         self.pid = os.getpid()
@@ -379,13 +385,13 @@ class EngineClient:
         key = next(self._keys)
         with self._lock:
             self._jobs[key] = [_Packed(self, calls, on_outcome, kept), list(range(len(kept))), None, len(kept)]
-            self._packed_due += len(kept)
+            self._holds += len(kept)
         try:
             self.engine.submit(key, payloads, chunksize=1)
         except _core.SubmitRefused as e:
             with self._lock:
                 self._jobs.pop(key, None)
-                self._packed_due -= len(kept)
+                self._holds -= len(kept)
             raise self.refused(e) from None
         self.count_items(submitted=sum(len(span) - 1 for span in kept))
 
@@ -415,15 +421,22 @@ class EngineClient:
                 for i in positions:
                     on_outcome(i, False, err)
 
-    def _packed_settled(self) -> None:
-        """A packed chunk got its outcome; a close() waiting for the last one goes on."""
+    def hold(self) -> None:
+        """Keeps the engine open through a close() until the matching ``release``."""
         with self._lock:
-            self._packed_due -= 1
-            go = self._packed_due == 0 and self._close_deferred
+            self._holds += 1
+
+    def release(self) -> None:
+        """A packed chunk got its outcome, or a feeder ended; a close() waiting for the
+        last hold goes on."""
+        with self._lock:
+            self._holds -= 1
+            go = self._holds == 0 and self._close_deferred
             if go:
                 self._close_deferred = False
         if go:
             self.engine.close()
+            self._not_deferred.set()
 
     def refused(self, e: BaseException) -> BaseException:
         """The exception for a submission the engine refused."""
@@ -495,11 +508,13 @@ class EngineClient:
         return self.engine.cancel_if_queued(task_id)
 
     def close(self) -> None:
-        """Accepts no more calls. While a packed chunk is out, the engine stays open so
-        its items can still be run again one by one if its worker dies."""
+        """Accepts no more calls. While a packed chunk is out (its items may have to run
+        again one by one if its worker dies) or an imap is still reading its input, the
+        engine stays open."""
         with self._lock:
-            if self._packed_due > 0:
+            if self._holds > 0:
                 self._close_deferred = True
+                self._not_deferred.clear()
                 return
         self.engine.close()
 
@@ -508,6 +523,9 @@ class EngineClient:
         if os.getpid() != self.pid:
             return
         self.engine.terminate()
+        with self._lock:
+            self._close_deferred = False
+        self._not_deferred.set()
         self.engine.join(self.grace + 3.0)
 
     def terminate_nowait(self) -> None:
@@ -518,7 +536,13 @@ class EngineClient:
     def join(self, timeout: Optional[float] = None) -> bool:
         """Waits for the workers to exit; returns whether they did within ``timeout``."""
         self.check_process()
-        done = self.engine.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # A close() deferred by chunks still out or an imap still reading its input
+        # reaches the engine once they are done: wait for that first (in slices, for Ctrl-C).
+        while not self._not_deferred.wait(SLICE if deadline is None else max(0.0, min(SLICE, deadline - time.monotonic()))):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        done = self.engine.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if done:
             self.stop_thread()
         return done
@@ -615,7 +639,7 @@ class _Packed:
                 for i in span:
                     self.on_outcome(i, *decode(kind, data, lambda: label_of(i)))
         finally:
-            self.client._packed_settled()
+            self.client.release()
 
 
 def _shutdown_all() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import pickle
 import threading
@@ -162,13 +163,14 @@ class IMapIterator:
     """The iterator of ``imap`` (in order) and ``imap_unordered`` (as completed).
     ``next(timeout)`` raises ``multiprocessing.TimeoutError`` if nothing arrives in time."""
 
-    def __init__(self, pool: "Pool", n: int, ordered: bool, return_exceptions: bool = False,
+    def __init__(self, pool: "Pool", n: Optional[int], ordered: bool, return_exceptions: bool = False,
                  with_index: bool = False):
         self._client = pool._client
         self._cond = threading.Condition(threading.Lock())
         self._ordered = ordered
         self._return_exceptions = return_exceptions
         self._with_index = with_index
+        # How many items in all; None while a feeder is still reading the input.
         self._n = n
         self._next_index = 0
         self._yielded = 0
@@ -239,6 +241,8 @@ class IMapIterator:
             deadline = None if timeout is None else time.monotonic() + timeout
             with self._cond:
                 while not self._take():
+                    if self._n is not None and self._yielded >= self._n:
+                        return  # the input ended: nothing more will come
                     self._client.check_process()
                     left = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
                     if left <= 0:
@@ -248,15 +252,23 @@ class IMapIterator:
     def next(self, timeout: Optional[float] = None) -> Any:
         """The next result; raises its error, ``StopIteration`` at the end, or
         ``multiprocessing.TimeoutError`` if ``timeout`` passes."""
-        if self._yielded >= self._n:
+        if self._n is not None and self._yielded >= self._n:
             raise StopIteration
         self._wait_taken(timeout)
+        if not self._taken:
+            raise StopIteration
         index, ok, value = self._pop_one()
         if not ok and not self._return_exceptions:
             raise value
         return (index, value) if self._with_index else value
 
     __next__ = next
+
+    def _set_total(self, n: int) -> None:
+        """The input ended after ``n`` items (set by an imap's feeder)."""
+        with self._cond:
+            self._n = n
+            self._cond.notify_all()
 
 
 class _Run:
@@ -470,11 +482,61 @@ class Pool:
         self._check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        if not progress and type(iterable) not in (list, tuple, range):
+            return self._imap_fed(func, iter(iterable), chunksize, ordered, task_timeout, return_exceptions,
+                                  with_index)
         arg_list = as_items(iterable)
         it = IMapIterator(self, len(arg_list), ordered, return_exceptions, with_index)
         if arg_list:
             self._submit(it, func, arg_list, None, chunksize, task_timeout, progress, star=False,
                          borrowed=arg_list is iterable)
+        return it
+
+    def _imap_fed(self, func, source, chunksize, ordered, task_timeout, return_exceptions,
+                  with_index) -> IMapIterator:
+        """imap over an iterator: a feeder thread reads it in batches and submits each as
+        it is read (as the stdlib's task thread does), so the first results come while
+        the input is still being read, and a long or endless input does not stall this
+        call. An exception raised by the input ends the results there, in its place."""
+        it = IMapIterator(self, None, ordered, return_exceptions, with_index)
+        client = self._client
+        # A close() meanwhile waits for the whole input, as with multiprocessing.
+        client.hold()
+
+        def feed() -> None:
+            # One chunk at a time, each submitted as soon as it is read (the input may
+            # block between items: what was read must not wait for the rest).
+            n = 0
+            try:
+                while True:
+                    items: List[Any] = []
+                    failed: Optional[BaseException] = None
+                    try:
+                        for item in itertools.islice(source, chunksize):
+                            items.append(item)
+                    except BaseException as e:  # the input itself raised
+                        failed = e
+                    if items:
+                        put = _WithMany(lambda i, ok, v, off=n: it._put(off + i, ok, v),
+                                        lambda first, values, off=n: it._put_many(off + first, values))
+                        try:
+                            client.submit(func, items, None, put, chunksize=chunksize, timeout=task_timeout,
+                                          star=False)
+                        except BaseException as e:  # the pool was terminated meanwhile
+                            failed = e
+                        else:
+                            n += len(items)
+                    if failed is not None:
+                        it._put(n, False, failed)
+                        n += 1
+                        return
+                    if len(items) < chunksize:
+                        return
+            finally:
+                it._set_total(n)
+                client.release()
+
+        threading.Thread(target=feed, name="hangfree-imap-feeder", daemon=True).start()
         return it
 
     def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *,

@@ -479,3 +479,82 @@ def test_a_call_with_a_large_argument_is_named_briefly_and_quickly():
     assert name.startswith("add(b'\\x01") and name.count(f"...' ({len(blob)} bytes)") == 2, name
     assert name.split(", ")[1].startswith("bytearray(b'") and len(name) < 500, name
     assert label(tasks.add, (b"ab", bytearray(b"c"))) == "add(b'ab', bytearray(b'c'))"
+
+
+def test_imap_over_a_generator_yields_while_the_input_is_still_read(pool):
+    """A feeder thread reads the input (as multiprocessing's task thread does): the
+    first results come while the generator is still blocked, and imap() returns at once."""
+    import time
+
+    release = threading.Event()
+
+    def items():
+        yield from range(5)
+        assert release.wait(30), "the test never let the generator go on"
+        yield from range(5, 10)
+
+    t0 = time.monotonic()
+    it = pool.imap(tasks.square, items())
+    assert time.monotonic() - t0 < 5
+    assert [next(it) for _ in range(5)] == [0, 1, 4, 9, 16]
+    release.set()
+    assert list(it) == [x * x for x in range(5, 10)]
+    got = sorted(pool.imap_unordered(tasks.square, (x for x in range(100)), chunksize=7))
+    assert got == [x * x for x in range(100)]
+    assert sorted(pool.imap_outcomes(tasks.square, iter(range(3)))) == [(0, 0), (1, 1), (2, 4)]
+
+
+def test_an_input_that_raises_ends_the_results_there(pool):
+    def items():
+        yield from range(3)
+        raise RuntimeError("the input broke")
+
+    it = pool.imap(tasks.square, items())
+    assert [next(it), next(it), next(it)] == [0, 1, 4]
+    with pytest.raises(RuntimeError, match="the input broke"):
+        next(it)
+    with pytest.raises(StopIteration):
+        next(it)
+    out = list(pool.imap(tasks.square, items(), return_exceptions=True))
+    assert out[:3] == [0, 1, 4] and isinstance(out[3], RuntimeError) and len(out) == 4
+
+
+def test_close_and_join_wait_for_a_generator_being_read():
+    """As with multiprocessing: close() right after imap() still runs every item."""
+    p = hangfree.Pool(2)
+    it = p.imap(tasks.square, (x for x in range(300)), chunksize=4)
+    p.close()
+    p.join()
+    assert list(it) == [x * x for x in range(300)]
+
+
+def test_terminate_while_a_generator_is_read_ends_its_results():
+    release = threading.Event()
+
+    def items():
+        yield 1
+        assert release.wait(30)
+        yield from range(2, 50)
+
+    p = hangfree.Pool(2)
+    try:
+        it = p.imap(tasks.square, items())
+        assert next(it) == 1
+        p.terminate()
+        release.set()
+        with pytest.raises((hangfree.HangfreeError, ValueError)):
+            list(it)
+    finally:
+        release.set()
+        p.terminate()
+        p.join()
+
+
+def test_close_then_join_while_chunks_are_still_out():
+    """close() is deferred while packed chunks are out (their items may have to run
+    again); join() right after it waits for them instead of refusing."""
+    p = hangfree.Pool(2)
+    r = p.map_async(tasks.square, range(200_000))
+    p.close()
+    p.join()
+    assert r.get(timeout=0) == [x * x for x in range(200_000)]
