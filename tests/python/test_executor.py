@@ -817,3 +817,31 @@ def test_map_raises_at_the_failed_call_after_the_values_before_it(ex, chunksize)
             got.append(v)
     assert got == [0, 2, 4]
     assert list(ex.map(tasks.fail_if_odd, [0, 1, 2], chunksize=chunksize, return_exceptions=True))[::2] == [0, 2]
+
+
+def test_cancel_or_death_wakes_a_thread_waiting_in_result():
+    """A thread waiting in result() takes the outcome itself: a cancel of the queued call
+    and a worker's death both reach it at once."""
+    with hangfree.ProcessPoolExecutor(1, grace=GRACE) as e:
+        busy = e.submit(tasks.sleep_return, 1.0, "busy")
+        queued = e.submit(tasks.square, 3)
+        seen = []
+
+        def wait_it():
+            try:
+                queued.result(timeout=30)
+            except BaseException as err:  # noqa: BLE001 — what the waiter saw is the test
+                seen.append((type(err).__name__, time.monotonic()))
+
+        t = threading.Thread(target=wait_it)
+        t.start()
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        assert queued.cancel()
+        t.join(30)
+        assert seen and seen[0][0] == "CancelledError" and seen[0][1] - t0 < 1.0, seen
+        assert busy.result(timeout=30) == "busy"
+        t0 = time.monotonic()
+        with pytest.raises(hangfree.WorkerLostError):
+            e.submit(tasks.os_exit, 3).result(timeout=30)
+        assert time.monotonic() - t0 < 5
