@@ -271,7 +271,7 @@ class EngineClient:
             # As with chunks: the first calls go while the rest are pickled, in groups
             # of 16, 16, 32, 64, ... (each group is one submission).
             if payloads and (i + 1 == n or len(payloads) >= max(16, sent)):
-                first = self._submit_group(on_outcome, payloads, positions, label_of, chunksize, timeout)
+                first, _ = self._submit_group(on_outcome, payloads, positions, label_of, chunksize, timeout)
                 for k, j in enumerate(positions):
                     ids[j] = first + k
                 sent += len(payloads)
@@ -283,38 +283,25 @@ class EngineClient:
         return ids
 
     def _submit_group(self, on_outcome: OnOutcome, payloads: List[Payload], positions: List[int],
-                      label_of: Callable[[int], str], chunksize: int, timeout: Optional[float]) -> int:
+                      label_of: Callable[[int], str], chunksize: int, timeout: Optional[float],
+                      claim: bool = False) -> Tuple[int, int]:
+        """Submits ``payloads`` as one engine submission; returns its first task id and key."""
         key = next(self._keys)
         with self._lock:
             self._jobs[key] = [on_outcome, positions, label_of, len(payloads)]
         try:
-            return self.engine.submit(key, payloads, chunksize=max(1, chunksize), timeout=timeout)
+            return self.engine.submit(key, payloads, chunksize=max(1, chunksize), timeout=timeout, claim=claim), key
         except _core.SubmitRefused as e:
             with self._lock:
                 self._jobs.pop(key, None)
             raise self.refused(e) from None
 
-    def submit_direct(self, fn: Callable[..., Any], args: tuple, kwargs: Optional[dict],
-                      timeout: Optional[float]) -> Tuple[int, Callable[[], str]]:
-        """Submits one call whose caller will wait for it itself (see ``wait_direct``);
-        returns its key and a function naming it. Raises as ``submit`` does, including
-        for arguments that cannot be pickled."""
-        self.check_process()
-        kw = kwargs or {}
-        payload = dumps_call(dumps_function(fn), args, kw)
-        key = next(self._keys)
-        try:
-            self.engine.submit(key, [payload], timeout=timeout, direct=True)
-        except _core.SubmitRefused as e:
-            raise self.refused(e) from None
-        return key, lambda: label(fn, args, kw)
-
     def submit_claimable(self, fn: Callable[..., Any], args: tuple, kwargs: Optional[dict], on_outcome: OnOutcome,
                          timeout: Optional[float]) -> Tuple[Optional[int], Optional[int]]:
         """Submits one call whose outcome goes to ``on_outcome(0, ok, value)``, through
-        the result thread or taken by a thread waiting in ``wait_claim``. Returns its task
-        id and key (both None if its arguments cannot be pickled: ``on_outcome`` has been
-        told)."""
+        the result thread or in a thread waiting for it in ``await_claim``. Returns its
+        task id and key (both None if its arguments cannot be pickled: ``on_outcome`` has
+        been told)."""
         self.check_process()
         kw = kwargs or {}
         label_of = lambda _: label(fn, args, kw)  # noqa: E731
@@ -325,29 +312,32 @@ class EngineClient:
             err.__cause__ = e
             on_outcome(0, False, err)
             return None, None
-        key = next(self._keys)
-        with self._lock:
-            self._jobs[key] = [on_outcome, [0], label_of, 1]
-        try:
-            return self.engine.submit(key, [payload], timeout=timeout, claim=True), key
-        except _core.SubmitRefused as e:
-            with self._lock:
-                self._jobs.pop(key, None)
-            raise self.refused(e) from None
+        key: Optional[int] = None
 
-    def wait_claim(self, key: int, timeout: float) -> None:
-        """Waits up to ``timeout`` seconds for the outcome of a claimable call; if it
-        comes here, hands it to the call's ``on_outcome`` in this thread (one wake-up
-        fewer than through the result thread)."""
-        got = self.engine.wait_claim(key, timeout)
-        if got is not None:
-            self._settle([(key, 0, got[0], got[1])])
+        def settle(i: int, ok: bool, value: Any) -> None:
+            on_outcome(i, ok, value)
+            # Other threads waiting for this call return (the key is known by the time
+            # anyone can wait for it).
+            if key is not None:
+                self.engine.completed(key)
 
-    def wait_direct(self, key: int, timeout: float, name: Callable[[], str]) -> Optional[Tuple[bool, Any]]:
-        """The outcome of a direct call as ``(ok, value)``, or None if it has not come
-        within ``timeout`` seconds."""
-        got = self.engine.wait_direct(key, timeout)
-        return None if got is None else decode(got[0], got[1], name)
+        first, key = self._submit_group(settle, [payload], [0], label_of, 1, timeout, claim=True)
+        return first, key
+
+    def await_claim(self, key: int, done: Callable[[], bool], timeout: Optional[float]) -> None:
+        """Waits until ``done()`` or ``timeout`` seconds pass. The call's outcome, if it
+        comes while this thread waits, is taken here and handed to its ``on_outcome``
+        (one wake-up fewer than through the result thread). Short slices let Ctrl-C and
+        a fork be noticed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done():
+            left = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
+            if left <= 0:
+                return
+            self.check_process()
+            got = self.engine.wait_claim(key, left)
+            if got is not None:
+                self._settle([(key, 0, got[0], got[1])])
 
     def _submit_packed(self, calls: "_Calls", on_outcome: OnOutcome, spans: Iterable[range]) -> List[Optional[int]]:
         """Sends each chunk of a map as one task: one pickle of its arguments out, one of

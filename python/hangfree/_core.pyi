@@ -54,16 +54,12 @@ class Engine:
         chunksize: int = 1,
         timeout: Optional[float] = None,
         labels: Optional[Sequence[str]] = None,
-        direct: bool = False,
         claim: bool = False,
     ) -> int:
         """Submits payloads (bytes, or parts sent end to end); returns the first task id
         (ids are consecutive)."""
     def next_outcomes(self, timeout: float) -> List[Tuple[int, int, str, Any]]:
         """``(key, index, kind, data)`` for every outcome ready within ``timeout``."""
-    def wait_direct(self, key: int, timeout: float) -> Optional[Tuple[str, Any]]:
-        """``(kind, data)`` of a direct submission, or None if not there in time."""
-    def discard_direct(self, key: int) -> None: ...
     def wait_claim(self, key: int, timeout: float) -> Optional[Tuple[str, Any]]:
         """``(kind, data)`` of a claimable submission taken by this waiter, or None on
         time-out or once it is ``completed`` elsewhere."""

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Generator, Iterable, Iterator, List, Opt
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from multiprocessing import TimeoutError as MpTimeoutError
 
-from hangfree._client import SLICE, EngineClient, as_items, cpu_count
+from hangfree._client import EngineClient, as_items, cpu_count
 from hangfree.pool import IMapIterator, _Run, _WithMany
 from hangfree._errors import TaskCancelledError
 
@@ -33,19 +33,12 @@ class _Future(Future):
         self._stopped = False
 
     def _claim(self, timeout: Optional[float]) -> Optional[float]:
-        """Waits for the outcome in this thread, taking it straight from the engine
-        (the result thread's hop costs a wake-up across CPUs). Returns what is left of
-        ``timeout``. Short slices let Ctrl-C and a fork be noticed."""
+        """Waits for the outcome in this thread, taking it straight from the engine (see
+        ``EngineClient.await_claim``). Returns what is left of ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         ex, key = self._executor, self._claim_key
         if ex is not None and key is not None:
-            client = ex._client
-            while not self.done():
-                left = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
-                if left <= 0:
-                    break
-                client.check_process()
-                client.wait_claim(key, left)
+            ex._client.await_claim(key, self.done, timeout)
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def result(self, timeout: Optional[float] = None) -> Any:
@@ -177,9 +170,6 @@ class ProcessPoolExecutor(Executor):
         else:
             f.set_exception(value)
         f._executor = None
-        if f._claim_key is not None:
-            # Threads waiting in wait_claim return: the future is done.
-            self._client.engine.completed(f._claim_key)
 
     def _start(self, fn: Callable[..., Any], args: tuple, kwargs: Optional[dict], timeout: Optional[float]) -> _Future:
         with self._lock:

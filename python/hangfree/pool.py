@@ -5,9 +5,7 @@ from __future__ import annotations
 import collections
 import itertools
 import os
-import pickle
 import threading
-import weakref
 import time
 from multiprocessing import TimeoutError
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -44,14 +42,12 @@ class ApplyResult:
         self._success = False
         self._value: Any = None
 
-    # Set for a call without callbacks: the caller takes its outcome straight from the
-    # engine, without the hop through the result thread.
-    _direct: Optional[Tuple[int, Callable[[], str]]] = None
+    # Set for a call without callbacks: a caller waiting in get() takes its outcome
+    # straight from the engine, without the hop through the result thread.
+    _claim_key: Optional[int] = None
 
     def ready(self) -> bool:
         """Whether the call has finished."""
-        if not self._event.is_set() and self._direct is not None:
-            self._take_direct(0.0)
         return self._event.is_set()
 
     def successful(self) -> bool:
@@ -62,30 +58,10 @@ class ApplyResult:
 
     def wait(self, timeout: Optional[float] = None) -> None:
         """Waits until the result is ready or ``timeout`` seconds pass."""
-        if self._direct is None:
+        if self._claim_key is None:
             _interrupted_wait(self._event, timeout, self._client)
-            return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._event.is_set():
-            # Short slices: Ctrl-C is handled between them, and a fork is noticed.
-            self._client.check_process()
-            left = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
-            if left <= 0 and deadline is not None:
-                self._take_direct(0.0)
-                return
-            self._take_direct(max(left, 0.0))
-
-    def _take_direct(self, timeout: float) -> None:
-        with self._direct_lock:
-            if self._event.is_set() or self._direct is None:
-                return
-            key, name = self._direct
-            got = self._client.wait_direct(key, timeout, name)
-            if got is not None:
-                self._direct = None
-                self._discard.detach()
-                self._finish(*got)
-
+        else:
+            self._client.await_claim(self._claim_key, self._event.is_set, timeout)
 
     def get(self, timeout: Optional[float] = None) -> Any:
         """Returns the result, raising the task's exception (or the hangfree error saying
@@ -417,16 +393,8 @@ class Pool:
         job = ApplyResult(self, callback, error_callback)
         args = tuple(args)
         if callback is None and error_callback is None:
-            try:
-                job._direct_lock = threading.Lock()
-                job._direct = self._client.submit_direct(func, args, kwds, task_timeout)
-                # A result nobody waits for must not stay in the engine's table.
-                job._discard = weakref.finalize(job, self._client.engine.discard_direct, job._direct[0])
-                return job
-            except (pickle.PicklingError, TypeError, AttributeError):
-                # An argument that cannot be pickled: the usual path fails this call
-                # alone, with an error naming it.
-                job._direct = None
+            _, job._claim_key = self._client.submit_claimable(func, args, kwds, job._put, task_timeout)
+            return job
         self._submit(job, func, [args], kwds, 1, task_timeout)
         return job
 

@@ -47,23 +47,25 @@ struct Queue {
     nonempty: std::sync::atomic::AtomicBool,
     events: Mutex<VecDeque<hangfree::PoolEvent>>,
     cv: Condvar,
-    /// Outcomes of "direct" submissions, by key: the caller waits for them itself,
-    /// which saves the hop through the result thread on a round trip.
-    direct: Mutex<Direct>,
-    direct_cv: Condvar,
+    /// Claimable submissions (one call each): outcomes a waiting caller takes itself.
+    claims: Mutex<Claims>,
+    claims_cv: Condvar,
+}
+
+/// A poisoned lock only means a panic elsewhere; these small states stay consistent.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[derive(Default)]
-struct Direct {
-    /// Outcomes not yet taken.
+struct Claims {
+    /// Outcomes taken out of the stream for a waiting caller, not yet picked up.
     ready: HashMap<u64, Outcome>,
-    /// Keys whose caller is gone before the outcome came: dropped on arrival.
-    abandoned: std::collections::HashSet<u64>,
     /// Claimable submissions someone is waiting for now (`wait_claim`), with how many
     /// threads wait: their outcome goes to `ready` instead of the result thread.
     waiting: HashMap<u64, usize>,
     /// The claimable keys finished lately by someone else than their waiter
-    /// (`completed`), oldest first. A waiter that saw its future not done and then
+    /// (`completed`), oldest first. A waiter that saw its call not done and then
     /// registered may have missed that moment: it finds the key here.
     finished: std::collections::HashSet<u64>,
     finished_order: VecDeque<u64>,
@@ -73,59 +75,41 @@ struct Direct {
 /// microseconds, so this bounds memory without ever mattering.
 const FINISHED_KEPT: usize = 4096;
 
+impl Queue {
+    /// Hands an outcome to the result thread.
+    fn push(&self, done: Done) {
+        let mut q = lock(&self.items);
+        q.push_back(done);
+        self.nonempty.store(true, Ordering::Release);
+        let asleep = self.sleepers.load(Ordering::Relaxed) > 0;
+        drop(q);
+        if asleep {
+            self.cv.notify_one();
+        }
+    }
+}
+
+/// Where a submission's outcomes go: the result thread, tagged with the submission's key
+/// and each task's index; for a claimable one (a single call), straight to a thread
+/// waiting for it in `wait_claim` if there is one — one wake-up fewer on a round trip.
 struct KeyedSink {
     key: u64,
     queue: Arc<Queue>,
-}
-
-struct DirectSink {
-    key: u64,
-    queue: Arc<Queue>,
-}
-
-impl Sink for DirectSink {
-    fn complete(&self, _index: usize, outcome: Outcome) {
-        let mut d = self.queue.direct.lock().unwrap_or_else(|e| e.into_inner());
-        if !d.abandoned.remove(&self.key) {
-            d.ready.insert(self.key, outcome);
-        }
-        drop(d);
-        self.queue.direct_cv.notify_all();
-    }
-}
-
-/// The sink of a claimable submission (one call of a ProcessPoolExecutor): a thread
-/// waiting for it in `wait_claim` takes the outcome itself, one hop sooner; with nobody
-/// waiting it goes to the result thread like any other (for `as_completed`, callbacks).
-struct ClaimSink {
-    key: u64,
-    queue: Arc<Queue>,
-}
-
-impl Sink for ClaimSink {
-    fn complete(&self, index: usize, outcome: Outcome) {
-        let mut d = self.queue.direct.lock().unwrap_or_else(|e| e.into_inner());
-        if d.waiting.contains_key(&self.key) {
-            d.ready.insert(self.key, outcome);
-            drop(d);
-            self.queue.direct_cv.notify_all();
-            return;
-        }
-        drop(d);
-        KeyedSink { key: self.key, queue: self.queue.clone() }.complete(index, outcome);
-    }
+    claimable: bool,
 }
 
 impl Sink for KeyedSink {
     fn complete(&self, index: usize, outcome: Outcome) {
-        let mut q = self.queue.items.lock().unwrap_or_else(|e| e.into_inner());
-        q.push_back(Done { key: self.key, index, outcome });
-        self.queue.nonempty.store(true, Ordering::Release);
-        let asleep = self.queue.sleepers.load(Ordering::Relaxed) > 0;
-        drop(q);
-        if asleep {
-            self.queue.cv.notify_one();
+        if self.claimable {
+            let mut c = lock(&self.queue.claims);
+            if c.waiting.contains_key(&self.key) {
+                c.ready.insert(self.key, outcome);
+                drop(c);
+                self.queue.claims_cv.notify_all();
+                return;
+            }
         }
+        self.queue.push(Done { key: self.key, index, outcome });
     }
 }
 
@@ -210,7 +194,7 @@ impl Engine {
         if events {
             let q = queue.clone();
             b = b.on_event(move |e| {
-                q.events.lock().unwrap_or_else(|p| p.into_inner()).push_back(e.clone());
+                lock(&q.events).push_back(e.clone());
                 q.cv.notify_one();
             });
         }
@@ -223,7 +207,7 @@ impl Engine {
 
     /// Submits payloads as one submission; outcomes arrive tagged with `key` and each
     /// payload's index. Returns the first task id (ids are consecutive).
-    #[pyo3(signature = (key, payloads, *, chunksize=1, timeout=None, labels=None, direct=false, claim=false))]
+    #[pyo3(signature = (key, payloads, *, chunksize=1, timeout=None, labels=None, claim=false))]
     #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
@@ -233,7 +217,6 @@ impl Engine {
         chunksize: usize,
         timeout: Option<f64>,
         labels: Option<Vec<String>>,
-        direct: bool,
         claim: bool,
     ) -> PyResult<u64> {
         let timeout = secs(timeout, "timeout")?;
@@ -252,16 +235,10 @@ impl Engine {
                 t
             })
             .collect();
-        if (direct || claim) && tasks.len() != 1 {
-            return Err(PyValueError::new_err("a direct or claimable submission is one task"));
+        if claim && tasks.len() != 1 {
+            return Err(PyValueError::new_err("a claimable submission is one task"));
         }
-        let sink: Arc<dyn Sink> = if direct {
-            Arc::new(DirectSink { key, queue: self.queue.clone() })
-        } else if claim {
-            Arc::new(ClaimSink { key, queue: self.queue.clone() })
-        } else {
-            Arc::new(KeyedSink { key, queue: self.queue.clone() })
-        };
+        let sink: Arc<dyn Sink> = Arc::new(KeyedSink { key, queue: self.queue.clone(), claimable: claim });
         let r = py.detach(|| self.pool.submit_to(sink, tasks, chunksize));
         match r {
             Ok(ids) => Ok(ids.start),
@@ -294,7 +271,7 @@ impl Engine {
                 // In a stream of outcomes the next one is microseconds away: poll for it
                 // before sleeping, so the supervisor need not wake this thread for each.
                 hangfree::spin::poll_for(RESULT_POLL.min(left), || self.queue.nonempty.load(Ordering::Acquire));
-                let mut q = self.queue.items.lock().unwrap_or_else(|e| e.into_inner());
+                let mut q = lock(&self.queue.items);
                 if q.is_empty() && !left.is_zero() && !self.has_events() {
                     self.queue.sleepers.fetch_add(1, Ordering::Relaxed);
                     q = self.queue.cv.wait_timeout(q, left).unwrap_or_else(|e| e.into_inner()).0;
@@ -312,81 +289,45 @@ impl Engine {
         items.into_iter().map(|d| outcome_tuple(py, d)).collect()
     }
 
-    /// Waits up to `timeout` seconds (GIL released) for the outcome of the direct
-    /// submission `key` and takes it: `(kind, data)` as in `next_outcomes`, or None if it
-    /// is not there yet. Polls briefly before sleeping: an answer usually comes within
-    /// microseconds of the last one, sooner than a cross-CPU wake-up.
-    fn wait_direct<'py>(&self, py: Python<'py>, key: u64, timeout: f64) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
-        let got = py.detach(|| {
-            let mut d = self.queue.direct.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(o) = d.ready.remove(&key) {
-                return Some(o);
-            }
-            drop(d);
-            // Poll briefly before sleeping: the answer usually comes sooner than a
-            // cross-CPU wake-up would take.
-            let mut got = None;
-            let limit = hangfree::spin::WAIT.min(deadline.saturating_duration_since(Instant::now()));
-            if hangfree::spin::poll_for(limit, || {
-                got = self.queue.direct.lock().unwrap_or_else(|e| e.into_inner()).ready.remove(&key);
-                got.is_some()
-            }) {
-                return got;
-            }
-            let mut d = self.queue.direct.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
-                if let Some(o) = d.ready.remove(&key) {
-                    return Some(o);
-                }
-                let now = Instant::now();
-                if now >= deadline {
-                    return None;
-                }
-                d = self.queue.direct_cv.wait_timeout(d, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
-            }
-        });
-        got.map(|o| kind_and_data(py, key, o)).transpose()
-    }
-
     /// Waits up to `timeout` seconds (GIL released) for the outcome of the claimable
-    /// submission `key` and takes it, as `wait_direct` does. Returns None on time-out, or
-    /// at once when the result thread has finished it instead (`completed`): the caller
-    /// then finds it done.
+    /// submission `key` and takes it: `(kind, data)` as in `next_outcomes`. Returns None on
+    /// time-out, or at once when the result thread has finished it instead (`completed`):
+    /// the caller then finds it done. Polls briefly before sleeping: the answer usually
+    /// comes sooner than a cross-CPU wake-up would take.
     fn wait_claim<'py>(&self, py: Python<'py>, key: u64, timeout: f64) -> PyResult<Option<Bound<'py, PyAny>>> {
         let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
         let q = &self.queue;
         let got = py.detach(|| {
-            let mut d = q.direct.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(o) = d.ready.remove(&key) {
+            let mut c = lock(&q.claims);
+            if let Some(o) = c.ready.remove(&key) {
                 return Some(o);
             }
-            *d.waiting.entry(key).or_insert(0) += 1;
-            drop(d);
+            *c.waiting.entry(key).or_insert(0) += 1;
+            drop(c);
             let mut got = None;
             let limit = hangfree::spin::WAIT.min(deadline.saturating_duration_since(Instant::now()));
             hangfree::spin::poll_for(limit, || {
-                let mut d = q.direct.lock().unwrap_or_else(|e| e.into_inner());
-                got = d.ready.remove(&key);
-                got.is_some() || d.finished.contains(&key)
+                let mut c = lock(&q.claims);
+                got = c.ready.remove(&key);
+                got.is_some() || c.finished.contains(&key)
             });
-            let mut d = q.direct.lock().unwrap_or_else(|e| e.into_inner());
-            while got.is_none() && !d.finished.contains(&key) {
+            let mut c = lock(&q.claims);
+            while got.is_none() && !c.finished.contains(&key) {
                 let now = Instant::now();
                 if now >= deadline {
                     break;
                 }
-                d = q.direct_cv.wait_timeout(d, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
-                got = d.ready.remove(&key);
+                c = q.claims_cv.wait_timeout(c, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+                got = c.ready.remove(&key);
             }
             // Leave: an outcome that came meanwhile is taken now, never stranded.
             if got.is_none() {
-                got = d.ready.remove(&key);
+                got = c.ready.remove(&key);
             }
-            if let Some(n) = d.waiting.get_mut(&key) {
+            if let Some(n) = c.waiting.get_mut(&key) {
                 *n -= 1;
                 if *n == 0 {
-                    d.waiting.remove(&key);
+                    c.waiting.remove(&key);
                 }
             }
             got
@@ -397,34 +338,26 @@ impl Engine {
     /// Says that the claimable submission `key` is finished (its future is done); the
     /// threads waiting for it in `wait_claim` return.
     fn completed(&self, key: u64) {
-        let mut d = self.queue.direct.lock().unwrap_or_else(|e| e.into_inner());
-        if d.finished.insert(key) {
-            d.finished_order.push_back(key);
-            if d.finished_order.len() > FINISHED_KEPT
-                && let Some(old) = d.finished_order.pop_front()
+        let mut c = lock(&self.queue.claims);
+        if c.finished.insert(key) {
+            c.finished_order.push_back(key);
+            if c.finished_order.len() > FINISHED_KEPT
+                && let Some(old) = c.finished_order.pop_front()
             {
-                d.finished.remove(&old);
+                c.finished.remove(&old);
             }
         }
-        let wake = d.waiting.contains_key(&key);
-        drop(d);
+        let wake = c.waiting.contains_key(&key);
+        drop(c);
         if wake {
-            self.queue.direct_cv.notify_all();
-        }
-    }
-
-    /// Forgets the outcome of a direct submission nobody will wait for.
-    fn discard_direct(&self, key: u64) {
-        let mut d = self.queue.direct.lock().unwrap_or_else(|e| e.into_inner());
-        if d.ready.remove(&key).is_none() {
-            d.abandoned.insert(key);
+            self.queue.claims_cv.notify_all();
         }
     }
 
     /// The pool events since the last call, as `(kind, trouble, pid, task_id, message)`
     /// tuples (only with `events=True`).
     fn take_events(&self) -> Vec<EventTuple> {
-        let mut q = self.queue.events.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = lock(&self.queue.events);
         q.drain(..).map(|e| (format!("{:?}", e.kind), e.kind.is_trouble(), e.pid, e.task_id, e.message)).collect()
     }
 
@@ -516,7 +449,7 @@ impl Engine {
 
 impl Engine {
     fn has_events(&self) -> bool {
-        !self.queue.events.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+        !lock(&self.queue.events).is_empty()
     }
 }
 

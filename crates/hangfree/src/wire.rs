@@ -334,6 +334,22 @@ impl Decoder {
 /// This is the worker side's reader: it allocates the payload only after the header has
 /// passed [`parse_header`], and fills it as bytes arrive.
 pub fn read_frame<R: Read>(r: &mut R, max: u32) -> Result<Option<Frame>, ReadError> {
+    let Some((kind, len, task_id)) = read_header(r, max)? else { return Ok(None) };
+    let mut payload = Vec::new();
+    let need = len as usize;
+    // Grow in steps so a lying length costs at most what the peer really sent.
+    while payload.len() < need {
+        let step = (need - payload.len()).min(1 << 20);
+        let old = payload.len();
+        payload.resize(old + step, 0);
+        fill(r, &mut payload[old..], old, need)?;
+    }
+    Ok(Some(Frame { kind, task_id, payload }))
+}
+
+/// Reads and checks one frame header from a blocking stream: `(kind, payload length,
+/// task id)`, or `Ok(None)` on a clean end of stream (no byte of a new frame read).
+pub fn read_header<R: Read>(r: &mut R, max: u32) -> Result<Option<(Kind, u32, u64)>, ReadError> {
     let mut h = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -345,29 +361,25 @@ pub fn read_frame<R: Read>(r: &mut R, max: u32) -> Result<Option<Frame>, ReadErr
             Err(e) => return Err(e.into()),
         }
     }
-    let (kind, len, task_id) = parse_header(&h, max)?;
-    let mut payload = Vec::new();
-    let need = len as usize;
-    // Grow in steps so a lying length costs at most what the peer really sent.
-    while payload.len() < need {
-        let step = (need - payload.len()).min(1 << 20);
-        let old = payload.len();
-        payload.resize(old + step, 0);
-        let mut filled = 0;
-        while filled < step {
-            match r.read(&mut payload[old + filled..old + step]) {
-                Ok(0) => {
-                    return Err(
-                        ProtocolError::Truncated { have: HEADER_LEN + old + filled, need: HEADER_LEN + need }.into()
-                    );
-                }
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
+    Ok(Some(parse_header(&h, max)?))
+}
+
+/// Fills `buf` from a blocking stream with payload bytes `done..done + buf.len()` of a
+/// payload of `need` bytes (the offsets only word the error of a truncated stream).
+pub fn fill<R: Read>(r: &mut R, buf: &mut [u8], done: usize, need: usize) -> Result<(), ReadError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => {
+                let have = HEADER_LEN + done + filled;
+                return Err(ProtocolError::Truncated { have, need: HEADER_LEN + need }.into());
             }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
         }
     }
-    Ok(Some(Frame { kind, task_id, payload }))
+    Ok(())
 }
 
 /// Writes one frame to a blocking stream.

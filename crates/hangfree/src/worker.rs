@@ -2,7 +2,7 @@
 //! Python extension, for the Python worker): one implementation of the protocol.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Write};
 use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::process::Signal;
@@ -72,42 +72,18 @@ impl WorkerChannel {
     /// say), which saves a copy of large payloads.
     pub fn recv_header(&mut self) -> Result<Option<(Kind, u64, usize)>, ReadError> {
         self.poll_briefly();
-        let mut h = [0u8; wire::HEADER_LEN];
-        let mut got = 0;
-        while got < wire::HEADER_LEN {
-            match self.reader.read(&mut h[got..]) {
-                Ok(0) if got == 0 => return Ok(None),
-                Ok(0) => return Err(wire::ProtocolError::Truncated { have: got, need: wire::HEADER_LEN }.into()),
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let (kind, len, task_id) = wire::parse_header(&h, self.max_frame)?;
-        Ok(Some((kind, task_id, len as usize)))
+        Ok(wire::read_header(&mut self.reader, self.max_frame)?.map(|(kind, len, id)| (kind, id, len as usize)))
     }
 
     /// Fills `buf` with the payload announced by [`WorkerChannel::recv_header`].
     pub fn recv_payload(&mut self, buf: &mut [u8]) -> Result<(), ReadError> {
         let need = buf.len();
-        let mut filled = 0;
-        while filled < need {
-            match self.reader.read(&mut buf[filled..]) {
-                Ok(0) => {
-                    let have = wire::HEADER_LEN + filled;
-                    return Err(wire::ProtocolError::Truncated { have, need: wire::HEADER_LEN + need }.into());
-                }
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+        wire::fill(&mut self.reader, buf, 0, need)
     }
 
     /// Sends one frame.
     pub fn send(&mut self, kind: Kind, task_id: u64, payload: &[u8]) -> io::Result<()> {
-        wire::write_frame(&mut self.writer, kind, task_id, payload)
+        self.send_parts(kind, task_id, &[payload])
     }
 
     /// Sends one frame whose payload is the concatenation of `parts`, with vectored

@@ -8,7 +8,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::{self, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -791,24 +791,11 @@ impl Supervisor {
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
         let ep = &self.epoll;
-        let regs =
-            epoll::add(ep, &s.pidfd, epoll::EventData::new_u64(token(slot, generation, FD_PID)), epoll::EventFlags::IN)
-                .and_then(|_| {
-                    epoll::add(
-                        ep,
-                        &s.channel,
-                        epoll::EventData::new_u64(token(slot, generation, FD_CHAN)),
-                        epoll::EventFlags::IN,
-                    )
-                })
-                .and_then(|_| {
-                    epoll::add(
-                        ep,
-                        &s.stderr,
-                        epoll::EventData::new_u64(token(slot, generation, FD_ERR)),
-                        epoll::EventFlags::IN,
-                    )
-                });
+        let regs = [(s.pidfd.as_fd(), FD_PID), (s.channel.as_fd(), FD_CHAN), (s.stderr.as_fd(), FD_ERR)]
+            .into_iter()
+            .try_for_each(|(fd, kind)| {
+                epoll::add(ep, fd, epoll::EventData::new_u64(token(slot, generation, kind)), epoll::EventFlags::IN)
+            });
         if let Err(e) = regs {
             process::signal_group(s.pid, Signal::KILL);
             // Bounded: SIGKILL lands within milliseconds; a stuck one is left as a zombie.
