@@ -40,7 +40,8 @@ log = logging.getLogger("hangfree")
 # A library logs; the application decides where records go (nowhere by default).
 log.addHandler(logging.NullHandler())
 
-_EVENT_LEVELS = {"WorkerStarted": logging.DEBUG, "Recycled": logging.INFO, "Terminate": logging.INFO}
+_EVENT_LEVELS = {"WorkerStarted": logging.DEBUG, "ForkServerStarted": logging.DEBUG, "Recycled": logging.INFO,
+                 "Terminate": logging.INFO}
 
 class _LabelRepr(reprlib.Repr):
     """reprlib, but a large bytes-like argument is cut before it is repr'd (reprlib
@@ -152,6 +153,7 @@ class EngineClient:
         stack_wait: float = 0.5,
         prefetch: int = 2,
         cgroup: bool = False,
+        fork_server: bool = True,
     ):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
@@ -200,6 +202,10 @@ class EngineClient:
             stack_dump_wait=stack_wait if stack_wait > 0 else None,
             events=True,
             cgroup=cgroup,
+            # Workers are forked from an idle template worker (started by exec, so no
+            # thread of this process is ever forked): a replacement is up in ~1 ms
+            # instead of an interpreter start.
+            fork_server=fork_server,
         )
         # key -> [on_outcome, engine index -> caller's index, caller's index -> label, outcomes due]
         self._jobs: Dict[int, list] = {}

@@ -72,10 +72,13 @@ def _answer_stack_request(ch: Any) -> None:
 
 def main() -> int:
     try:
+        # In the pool's fork server this returns only in each forked worker.
         ch = _core.WorkerChannel.from_stdin()
     except OSError as e:
         print(f"hangfree worker: {e}", file=sys.stderr)
         return 70
+    # The engine took it out of the C environment; os.environ is a copy made at start.
+    os.environ.pop("HANGFREE_FORK_SERVER", None)
     _answer_stack_request(ch)
     functions: Dict[bytes, Callable[..., Any]] = {}
     while True:

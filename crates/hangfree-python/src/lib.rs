@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use hangfree::fork_server::ForkHooks;
 use hangfree::wire::Kind;
 use hangfree::worker::WorkerChannel as RawChannel;
 use hangfree::{
@@ -134,7 +135,8 @@ impl Engine {
     #[pyo3(signature = (argv, *, workers, task_timeout=None, grace=1.0, kill_wait=1.0,
         startup_timeout=60.0, max_tasks_per_worker=None, max_startup_failures=3,
         init_payload=Vec::new(), prefetch=2, forward_stderr=true, env=Vec::new(),
-        max_memory=None, retries=0, stack_dump_wait=None, events=false, prefetch_below=None, cgroup=false))]
+        max_memory=None, retries=0, stack_dump_wait=None, events=false, prefetch_below=None, cgroup=false,
+        fork_server=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -156,6 +158,7 @@ impl Engine {
         events: bool,
         prefetch_below: Option<f64>,
         cgroup: bool,
+        fork_server: bool,
     ) -> PyResult<Engine> {
         let Some((program, args)) = argv.split_first() else {
             return Err(PyValueError::new_err("argv must name the worker program"));
@@ -182,7 +185,7 @@ impl Engine {
         if let Some(m) = max_memory {
             b = b.max_memory(m);
         }
-        b = b.retries(retries).cgroup(cgroup);
+        b = b.retries(retries).cgroup(cgroup).fork_server(fork_server);
         if let Some(d) = secs(prefetch_below, "prefetch_below")? {
             b = b.prefetch_below(d);
         }
@@ -599,10 +602,14 @@ fn kind_from(k: u8) -> PyResult<Kind> {
 #[pymethods]
 impl WorkerChannel {
     /// Takes the channel from stdin, puts /dev/null there, and arranges to die with the
-    /// parent (raises OSError if the parent is already gone).
+    /// parent (raises OSError if the parent is already gone). In a process the pool
+    /// started as its fork server, serves fork requests and returns only in each forked
+    /// worker (with the interpreter's fork hooks run as `os.fork()` runs them).
     #[staticmethod]
-    fn from_stdin() -> PyResult<WorkerChannel> {
-        Ok(WorkerChannel { inner: Some(RawChannel::from_stdin()?) })
+    fn from_stdin(_py: Python<'_>) -> PyResult<WorkerChannel> {
+        // The GIL stays held: a fork server has no other thread to give it to, and the
+        // fork hooks need it.
+        Ok(WorkerChannel { inner: Some(RawChannel::from_stdin_with(&mut InterpreterForkHooks)?) })
     }
 
     /// The next frame as `(kind, task_id, payload)`, or None when the pool closed the
@@ -633,6 +640,25 @@ impl WorkerChannel {
     /// Closes the channel.
     fn close(&mut self) {
         self.inner = None;
+    }
+}
+
+/// The interpreter's own fork bookkeeping (import lock, thread states, functions given to
+/// `os.register_at_fork`), run around the fork server's forks as `os.fork()` runs it.
+struct InterpreterForkHooks;
+
+impl ForkHooks for InterpreterForkHooks {
+    fn before(&mut self) {
+        // SAFETY: called with the GIL held (from_stdin holds it throughout).
+        unsafe { pyo3::ffi::PyOS_BeforeFork() }
+    }
+    fn after_in_parent(&mut self) {
+        // SAFETY: as above, in the process that called PyOS_BeforeFork.
+        unsafe { pyo3::ffi::PyOS_AfterFork_Parent() }
+    }
+    fn after_in_child(&mut self) {
+        // SAFETY: as above, in the new single-threaded child.
+        unsafe { pyo3::ffi::PyOS_AfterFork_Child() }
     }
 }
 

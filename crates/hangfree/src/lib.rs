@@ -14,7 +14,8 @@
 //! 6. bad bytes on a channel are a protocol error on one task, never a hang;
 //! 7. after `join`, no process, thread or descriptor of the pool is left.
 //!
-//! The layers are modules: [`process`] (one supervised child), [`wire`] (frames),
+//! The layers are modules: [`process`] (one supervised child; [`fork_server`] for
+//! workers forked from a ready template), [`wire`] (frames),
 //! [`pool`] (the supervisor and its handles) and [`worker`] (the worker side of the
 //! channel, for worker programs written in Rust).
 //!
@@ -40,6 +41,7 @@
 #![warn(missing_docs)]
 
 pub mod cgroup;
+pub mod fork_server;
 pub mod memory;
 pub mod outcome;
 pub mod pool;

@@ -72,6 +72,14 @@ impl WorkerCommand {
     pub fn program(&self) -> &Path {
         &self.program
     }
+
+    /// Applies the arguments, environment and working directory to `c`.
+    pub(crate) fn configure(&self, c: &mut Command) {
+        c.args(&self.args).envs(self.env.iter().map(|(k, v)| (k, v)));
+        if let Some(d) = &self.cwd {
+            c.current_dir(d);
+        }
+    }
 }
 
 /// A worker process just started: its pid (also its process group id), a pidfd for its
@@ -92,17 +100,13 @@ pub(crate) struct Spawned {
 pub(crate) fn spawn(cmd: &WorkerCommand, max_frame: u32) -> io::Result<Spawned> {
     let (ours, theirs) = UnixStream::pair()?;
     let mut c = Command::new(&cmd.program);
-    c.args(&cmd.args)
-        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
-        .env(ENV_PARENT_PID, std::process::id().to_string())
+    cmd.configure(&mut c);
+    c.env(ENV_PARENT_PID, std::process::id().to_string())
         .env(ENV_MAX_FRAME, max_frame.to_string())
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
         .process_group(0);
-    if let Some(d) = &cmd.cwd {
-        c.current_dir(d);
-    }
     let mut child =
         c.spawn().map_err(|e| io::Error::new(e.kind(), format!("cannot start `{}`: {e}", cmd.program.display())))?;
     let pid = child.id() as i32;

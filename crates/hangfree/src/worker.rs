@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::process::Signal;
 
+use crate::fork_server::{self, ForkHooks, NoHooks};
 use crate::process::{ENV_MAX_FRAME, ENV_PARENT_PID};
 use crate::wire::{self, DEFAULT_MAX_FRAME, Frame, Kind, ReadError};
 
@@ -29,15 +30,37 @@ impl WorkerChannel {
     ///   checks the parent is still the pool's process, which closes the race where the
     ///   parent died before the request was made.
     ///
+    /// If the pool started this program as its fork server (see `PROTOCOL.md`), this call
+    /// serves the pool's fork requests instead and returns only in each forked worker,
+    /// prepared the same way; the server itself exits when the pool closes its channel.
+    /// The program must then still be single-threaded here.
+    ///
     /// Returns an error if the parent is already gone; the worker should then exit.
     pub fn from_stdin() -> io::Result<WorkerChannel> {
+        Self::from_stdin_with(&mut NoHooks)
+    }
+
+    /// [`WorkerChannel::from_stdin`], with hooks a language runtime runs around each fork
+    /// when this process is the pool's fork server.
+    pub fn from_stdin_with(hooks: &mut dyn ForkHooks) -> io::Result<WorkerChannel> {
         let stdin = rustix::stdio::stdin();
         let chan: OwnedFd = rustix::io::fcntl_dupfd_cloexec(stdin, 3)?;
         let devnull = File::open("/dev/null")?;
         // SAFETY: fd 0 is ours to replace: the channel now lives on `chan`.
         rustix::stdio::dup2_stdin(devnull.as_fd())?;
+        drop(devnull);
         set_parent_death_signal()?;
-        Self::from_fd(chan)
+        if !fork_server::requested() {
+            return Self::from_fd(chan);
+        }
+        // SAFETY: a fork server is single-threaded (see above), so nothing reads the
+        // environment concurrently. Removed so that neither the workers nor what they
+        // start take themselves for a fork server.
+        unsafe { std::env::remove_var(fork_server::ENV_FORK_SERVER) };
+        let forked = fork_server::serve(chan, hooks)?;
+        // The fork cleared the parent-death signal; the new worker asks again.
+        set_parent_death_signal()?;
+        Self::from_fd(forked.channel)
     }
 
     /// Wraps an already-prepared channel descriptor.

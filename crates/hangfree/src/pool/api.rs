@@ -222,6 +222,20 @@ impl PoolBuilder {
         self
     }
 
+    /// Starts the worker command once as a *fork server* (with `HANGFREE_FORK_SERVER=1`,
+    /// see `PROTOCOL.md`) and has it fork each worker, instead of starting every worker by
+    /// exec: a new worker is then up in about a millisecond rather than a program start.
+    /// The worker program must support it (a Rust worker built on
+    /// [`crate::worker::WorkerChannel::from_stdin`] does). Workers forked this way are
+    /// children of this process like exec'd ones, and keep the whole contract. If the
+    /// server fails, the pool says so (an event) and goes on starting workers by exec.
+    /// Workers see the environment and working directory of the server's start, not of
+    /// their own. Cgroup mode always starts workers by exec. Default: off.
+    pub fn fork_server(mut self, on: bool) -> Self {
+        self.cfg.fork_server = on;
+        self
+    }
+
     /// Starts the supervisor thread and the first worker. Fails if the first worker cannot
     /// be started at all; later start-up failures are handled by the pool.
     pub fn build(self) -> Result<Pool, BuildError> {
@@ -341,6 +355,7 @@ impl Pool {
                 stack_dump: None,
                 on_event: None,
                 cgroup_parent: None,
+                fork_server: false,
             },
             stack_dump: None,
             cgroup: false,

@@ -27,13 +27,20 @@ pub enum EventKind {
     Recycled,
     /// A worker failed to start.
     StartupFailed,
+    /// The fork server was started (see [`crate::PoolBuilder::fork_server`]).
+    ForkServerStarted,
+    /// The fork server failed; workers are started by exec from then on.
+    ForkServerFailed,
 }
 
 impl EventKind {
     /// Whether the event means something went wrong (log as a warning rather than
     /// information).
     pub fn is_trouble(self) -> bool {
-        !matches!(self, EventKind::WorkerStarted | EventKind::Recycled | EventKind::Terminate)
+        !matches!(
+            self,
+            EventKind::WorkerStarted | EventKind::ForkServerStarted | EventKind::Recycled | EventKind::Terminate
+        )
     }
 }
 

@@ -23,9 +23,10 @@ use super::handle::{Sink, Task, lock};
 use super::lifecycle::{self, Action, Event, Phase, Timing};
 use super::stats::{Counters, bump};
 use crate::cgroup::WorkerCgroup;
+use crate::fork_server::ForkServer;
 use crate::memory;
 use crate::outcome::{Attempt, ExitStatus, LossCause, Outcome, StartupFailure, TaskError, TaskRef, WorkerLost};
-use crate::process::{self, WorkerCommand};
+use crate::process::{self, Spawned, WorkerCommand};
 use crate::wire::{self, Decoder, Kind, ProtocolError};
 
 /// Everything the pool's policy needs, fixed at build time.
@@ -52,6 +53,8 @@ pub(crate) struct Config {
     pub on_event: Option<EventHook>,
     /// In cgroup mode, the cgroup v2 directory under which each worker gets its own.
     pub cgroup_parent: Option<std::path::PathBuf>,
+    /// Fork workers from a fork server instead of starting each by exec.
+    pub fork_server: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -369,6 +372,9 @@ pub(crate) struct Supervisor {
     startup_failures: u32,
     scratch: Vec<u8>,
     memory_timer: bool,
+    /// The fork server, once started; `None` again for good after it failed.
+    forks: Option<ForkServer>,
+    forks_failed: bool,
 }
 
 impl Supervisor {
@@ -391,6 +397,8 @@ impl Supervisor {
             startup_failures: 0,
             scratch: vec![0; 64 * 1024],
             memory_timer: false,
+            forks: None,
+            forks_failed: false,
         })
     }
 
@@ -502,6 +510,8 @@ impl Supervisor {
     }
 
     fn finish(&mut self) {
+        // Before `finished` is announced: after `join` no process of the pool is left.
+        self.stop_fork_server();
         let leftover = {
             let mut inbox = lock(&self.shared.inbox);
             if !matches!(inbox.gate, Gate::Broken(_)) {
@@ -769,8 +779,59 @@ impl Supervisor {
         }
     }
 
+    /// A new worker process: forked by the fork server when there is one that works, else
+    /// started by exec.
+    fn start_process(&mut self) -> io::Result<Spawned> {
+        if self.cfg.fork_server && self.cfg.cgroup_parent.is_none() && !self.forks_failed {
+            if self.forks.is_none() {
+                match ForkServer::start(&self.cfg.cmd, self.cfg.max_frame) {
+                    Ok(f) => {
+                        let pid = f.pid();
+                        self.emit(EventKind::ForkServerStarted, Some(pid), None, || {
+                            format!("started the fork server {pid}")
+                        });
+                        self.forks = Some(f);
+                    }
+                    Err(e) => self.fork_server_failed(e),
+                }
+            }
+            if let Some(f) = self.forks.as_mut() {
+                match f.fork() {
+                    Ok(s) => return Ok(s),
+                    Err(e) => self.fork_server_failed(e),
+                }
+            }
+        }
+        process::spawn(&self.cfg.cmd, self.cfg.max_frame)
+    }
+
+    fn fork_server_failed(&mut self, e: io::Error) {
+        self.forks_failed = true;
+        let pid = self.forks.as_ref().map(|f| f.pid());
+        self.stop_fork_server();
+        self.emit(EventKind::ForkServerFailed, pid, None, || {
+            format!("the fork server failed ({e}); starting workers by exec from now on")
+        });
+    }
+
+    fn stop_fork_server(&mut self) {
+        if let Some(f) = self.forks.take() {
+            let pid = f.pid();
+            if !f.stop(self.cfg.timing.kill_wait) {
+                bump(&self.shared.stats.workers_abandoned);
+                let wait = self.cfg.timing.kill_wait;
+                self.emit(EventKind::Abandoned, Some(pid), None, || {
+                    format!(
+                        "the fork server {pid} could not be reaped {:.3} s after SIGKILL; abandoned",
+                        wait.as_secs_f64()
+                    )
+                });
+            }
+        }
+    }
+
     fn spawn_worker(&mut self, now: Instant) -> io::Result<()> {
-        let s = process::spawn(&self.cfg.cmd, self.cfg.max_frame)?;
+        let s = self.start_process()?;
         // Into its own cgroup before it is sent anything: no task has run yet, so nothing
         // it starts can be outside.
         let cgroup = match &self.cfg.cgroup_parent {

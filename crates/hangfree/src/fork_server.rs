@@ -1,0 +1,410 @@
+//! The fork server: a worker program started once by exec, kept idle, that forks a
+//! ready-made worker whenever the pool asks. Starting a Python worker by exec costs an
+//! interpreter start and its imports (~25 ms); forking the idle template costs about a
+//! millisecond, so a crashed worker is replaced almost at once.
+//!
+//! Both ends of the server's small protocol live here: [`ForkServer`] is the pool's side,
+//! [`serve`] the server's (reached through [`crate::worker::WorkerChannel::from_stdin`]).
+//!
+//! The server forks with `CLONE_PARENT`, so each worker is a child of the *pool's*
+//! process, exactly as an exec'd one is: the pool waits on its pidfd, reads its exit
+//! status, sweeps its group and reaps it with the same code, and the worker's parent-death
+//! signal follows the pool's supervisor thread (the server's own parent). The server never
+//! runs a task and holds no worker's channel, so a worker's death, a task's misbehaviour or
+//! a stuck worker cannot reach it.
+//!
+//! The server is single-threaded and forks only between requests, so no lock can be held
+//! across the fork; a host with a language runtime (Python) passes [`ForkHooks`] to keep
+//! the runtime's own state right.
+
+use std::io::{self, IoSlice, IoSliceMut, Read};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+};
+use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
+
+use crate::process::{self, ENV_MAX_FRAME, ENV_PARENT_PID, Spawned, WorkerCommand};
+
+/// Environment variable set (to `1`) when the pool starts its worker command as a fork
+/// server instead of as a worker. The server removes it from its own environment first,
+/// so the workers it forks, and whatever they start, do not see it.
+pub const ENV_FORK_SERVER: &str = "HANGFREE_FORK_SERVER";
+
+/// The one request: fork a worker. It carries two descriptors (`SCM_RIGHTS`): the
+/// worker's end of its channel and the write end of its stderr pipe.
+const REQUEST: [u8; 8] = *b"HFFORK\x01\x00";
+
+/// Hooks a language runtime runs around each fork, as its own `fork()` wrapper would
+/// (Python: `PyOS_BeforeFork`, `PyOS_AfterFork_Parent`, `PyOS_AfterFork_Child`).
+pub trait ForkHooks {
+    /// Just before the fork, in the server.
+    fn before(&mut self) {}
+    /// Just after the fork, in the server.
+    fn after_in_parent(&mut self) {}
+    /// Just after the fork, in the new worker.
+    fn after_in_child(&mut self) {}
+}
+
+/// Hooks that do nothing, for workers written in Rust.
+#[derive(Debug, Default)]
+pub struct NoHooks;
+impl ForkHooks for NoHooks {}
+
+// ----- the pool's side ----------------------------------------------------------------
+
+/// The pool's handle on its fork server: the server's pid and pidfd, and the control
+/// socket requests go out on.
+#[derive(Debug)]
+pub(crate) struct ForkServer {
+    pid: i32,
+    pidfd: OwnedFd,
+    control: UnixStream,
+    /// Whether the server has answered once (it is up, its imports are done).
+    answered: bool,
+}
+
+/// How long the first request may wait: the server is starting (an interpreter and its
+/// imports, on a machine that may be loaded).
+const FIRST_REPLY: Duration = Duration::from_secs(10);
+/// How long a later request may wait: a fork takes about a millisecond.
+const LATER_REPLY: Duration = Duration::from_secs(2);
+
+impl ForkServer {
+    /// Starts the worker command as a fork server: by exec, in its own process group, with
+    /// the control socket on its standard input and the pool's stderr as its own. Returns
+    /// at once; the first [`ForkServer::fork`] waits for the server to be up.
+    pub(crate) fn start(cmd: &WorkerCommand, max_frame: u32) -> io::Result<ForkServer> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let mut c = Command::new(cmd.program());
+        cmd.configure(&mut c);
+        c.env(ENV_PARENT_PID, std::process::id().to_string())
+            .env(ENV_MAX_FRAME, max_frame.to_string())
+            .env(ENV_FORK_SERVER, "1")
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .process_group(0);
+        let child = c.spawn().map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot start the fork server `{}`: {e}", cmd.program().display()))
+        })?;
+        let pid = child.id() as i32;
+        // Dropped without waiting: the pidfd owns the exit from here on.
+        drop(child);
+        let pidfd = rustix::process::pidfd_open(to_pid(pid), PidfdFlags::empty()).map_err(|e| {
+            let _ = rustix::process::kill_process_group(to_pid(pid), Signal::KILL);
+            io::Error::other(format!("pidfd_open({pid}) of the fork server failed: {e}"))
+        })?;
+        Ok(ForkServer { pid, pidfd, control: ours, answered: false })
+    }
+
+    /// The server's pid.
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Asks the server for one worker and waits (bounded) for its pid. The worker comes
+    /// back as an exec'd one would: our end of its channel, its stderr, a pidfd, and it
+    /// leads its own process group. An error means the server cannot be used any more:
+    /// stop it and start workers by exec.
+    pub(crate) fn fork(&mut self) -> io::Result<Spawned> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        send_request(&self.control, &theirs, &err_write)?;
+        drop((theirs, err_write));
+        let limit = if self.answered { LATER_REPLY } else { FIRST_REPLY };
+        let pid = self.read_reply(limit)?;
+        self.answered = true;
+        let p = to_pid(pid);
+        // The worker does the same first thing; doing it here too means the group exists
+        // before this returns, whichever of us runs first, so a group signal cannot miss.
+        let _ = rustix::process::setpgid(Some(p), Some(p));
+        let pidfd = rustix::process::pidfd_open(p, PidfdFlags::empty())
+            .map_err(|e| io::Error::other(format!("pidfd_open({pid}) of a forked worker failed: {e}")))?;
+        // A worker that is not our child could not be waited for: the kernel lacked
+        // CLONE_PARENT's effect, or the pid is not what the server forked.
+        if let Err(rustix::io::Errno::CHILD) = rustix::process::waitid(
+            WaitId::PidFd(pidfd.as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT,
+        ) {
+            let _ = rustix::process::pidfd_send_signal(&pidfd, Signal::KILL);
+            return Err(io::Error::other(format!("the fork server's worker {pid} is not a child of the pool")));
+        }
+        ours.set_nonblocking(true)?;
+        process::set_nonblocking(&err_read)?;
+        Ok(Spawned { pid, pidfd, channel: ours, stderr: err_read })
+    }
+
+    fn read_reply(&mut self, limit: Duration) -> io::Result<i32> {
+        let mut reply = [0u8; 8];
+        let mut got = 0;
+        let deadline = std::time::Instant::now() + limit;
+        while got < reply.len() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the fork server {} did not answer within {:.1} s", self.pid, limit.as_secs_f64()),
+                ));
+            }
+            let ts = rustix::time::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as i64 };
+            let mut fds = [rustix::event::PollFd::new(&self.control, rustix::event::PollFlags::IN)];
+            match rustix::event::poll(&mut fds, Some(&ts)) {
+                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
+            }
+            match (&self.control).read(&mut reply[got..]) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("the fork server {} closed its channel", self.pid),
+                    ));
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let answer = i64::from_le_bytes(reply);
+        if answer > 0 && answer <= i64::from(i32::MAX) {
+            Ok(answer as i32)
+        } else if (-4095..0).contains(&answer) {
+            let errno = io::Error::from_raw_os_error((-answer) as i32);
+            Err(io::Error::new(errno.kind(), format!("the fork server {} could not fork: {errno}", self.pid)))
+        } else {
+            Err(io::Error::other(format!("the fork server {} answered {answer}, not a pid", self.pid)))
+        }
+    }
+
+    /// Stops the server: SIGKILL to its group (it holds nothing worth a grace period, and
+    /// its workers lead groups of their own), then reaps it, waiting at most `limit`.
+    /// Returns false if it could not be reaped in time (it is then abandoned).
+    pub(crate) fn stop(self, limit: Duration) -> bool {
+        process::signal_group(self.pid, Signal::KILL);
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if process::peek_exit(&self.pidfd).is_some() {
+                process::sweep_and_reap(self.pid, &self.pidfd);
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let ts = rustix::time::Timespec { tv_sec: 0, tv_nsec: left.as_nanos().min(10_000_000) as i64 };
+            let mut fds = [rustix::event::PollFd::new(&self.pidfd, rustix::event::PollFlags::IN)];
+            let _ = rustix::event::poll(&mut fds, Some(&ts));
+        }
+    }
+}
+
+fn send_request(control: &UnixStream, channel: &UnixStream, stderr: &OwnedFd) -> io::Result<()> {
+    let fds = [channel.as_fd(), stderr.as_fd()];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut cmsg = SendAncillaryBuffer::new(&mut space);
+    if !cmsg.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(io::Error::other("no room for two descriptors in a control message"));
+    }
+    let n = loop {
+        match rustix::net::sendmsg(control, &[IoSlice::new(&REQUEST)], &mut cmsg, SendFlags::NOSIGNAL) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => break r?,
+        }
+    };
+    if n != REQUEST.len() {
+        return Err(io::Error::other(format!("short write to the fork server ({n} of {} bytes)", REQUEST.len())));
+    }
+    Ok(())
+}
+
+fn to_pid(pid: i32) -> Pid {
+    Pid::from_raw(pid).expect("child pids are positive")
+}
+
+// ----- the server's side --------------------------------------------------------------
+
+/// The fork server's process name (`comm`), as `ps` and `/proc/PID/stat` show it.
+pub const SERVER_NAME: &std::ffi::CStr = c"hf-fork-server";
+
+/// Whether this process was started as a fork server.
+pub fn requested() -> bool {
+    std::env::var_os(ENV_FORK_SERVER).is_some_and(|v| v == "1")
+}
+
+/// What a forked worker gets: its channel, already moved off the control socket.
+pub(crate) struct Forked {
+    pub channel: OwnedFd,
+}
+
+/// Serves fork requests on `control` until the pool closes it, then exits the process.
+/// Returns only in a newly forked worker, with that worker's channel; the worker then
+/// leads its own process group, has its stderr on fd 2 and `/dev/null` on fd 0, and no
+/// descriptor of the server's.
+///
+/// The server must be single-threaded: the fork copies only the calling thread.
+pub(crate) fn serve(control: OwnedFd, hooks: &mut dyn ForkHooks) -> io::Result<Forked> {
+    let clone = CloneSetup::read()?;
+    // Named apart from its workers in `ps` and /proc (the workers take the name back).
+    let own_name = rustix::thread::name().ok();
+    let _ = rustix::thread::set_name(SERVER_NAME);
+    loop {
+        let mut buf = [0u8; REQUEST.len()];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+        let got = match rustix::net::recvmsg(
+            &control,
+            &mut [IoSliceMut::new(&mut buf)],
+            &mut cmsg,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(r) => r.bytes,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        for msg in cmsg.drain() {
+            if let RecvAncillaryMessage::ScmRights(rights) = msg {
+                fds.extend(rights);
+            }
+        }
+        if got == 0 {
+            // The pool is done with us (or gone).
+            std::process::exit(0);
+        }
+        if got != REQUEST.len() || buf != REQUEST || fds.len() != 2 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "malformed request on the fork server's channel"));
+        }
+        let stderr = fds.pop().expect("two descriptors");
+        let channel = fds.pop().expect("two descriptors");
+        hooks.before();
+        // SAFETY: this process is single-threaded (the caller's promise) and between
+        // requests, so the child gets consistent memory; `CloneSetup` makes the C
+        // library's view of the new process right, as its own fork() would.
+        let forked = unsafe { clone.clone_parent() };
+        match forked {
+            Ok(0) => {
+                // In the new worker: its own group first, before anything can signal it.
+                let _ = rustix::process::setpgid(None, None);
+                hooks.after_in_child();
+                if let Some(name) = &own_name {
+                    let _ = rustix::thread::set_name(name);
+                }
+                drop(control);
+                rustix::stdio::dup2_stderr(&stderr)?;
+                drop(stderr);
+                return Ok(Forked { channel });
+            }
+            Ok(pid) => {
+                hooks.after_in_parent();
+                drop((channel, stderr));
+                reply(&control, i64::from(pid))?;
+            }
+            Err(e) => {
+                hooks.after_in_parent();
+                drop((channel, stderr));
+                reply(&control, -i64::from(e.raw_os_error().unwrap_or(libc::EINVAL)))?;
+            }
+        }
+    }
+}
+
+fn reply(control: &OwnedFd, answer: i64) -> io::Result<()> {
+    let bytes = answer.to_le_bytes();
+    let mut done = 0;
+    while done < bytes.len() {
+        match rustix::io::write(control, &bytes[done..]) {
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// What a raw `clone` needs to leave the C library consistent in the child, read once in
+/// the server. glibc's `fork()` passes the address of the thread's cached tid
+/// (`CLONE_CHILD_SETTID`) and re-registers the robust-futex list; a raw clone must do the
+/// same or the child's `raise()`/`abort()` would signal the server. The kernel tells us
+/// both addresses: `PR_GET_TID_ADDRESS` gives the clear-child-tid pointer the C library
+/// registered at start (its cached tid), `get_robust_list` the robust list.
+struct CloneSetup {
+    tid_address: *mut libc::c_int,
+    robust_head: *mut libc::c_void,
+    robust_len: libc::size_t,
+}
+
+/// `struct clone_args` of `clone3(2)`, first version (64 bytes).
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+}
+
+impl CloneSetup {
+    fn read() -> io::Result<CloneSetup> {
+        let mut tid_address: *mut libc::c_int = std::ptr::null_mut();
+        // SAFETY: PR_GET_TID_ADDRESS writes one pointer to the address given.
+        if unsafe { libc::prctl(libc::PR_GET_TID_ADDRESS, &mut tid_address as *mut *mut libc::c_int) } != 0 {
+            return Err(io::Error::other(format!("prctl(PR_GET_TID_ADDRESS) failed: {}", io::Error::last_os_error())));
+        }
+        let tid = rustix::thread::gettid().as_raw_nonzero().get();
+        // SAFETY: the kernel holds this address as our clear-child-tid pointer: the C
+        // library put it there and the word it points to lives as long as the thread.
+        if tid_address.is_null() || unsafe { tid_address.read_volatile() } != tid {
+            return Err(io::Error::other("the C library's cached thread id was not found; cannot fork safely"));
+        }
+        let mut robust_head: *mut libc::c_void = std::ptr::null_mut();
+        let mut robust_len: libc::size_t = 0;
+        // SAFETY: get_robust_list(0, ...) writes the calling thread's head and length.
+        let r = unsafe {
+            libc::syscall(libc::SYS_get_robust_list, 0, &mut robust_head as *mut _, &mut robust_len as *mut _)
+        };
+        if r != 0 {
+            robust_head = std::ptr::null_mut();
+        }
+        Ok(CloneSetup { tid_address, robust_head, robust_len })
+    }
+
+    /// `clone3(CLONE_PARENT | CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID)`: a fork whose
+    /// child is our parent's child. Returns 0 in the child and its pid in the parent.
+    ///
+    /// SAFETY: the caller must be single-threaded.
+    unsafe fn clone_parent(&self) -> io::Result<i32> {
+        let mut args = CloneArgs {
+            flags: (libc::CLONE_PARENT | libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID) as u64,
+            pidfd: 0,
+            child_tid: self.tid_address as u64,
+            parent_tid: 0,
+            // With CLONE_PARENT the kernel takes the exit signal from our own (SIGCHLD, set
+            // by the pool's spawn) and requires 0 here.
+            exit_signal: 0,
+            stack: 0,
+            stack_size: 0,
+            tls: 0,
+        };
+        // SAFETY: a fork-like clone (no shared memory, no new stack) with a valid
+        // argument block of the size given.
+        let r = unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, size_of::<CloneArgs>()) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if r == 0 && !self.robust_head.is_null() {
+            // SAFETY: the head is the one this thread registered; the memory was copied.
+            unsafe { libc::syscall(libc::SYS_set_robust_list, self.robust_head, self.robust_len) };
+        }
+        Ok(r as i32)
+    }
+}
