@@ -9,8 +9,11 @@ echo "== Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
     # Per-test time limits live in .config/nextest.toml.
     cargo nextest run --workspace --exclude hangfree-python --no-fail-fast
+    echo "== Rust contract tests again, workers forked by a fork server"
+    HF_TEST_FORK_SERVER=1 cargo nextest run -p hangfree-hostile --test contract --test beyond --no-fail-fast
 else
     timeout 1200 cargo test --workspace --exclude hangfree-python --no-fail-fast
+    HF_TEST_FORK_SERVER=1 timeout 1200 cargo test -p hangfree-hostile --test contract --test beyond --no-fail-fast
 fi
 
 echo "== Python tests"

@@ -228,7 +228,9 @@ fn run(ch: &mut WorkerChannel, id: u64, payload: &[u8]) {
 /// prints `WORKER_PID GRANDCHILD_PID`, then waits to be killed (tests of parent death).
 fn pool_parent() -> ! {
     let me = std::env::current_exe().expect("own path");
-    let pool = hangfree::Pool::builder(hangfree::WorkerCommand::new(me)).workers(1).build().expect("pool");
+    let forks = std::env::var_os("HF_TEST_FORK_SERVER").is_some_and(|v| v == "1");
+    let pool =
+        hangfree::Pool::builder(hangfree::WorkerCommand::new(me)).workers(1).fork_server(forks).build().expect("pool");
     let answer = |p: &str| match pool.submit(p.as_bytes().to_vec()).expect("submit").wait() {
         hangfree::Outcome::Value(v) => String::from_utf8_lossy(&v).into_owned(),
         o => panic!("{o:?}"),

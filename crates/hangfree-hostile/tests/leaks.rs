@@ -61,6 +61,9 @@ fn exercise(round: usize) {
         .grace(Duration::from_millis(200))
         .kill_wait(Duration::from_millis(500))
         .forward_stderr(false)
+        // Every other round forks its workers from a fork server: it must leave nothing
+        // either.
+        .fork_server(round % 2 == 1)
         .build()
         .unwrap();
     let batch = pool.submit_batch((0..300).map(|i| format!("{i}").into_bytes()), 10).unwrap();

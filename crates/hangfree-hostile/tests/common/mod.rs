@@ -48,8 +48,13 @@ pub fn new_tag(name: &str) -> String {
     format!("{}-{}-{}", name, std::process::id(), TAGS.fetch_add(1, Ordering::Relaxed))
 }
 
+/// A pool of hostile workers tagged `tag`. With `HF_TEST_FORK_SERVER=1` in the test's
+/// environment its workers are forked by a fork server (the test command runs the
+/// contract tests both ways).
 pub fn builder(tag: &str) -> PoolBuilder {
-    Pool::builder(WorkerCommand::new(BIN).env("HF_TEST_TAG", tag)).forward_stderr(false)
+    Pool::builder(WorkerCommand::new(BIN).env("HF_TEST_TAG", tag))
+        .forward_stderr(false)
+        .fork_server(std::env::var_os("HF_TEST_FORK_SERVER").is_some_and(|v| v == "1"))
 }
 
 #[track_caller]
@@ -108,6 +113,7 @@ pub fn shutdown(pool: &Pool) {
 #[derive(Clone, Debug)]
 pub struct Proc {
     pub pid: i32,
+    pub comm: String,
     pub state: char,
     pub ppid: i32,
     pub pgid: i32,
@@ -116,12 +122,13 @@ pub struct Proc {
 pub fn stat(pid: i32) -> Option<Proc> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // `pid (comm) S ppid pgrp ...`; comm may hold spaces and parentheses.
+    let comm = text[text.find('(')? + 1..text.rfind(')')?].to_owned();
     let rest = &text[text.rfind(')')? + 2..];
     let mut f = rest.split_whitespace();
     let state = f.next()?.chars().next()?;
     let ppid = f.next()?.parse().ok()?;
     let pgid = f.next()?.parse().ok()?;
-    Some(Proc { pid, state, ppid, pgid })
+    Some(Proc { pid, comm, state, ppid, pgid })
 }
 
 pub fn all_pids() -> Vec<i32> {
@@ -144,9 +151,19 @@ pub fn tagged(tag: &str) -> Vec<Proc> {
         .collect()
 }
 
-/// The pool's worker processes: tagged processes that lead their own group.
+/// The pool's worker processes: tagged processes that lead their own group (not the fork
+/// server, which does too).
 pub fn workers_of(tag: &str) -> Vec<i32> {
-    tagged(tag).into_iter().filter(|p| p.pgid == p.pid && p.ppid == std::process::id() as i32).map(|p| p.pid).collect()
+    tagged(tag)
+        .into_iter()
+        .filter(|p| p.pgid == p.pid && p.ppid == std::process::id() as i32 && !is_fork_server(p))
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// Whether a process is a pool's fork server (it names itself so).
+pub fn is_fork_server(p: &Proc) -> bool {
+    hangfree::fork_server::SERVER_NAME.to_str().is_ok_and(|n| p.comm == n)
 }
 
 /// Whether a process is gone: no /proc entry, or a zombie that is not our child (a
