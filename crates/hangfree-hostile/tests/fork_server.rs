@@ -18,8 +18,11 @@ use hangfree::{EventKind, ExitStatus, LossCause, Outcome, Pool, TaskError};
 const BIN: &str = env!("CARGO_BIN_EXE_hangfree-hostile");
 const LONG: Duration = Duration::from_secs(20);
 
-/// A fork-server pool of `n` workers and the pids its fork servers announced.
-fn forking_pool(tag: &str, n: usize) -> (Pool, Arc<Mutex<Vec<(EventKind, Option<i32>)>>>) {
+/// The events a pool reported: kind and pid.
+type Seen = Arc<Mutex<Vec<(EventKind, Option<i32>)>>>;
+
+/// A fork-server pool of `n` workers and the events it reports.
+fn forking_pool(tag: &str, n: usize) -> (Pool, Seen) {
     let events = Arc::new(Mutex::new(Vec::new()));
     let seen = events.clone();
     let pool = builder(tag)

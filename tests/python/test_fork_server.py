@@ -1,0 +1,104 @@
+"""The fork server the Python front starts its workers from: workers are forked children
+of this process (not of the server), a crash or abort in one never touches the server,
+and a server that dies is replaced by exec with a warning. Real processes, time-bounded."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+import pytest
+
+import fork_tasks as ft
+import hangfree
+import helpers
+
+SERVER_NAME = "hf-fork-server"
+
+
+def comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def fork_servers():
+    """Our live children that are fork servers."""
+    return {p for p in helpers.children(os.getpid()) if comm(p) == SERVER_NAME}
+
+
+def was_forked(pid):
+    """A forked worker keeps the server's original environment block, which holds the
+    variable the server was started with; an exec'd worker never has it."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return b"HANGFREE_FORK_SERVER=1\0" in f.read()
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(0.01)
+
+
+def test_workers_are_forked_children_of_ours_and_the_server_goes_with_the_pool():
+    with hangfree.Pool(2) as p:
+        results = p.map(ft.origin, range(8), chunksize=1)
+        servers = fork_servers()
+        assert len(servers) == 1, servers
+        for pid, ppid, seen in results:
+            assert ppid == os.getpid(), "a forked worker is a child of the pool's process"
+            assert was_forked(pid)
+            assert not seen, "the fork server's variable must not reach tasks"
+            assert os.getpgid(pid) == pid, "each worker leads its own process group"
+        (server,) = servers
+        assert os.getpgid(server) == server
+        p.close()
+        p.join()
+    assert not helpers.alive(server) and not helpers.zombie(server)
+    assert not fork_servers()
+
+
+def test_replacements_after_crashes_are_forked_by_the_same_server():
+    with hangfree.Pool(2) as p:
+        before = {r[0] for r in p.map(ft.origin, range(4), chunksize=1)}
+        (server,) = fork_servers()
+        for f, how in ((ft.crash, "exit code 3"), (ft.abort, "SIGABRT")):
+            crashes = [p.apply_async(f) for _ in range(2)]
+            for c in crashes:
+                with pytest.raises(hangfree.WorkerLostError, match=how):
+                    c.get(timeout=30)
+        pid, ppid, _ = p.apply(ft.origin)
+        assert pid not in before and ppid == os.getpid() and was_forked(pid)
+        # abort() signals the calling thread by the C library's cached id: had the fork
+        # left it stale, SIGABRT would have hit the server.
+        assert fork_servers() == {server}
+
+
+def test_executor_workers_are_forked_too():
+    with hangfree.ProcessPoolExecutor(2) as ex:
+        pid, ppid, seen = ex.submit(ft.origin).result(timeout=30)
+        assert was_forked(pid) and ppid == os.getpid() and not seen
+        assert len(fork_servers()) == 1
+
+
+def test_a_killed_fork_server_is_reported_and_workers_start_by_exec(caplog):
+    caplog.set_level(logging.WARNING, logger="hangfree")
+    with hangfree.Pool(1) as p:
+        first = p.apply(ft.origin)[0]
+        (server,) = fork_servers()
+        os.kill(server, signal.SIGKILL)
+        with pytest.raises(hangfree.WorkerLostError):
+            p.apply(ft.crash)
+        pid, ppid, _ = p.apply(ft.origin)
+        assert pid != first and ppid == os.getpid()
+        assert not was_forked(pid), "with its server dead, the new worker was exec'd"
+        assert p.map(abs, [-1, -2]) == [1, 2]
+        wait_for(lambda: any("fork server failed" in r.getMessage() for r in caplog.records), 10,
+                 "a warning about the fork server")
+        wait_for(lambda: not helpers.zombie(server), 5, "the dead server to be reaped")
