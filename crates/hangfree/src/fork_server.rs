@@ -397,7 +397,12 @@ impl CloneSetup {
         };
         // SAFETY: a fork-like clone (no shared memory, no new stack) with a valid
         // argument block of the size given.
-        let r = unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, size_of::<CloneArgs>()) };
+        let mut r = unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, size_of::<CloneArgs>()) };
+        if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+            // Some sandboxes (container seccomp profiles) refuse clone3 outright.
+            // SAFETY: the same fork-like clone through the older call.
+            r = unsafe { self.legacy_clone(args.flags) };
+        }
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -406,5 +411,33 @@ impl CloneSetup {
             unsafe { libc::syscall(libc::SYS_set_robust_list, self.robust_head, self.robust_len) };
         }
         Ok(r as i32)
+    }
+
+    /// `clone(2)` with the same flags; its argument order differs between architectures.
+    ///
+    /// SAFETY: as [`CloneSetup::clone_parent`].
+    unsafe fn legacy_clone(&self, flags: u64) -> libc::c_long {
+        let flags = flags as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+        let ctid = self.tid_address;
+        let none = std::ptr::null_mut::<libc::c_void>();
+        // SAFETY: no new stack, no shared memory; the child-tid address is valid.
+        #[cfg(target_arch = "x86_64")]
+        let r = unsafe { libc::syscall(libc::SYS_clone, flags, none, none, ctid, none) };
+        // SAFETY: as above (these take the tls argument before the child-tid one).
+        #[cfg(any(target_arch = "aarch64", target_arch = "riscv64", target_arch = "arm"))]
+        let r = unsafe { libc::syscall(libc::SYS_clone, flags, none, none, none, ctid) };
+        #[cfg(not(any(
+            target_arch = "x86_64",
+            target_arch = "aarch64",
+            target_arch = "riscv64",
+            target_arch = "arm"
+        )))]
+        let r = {
+            let _ = (flags, ctid, none);
+            // SAFETY: sets errno only.
+            unsafe { *libc::__errno_location() = libc::ENOSYS };
+            -1
+        };
+        r
     }
 }
