@@ -3,8 +3,8 @@
 //! interpreter start and its imports (~25 ms); forking the idle template costs about a
 //! millisecond, so a crashed worker is replaced almost at once.
 //!
-//! Both ends of the server's small protocol live here: [`ForkServer`] is the pool's side,
-//! [`serve`] the server's (reached through [`crate::worker::WorkerChannel::from_stdin`]).
+//! Both ends of the server's small protocol live here: `ForkServer` is the pool's side,
+//! `serve` the server's (reached through [`crate::worker::WorkerChannel::from_stdin`]).
 //!
 //! The server forks with `CLONE_PARENT`, so each worker is a child of the *pool's*
 //! process, exactly as an exec'd one is: the pool waits on its pidfd, reads its exit

@@ -1,6 +1,7 @@
 //! hangfree: a process pool that can never hang.
 //!
-//! Tasks run in worker processes started by exec, each leading its own process group.
+//! Tasks run in worker processes started by exec (or forked from an idle worker that
+//! was, see [`PoolBuilder::fork_server`]), each leading its own process group.
 //! The pool keeps one contract (see `DESIGN.md`):
 //!
 //! 1. every submitted task ends in exactly one [`Outcome`];
