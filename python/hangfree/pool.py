@@ -106,6 +106,7 @@ class MapResult(ApplyResult):
         self._left = n
         self._first_error: Optional[BaseException] = None
         self._return_exceptions = return_exceptions
+        self._lock = threading.Lock()
         if n == 0:
             self._finish(True, [])
 
@@ -114,25 +115,36 @@ class MapResult(ApplyResult):
             self._values = [None] * self._n
         return self._values
 
+    # The result thread delivers outcomes, and so does the submitting thread for calls
+    # whose arguments cannot be pickled, possibly at the same time: the count-down and
+    # the slots' creation must not interleave.
     def _put_many(self, first: int, values: List[Any]) -> None:
-        self._slots()[first:first + len(values)] = values
-        self._count_down(len(values))
+        with self._lock:
+            self._slots()[first:first + len(values)] = values
+            done = self._count_down(len(values))
+        self._finish_if(done)
 
     def _put(self, index: int, ok: bool, value: Any) -> None:
-        if ok or self._return_exceptions:
-            self._slots()[index] = value
-        elif self._first_error is None:
-            self._first_error = value
-        self._count_down(1)
+        with self._lock:
+            if ok or self._return_exceptions:
+                self._slots()[index] = value
+            elif self._first_error is None:
+                self._first_error = value
+            done = self._count_down(1)
+        self._finish_if(done)
 
-    def _count_down(self, n: int) -> None:
+    def _count_down(self, n: int) -> bool:
         self._left -= n
-        if self._left == 0:
-            if self._first_error is None:
-                self._finish(True, self._slots())
-            else:
-                self._values = []
-                self._finish(False, self._first_error)
+        return self._left == 0
+
+    def _finish_if(self, done: bool) -> None:
+        if not done:
+            return
+        if self._first_error is None:
+            self._finish(True, self._slots())
+        else:
+            self._values = []
+            self._finish(False, self._first_error)
 
 
 class IMapIterator:
