@@ -210,8 +210,10 @@ class ProcessPoolExecutor(Executor):
     ``future.cancel()`` keeps the stdlib meaning (False once a worker has the call). To
     stop a call that is running, use :meth:`stop` or a time limit.
 
-    Workers are fresh interpreters started by exec (``mp_context`` is accepted for
-    compatibility and ignored); functions defined in ``__main__`` travel by value.
+    Workers are forked from a fork server, an idle worker interpreter started by exec
+    with the executor (no thread of this process is ever forked), as :class:`hangfree.Pool`
+    describes; ``mp_context`` is accepted for compatibility and ignored. Functions
+    defined in ``__main__`` travel by value.
     """
 
     def __init__(
