@@ -174,9 +174,13 @@ def test_pool_used_in_forked_child_raises_clear_error():
 # ----- Ctrl-C (a real SIGINT to a child interpreter) ------------------------------------
 
 CTRL_C_SCRIPT = """
-    import json, os, sys, time
+    import json, os, signal, sys, time
     import hangfree
     import helpers, tasks
+
+    # As in a terminal, even when the test runner was started with SIGINT ignored (a
+    # background job of a non-interactive shell is), which this interpreter inherits.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     mode, d = sys.argv[1], sys.argv[2]
     stubborn = mode.endswith("-stubborn")
