@@ -107,21 +107,27 @@ def dumps_result(value: Any) -> Payload:
     return dumps_payload(_wrap(value))
 
 
-def loads(data: bytes) -> Any:
-    """Unpickles what ``dumps`` made. Buffers that were writable come back writable
-    (a copy); read-only ones are views of ``data``."""
-    if not data or data[0] != _OOB:
+def loads(data: Payload) -> Any:
+    """Unpickles what ``dumps`` made: one bytes object, or its parts as the engine splits
+    a large value (head and stream, then each buffer as a bytes object of its own, which
+    is then used as it is). Buffers that were writable come back writable (a copy);
+    read-only ones are views of ``data``."""
+    if type(data) is list:
+        head, parts = data[0], data[1:]
+    elif not data or data[0] != _OOB:
         return pickle.loads(data)
-    count, stream_len = struct.unpack_from("<IQ", data, 1)
-    sizes = struct.unpack_from(f"<{count}Q", data, 13)
-    view = memoryview(data)
+    else:
+        head, parts = data, None
+    count, stream_len = struct.unpack_from("<IQ", head, 1)
+    sizes = struct.unpack_from(f"<{count}Q", head, 13)
+    view = memoryview(head)
     at = 13 + 8 * count
     stream = view[at : at + stream_len]
     at += stream_len
     buffers: List[Any] = []
-    for size in sizes:
+    for k, size in enumerate(sizes):
         n = size & ~_WRITABLE
-        part = view[at : at + n]
+        part = parts[k] if parts is not None else view[at : at + n]
         buffers.append(bytearray(part) if size & _WRITABLE else part)
         at += n
     return pickle.loads(stream, buffers=buffers)

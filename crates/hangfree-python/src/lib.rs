@@ -513,7 +513,7 @@ fn kind_and_data<'py>(py: Python<'py>, key: u64, outcome: Outcome) -> PyResult<B
 
 fn outcome_tuple<'py>(py: Python<'py>, done: Done) -> PyResult<Bound<'py, PyAny>> {
     let (kind, data): (&str, Bound<'py, PyAny>) = match done.outcome {
-        Outcome::Value(v) => ("value", PyBytes::new(py, &v).into_any()),
+        Outcome::Value(v) => ("value", value_data(py, &v)?),
         Outcome::Raised(v) => ("raised", PyBytes::new(py, &v).into_any()),
         Outcome::Failed(e) => {
             let d = PyDict::new(py);
@@ -562,6 +562,48 @@ fn outcome_tuple<'py>(py: Python<'py>, done: Done) -> PyResult<Bound<'py, PyAny>
         }
     };
     (done.key, done.index, kind, data).into_pyobject(py).map(|t| t.into_any())
+}
+
+/// A value's payload as `hangfree._pickling.loads` takes it: one `bytes`, or, for a large
+/// payload with out-of-band buffers, a list of `bytes`: the head and pickle stream, then
+/// each buffer. A large `bytes` result is then copied once, here, and the unpickler takes
+/// that very object (copying it out of one joined `bytes` would be a second copy).
+fn value_data<'py>(py: Python<'py>, v: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    match oob_parts(v) {
+        Some(parts) => Ok(pyo3::types::PyList::new(py, parts.into_iter().map(|r| PyBytes::new(py, &v[r])))?.into_any()),
+        None => Ok(PyBytes::new(py, v).into_any()),
+    }
+}
+
+/// Below this a payload is not worth splitting (`_pickling.OOB_MIN`, the smallest buffer
+/// sent out of band).
+const SPLIT_MIN: usize = 64 * 1024;
+
+/// Where the parts of an out-of-band payload are, in `hangfree._pickling`'s layout
+/// (PROTOCOL.md): `0x01`, a u32 buffer count, a u64 stream length, a u64 length per
+/// buffer (top bit: writable), the stream, the buffers. `None` for anything else, or a
+/// layout whose lengths do not add up (then `loads` gets the bytes and says what is wrong).
+fn oob_parts(v: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
+    if v.len() < SPLIT_MIN || v[0] != 0x01 {
+        return None;
+    }
+    let u64_at = |at: usize| Some(u64::from_le_bytes(v.get(at..at + 8)?.try_into().ok()?));
+    let count = u32::from_le_bytes(v.get(1..5)?.try_into().ok()?) as usize;
+    let stream_len = usize::try_from(u64_at(5)?).ok()?;
+    let mut at = 13usize.checked_add(count.checked_mul(8)?)?.checked_add(stream_len)?;
+    // Checked before anything is allocated for `count`, which comes from the payload.
+    if at > v.len() {
+        return None;
+    }
+    let mut parts = Vec::with_capacity(count + 1);
+    parts.push(0..at);
+    for i in 0..count {
+        let n = usize::try_from(u64_at(13 + 8 * i)? & !(1 << 63)).ok()?;
+        let end = at.checked_add(n)?;
+        parts.push(at..end);
+        at = end;
+    }
+    (at == v.len()).then_some(parts)
 }
 
 /// A payload given as bytes or as a list (or tuple) of bytes, as its parts.
