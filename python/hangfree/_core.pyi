@@ -45,6 +45,7 @@ class Engine:
         events: bool = False,
         prefetch_below: Optional[float] = None,
         cgroup: bool = False,
+        fork_server: bool = False,
     ) -> None: ...
     def submit(
         self,

@@ -212,7 +212,7 @@ class ProcessPoolExecutor(Executor):
 
     Workers are forked from a fork server, an idle worker interpreter started by exec
     with the executor (no thread of this process is ever forked), as :class:`hangfree.Pool`
-    describes; ``mp_context`` is accepted for compatibility and ignored. Functions
+    describes (``fork_server=False`` starts each by exec); ``mp_context`` is accepted for compatibility and ignored. Functions
     defined in ``__main__`` travel by value.
     """
 
@@ -229,6 +229,7 @@ class ProcessPoolExecutor(Executor):
         max_memory: Union[int, str, None] = None,
         retries: int = 0,
         cgroup: bool = False,
+        fork_server: bool = True,
         startup_timeout: float = 60.0,
         max_startup_failures: int = 3,
     ):
@@ -257,6 +258,7 @@ class ProcessPoolExecutor(Executor):
             max_memory=max_memory,
             retries=retries,
             cgroup=cgroup,
+            fork_server=fork_server,
         )
         self._lock = threading.Lock()
         self._shutdown = False

@@ -317,8 +317,10 @@ class Pool:
     when the pool is made, so a worker (and a replacement after a crash) is up in about a
     millisecond, and no thread of this process is ever forked. Workers see the
     environment variables of the pool's creation; ``sys.path`` and the working directory
-    are sent to each. In cgroup mode, or if the server fails, workers are started by
-    exec. ``context`` is accepted for compatibility and ignored. Functions defined in
+    are sent to each. With ``fork_server=False``, in cgroup mode, or if the server fails,
+    workers are started by exec (each a fresh interpreter, ~25 ms or more to start, seeing
+    the environment of its own start). ``context`` is accepted for compatibility and
+    ignored. Functions defined in
     ``__main__`` travel by value, so scripts without an ``if __name__ == "__main__":``
     guard work.
     """
@@ -336,6 +338,7 @@ class Pool:
         max_memory: Union[int, str, None] = None,
         retries: int = 0,
         cgroup: bool = False,
+        fork_server: bool = True,
         startup_timeout: float = 60.0,
         max_startup_failures: int = 3,
     ):
@@ -361,6 +364,7 @@ class Pool:
             max_memory=max_memory,
             retries=retries,
             cgroup=cgroup,
+            fork_server=fork_server,
         )
         self._state = "RUN"
 

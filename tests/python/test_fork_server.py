@@ -102,3 +102,15 @@ def test_a_killed_fork_server_is_reported_and_workers_start_by_exec(caplog):
         wait_for(lambda: any("fork server failed" in r.getMessage() for r in caplog.records), 10,
                  "a warning about the fork server")
         wait_for(lambda: not helpers.zombie(server), 5, "the dead server to be reaped")
+
+
+def test_fork_server_false_starts_every_worker_by_exec():
+    with hangfree.Pool(2, fork_server=False) as p:
+        results = p.map(ft.origin, range(4), chunksize=1)
+        assert not fork_servers()
+        for pid, ppid, _ in results:
+            assert ppid == os.getpid() and not was_forked(pid)
+    with hangfree.ProcessPoolExecutor(1, fork_server=False) as ex:
+        pid, ppid, _ = ex.submit(ft.origin).result(timeout=30)
+        assert ppid == os.getpid() and not was_forked(pid)
+        assert not fork_servers()
