@@ -167,19 +167,9 @@ fn events_report_deaths_timeouts_and_each_escalation_step() {
 
 #[test]
 fn workers_and_their_children_die_with_a_sigkilled_parent() {
-    use std::io::BufRead;
     wd(|| {
         let tag = new_tag("orphans");
-        let mut parent = std::process::Command::new(BIN)
-            .arg("--pool-parent")
-            .env("HF_TEST_TAG", &tag)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(parent.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let pids: Vec<i32> = line.split_whitespace().map(|p| p.parse().unwrap()).collect();
-        assert_eq!(pids.len(), 2, "{line:?}");
+        let (mut parent, pids) = pool_parent(&tag, false);
         let t0 = Instant::now();
         parent.kill().unwrap();
         parent.wait().unwrap();

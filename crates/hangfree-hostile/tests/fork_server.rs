@@ -9,14 +9,10 @@
 mod common;
 
 use common::*;
-use std::io::BufRead;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hangfree::{EventKind, ExitStatus, LossCause, Outcome, Pool, TaskError};
-
-const BIN: &str = env!("CARGO_BIN_EXE_hangfree-hostile");
-const LONG: Duration = Duration::from_secs(20);
 
 /// The events a pool reported: kind and pid.
 type Seen = Arc<Mutex<Vec<(EventKind, Option<i32>)>>>;
@@ -35,7 +31,7 @@ fn forking_pool(tag: &str, n: usize) -> (Pool, Seen) {
     (pool, events)
 }
 
-fn servers(events: &Mutex<Vec<(EventKind, Option<i32>)>>) -> Vec<i32> {
+fn servers(events: &Seen) -> Vec<i32> {
     events.lock().unwrap().iter().filter(|(k, _)| *k == EventKind::ForkServerStarted).filter_map(|(_, p)| *p).collect()
 }
 
@@ -166,17 +162,7 @@ fn terminate_with_forked_stubborn_workers_and_grandchildren_is_bounded() {
 fn fork_server_and_forked_workers_die_with_the_pools_process() {
     wd(|| {
         let tag = new_tag("fs-orphans");
-        let mut parent = std::process::Command::new(BIN)
-            .arg("--pool-parent")
-            .env("HF_TEST_TAG", &tag)
-            .env("HF_TEST_FORK_SERVER", "1")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(parent.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let pids: Vec<i32> = line.split_whitespace().map(|p| p.parse().unwrap()).collect();
-        assert_eq!(pids.len(), 2, "{line:?}");
+        let (mut parent, pids) = pool_parent(&tag, true);
         assert!(was_forked(pids[0]), "the pool parent's worker {} was not forked", pids[0]);
         let server: Vec<i32> = tagged(&tag).into_iter().filter(is_fork_server).map(|p| p.pid).collect();
         assert_eq!(server.len(), 1, "{:?}", tagged(&tag));

@@ -21,16 +21,14 @@ use std::io::{self, IoSlice, IoSliceMut, Read};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
 };
-use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
+use rustix::process::{PidfdFlags, Signal, WaitId, WaitIdOptions};
 
-use crate::process::{self, ENV_MAX_FRAME, ENV_PARENT_PID, Spawned, WorkerCommand};
+use crate::process::{self, Spawned, WorkerCommand};
 
 /// Environment variable set (to `1`) when the pool starts its worker command as a fork
 /// server instead of as a worker. The server removes it from its own environment first,
@@ -81,27 +79,8 @@ impl ForkServer {
     /// the control socket on its standard input and the pool's stderr as its own. Returns
     /// at once; the first [`ForkServer::fork`] waits for the server to be up.
     pub(crate) fn start(cmd: &WorkerCommand, max_frame: u32) -> io::Result<ForkServer> {
-        let (ours, theirs) = UnixStream::pair()?;
-        let mut c = Command::new(cmd.program());
-        cmd.configure(&mut c);
-        c.env(ENV_PARENT_PID, std::process::id().to_string())
-            .env(ENV_MAX_FRAME, max_frame.to_string())
-            .env(ENV_FORK_SERVER, "1")
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .process_group(0);
-        let child = c.spawn().map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot start the fork server `{}`: {e}", cmd.program().display()))
-        })?;
-        let pid = child.id() as i32;
-        // Dropped without waiting: the pidfd owns the exit from here on.
-        drop(child);
-        let pidfd = rustix::process::pidfd_open(to_pid(pid), PidfdFlags::empty()).map_err(|e| {
-            let _ = rustix::process::kill_process_group(to_pid(pid), Signal::KILL);
-            io::Error::other(format!("pidfd_open({pid}) of the fork server failed: {e}"))
-        })?;
-        Ok(ForkServer { pid, pidfd, control: ours, answered: false })
+        let (pid, pidfd, control, _) = process::launch(cmd, max_frame, Some((ENV_FORK_SERVER, "1")))?;
+        Ok(ForkServer { pid, pidfd, control, answered: false })
     }
 
     /// The server's pid.
@@ -121,7 +100,7 @@ impl ForkServer {
         let limit = if self.answered { LATER_REPLY } else { FIRST_REPLY };
         let pid = self.read_reply(limit)?;
         self.answered = true;
-        let p = to_pid(pid);
+        let p = process::to_pid(pid);
         // The worker does the same first thing; doing it here too means the group exists
         // before this returns, whichever of us runs first, so a group signal cannot miss.
         let _ = rustix::process::setpgid(Some(p), Some(p));
@@ -187,21 +166,7 @@ impl ForkServer {
     /// its workers lead groups of their own), then reaps it, waiting at most `limit`.
     /// Returns false if it could not be reaped in time (it is then abandoned).
     pub(crate) fn stop(self, limit: Duration) -> bool {
-        process::signal_group(self.pid, Signal::KILL);
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            if process::peek_exit(&self.pidfd).is_some() {
-                process::sweep_and_reap(self.pid, &self.pidfd);
-                return true;
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            let ts = rustix::time::Timespec { tv_sec: 0, tv_nsec: left.as_nanos().min(10_000_000) as i64 };
-            let mut fds = [rustix::event::PollFd::new(&self.pidfd, rustix::event::PollFlags::IN)];
-            let _ = rustix::event::poll(&mut fds, Some(&ts));
-        }
+        process::kill_and_reap(self.pid, &self.pidfd, limit)
     }
 }
 
@@ -224,10 +189,6 @@ fn send_request(control: &UnixStream, channel: &UnixStream, stderr: &OwnedFd) ->
     Ok(())
 }
 
-fn to_pid(pid: i32) -> Pid {
-    Pid::from_raw(pid).expect("child pids are positive")
-}
-
 // ----- the server's side --------------------------------------------------------------
 
 /// The fork server's process name (`comm`), as `ps` and `/proc/PID/stat` show it.
@@ -238,18 +199,13 @@ pub fn requested() -> bool {
     std::env::var_os(ENV_FORK_SERVER).is_some_and(|v| v == "1")
 }
 
-/// What a forked worker gets: its channel, already moved off the control socket.
-pub(crate) struct Forked {
-    pub channel: OwnedFd,
-}
-
 /// Serves fork requests on `control` until the pool closes it, then exits the process.
 /// Returns only in a newly forked worker, with that worker's channel; the worker then
 /// leads its own process group, has its stderr on fd 2 and `/dev/null` on fd 0, and no
 /// descriptor of the server's.
 ///
 /// The server must be single-threaded: the fork copies only the calling thread.
-pub(crate) fn serve(control: OwnedFd, hooks: &mut dyn ForkHooks) -> io::Result<Forked> {
+pub(crate) fn serve(control: OwnedFd, hooks: &mut dyn ForkHooks) -> io::Result<OwnedFd> {
     let clone = CloneSetup::read()?;
     // Named apart from its workers in `ps` and /proc (the workers take the name back).
     let own_name = rustix::thread::name().ok();
@@ -299,7 +255,7 @@ pub(crate) fn serve(control: OwnedFd, hooks: &mut dyn ForkHooks) -> io::Result<F
                 drop(control);
                 rustix::stdio::dup2_stderr(&stderr)?;
                 drop(stderr);
-                return Ok(Forked { channel });
+                return Ok(channel);
             }
             Ok(pid) => {
                 hooks.after_in_parent();

@@ -12,6 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
@@ -98,6 +99,22 @@ pub(crate) struct Spawned {
 /// posix_spawn path: the host (which has threads) is never forked into running code. The
 /// channel is the child's stdin; the worker moves it off fd 0 before running any task.
 pub(crate) fn spawn(cmd: &WorkerCommand, max_frame: u32) -> io::Result<Spawned> {
+    let (pid, pidfd, channel, stderr) = launch(cmd, max_frame, None)?;
+    let stderr = stderr.expect("a worker's stderr is piped");
+    channel.set_nonblocking(true)?;
+    set_nonblocking(&stderr)?;
+    Ok(Spawned { pid, pidfd, channel, stderr })
+}
+
+/// Starts `cmd` by exec in a process group of its own, its channel on stdin: as a worker
+/// (stderr piped to us, returned) or, with `fork_server_env` set, as a fork server with
+/// that variable added and our stderr as its own. Returns the pid, a pidfd, and our end of
+/// the channel, still blocking.
+pub(crate) fn launch(
+    cmd: &WorkerCommand,
+    max_frame: u32,
+    fork_server_env: Option<(&str, &str)>,
+) -> io::Result<(i32, OwnedFd, UnixStream, Option<OwnedFd>)> {
     let (ours, theirs) = UnixStream::pair()?;
     let mut c = Command::new(&cmd.program);
     cmd.configure(&mut c);
@@ -105,12 +122,22 @@ pub(crate) fn spawn(cmd: &WorkerCommand, max_frame: u32) -> io::Result<Spawned> 
         .env(ENV_MAX_FRAME, max_frame.to_string())
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::inherit())
-        .stderr(Stdio::piped())
         .process_group(0);
-    let mut child =
-        c.spawn().map_err(|e| io::Error::new(e.kind(), format!("cannot start `{}`: {e}", cmd.program.display())))?;
+    let what = match fork_server_env {
+        Some((k, v)) => {
+            c.env(k, v).stderr(Stdio::inherit());
+            "the fork server "
+        }
+        None => {
+            c.stderr(Stdio::piped());
+            ""
+        }
+    };
+    let mut child = c
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start {what}`{}`: {e}", cmd.program.display())))?;
     let pid = child.id() as i32;
-    let stderr: OwnedFd = child.stderr.take().expect("stderr was piped").into();
+    let stderr: Option<OwnedFd> = child.stderr.take().map(Into::into);
     // `child` is dropped without waiting: the pidfd owns the exit from here on.
     drop(child);
     let pidfd = match rustix::process::pidfd_open(to_pid(pid), PidfdFlags::empty()) {
@@ -119,12 +146,10 @@ pub(crate) fn spawn(cmd: &WorkerCommand, max_frame: u32) -> io::Result<Spawned> 
             // Only possible if the kernel already reaped it (SIGCHLD ignored by the host)
             // and the pid is gone; nothing of ours is left to supervise.
             let _ = rustix::process::kill_process_group(to_pid(pid), Signal::KILL);
-            return Err(io::Error::other(format!("pidfd_open({pid}) failed: {e}")));
+            return Err(io::Error::other(format!("pidfd_open({pid}) of {what}failed: {e}")));
         }
     };
-    ours.set_nonblocking(true)?;
-    set_nonblocking(&stderr)?;
-    Ok(Spawned { pid, pidfd, channel: ours, stderr })
+    Ok((pid, pidfd, ours, stderr))
 }
 
 pub(crate) fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
@@ -133,7 +158,7 @@ pub(crate) fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
     Ok(())
 }
 
-fn to_pid(pid: i32) -> Pid {
+pub(crate) fn to_pid(pid: i32) -> Pid {
     Pid::from_raw(pid).expect("child pids are positive")
 }
 
@@ -178,6 +203,27 @@ pub(crate) fn peek_exit(pidfd: &OwnedFd) -> Option<ExitStatus> {
 pub(crate) fn sweep_and_reap(pid: i32, pidfd: &OwnedFd) {
     signal_group(pid, Signal::KILL);
     let _ = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG);
+}
+
+/// SIGKILLs a child's process group, waits up to `limit` for the child to exit (on its
+/// pidfd), then sweeps and reaps it. Returns false if it had not exited by then: it is
+/// left unreaped, never waited for longer.
+pub(crate) fn kill_and_reap(pid: i32, pidfd: &OwnedFd, limit: Duration) -> bool {
+    signal_group(pid, Signal::KILL);
+    let deadline = Instant::now() + limit;
+    loop {
+        if peek_exit(pidfd).is_some() {
+            sweep_and_reap(pid, pidfd);
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let ts = rustix::time::Timespec { tv_sec: 0, tv_nsec: left.as_nanos().min(10_000_000) as i64 };
+        let mut fds = [rustix::event::PollFd::new(pidfd, rustix::event::PollFlags::IN)];
+        let _ = rustix::event::poll(&mut fds, Some(&ts));
+    }
 }
 
 #[cfg(test)]

@@ -57,10 +57,10 @@ impl WorkerChannel {
         // environment concurrently. Removed so that neither the workers nor what they
         // start take themselves for a fork server.
         unsafe { std::env::remove_var(fork_server::ENV_FORK_SERVER) };
-        let forked = fork_server::serve(chan, hooks)?;
+        let channel = fork_server::serve(chan, hooks)?;
         // The fork cleared the parent-death signal; the new worker asks again.
         set_parent_death_signal()?;
-        Self::from_fd(forked.channel)
+        Self::from_fd(channel)
     }
 
     /// Wraps an already-prepared channel descriptor.

@@ -57,6 +57,26 @@ pub fn builder(tag: &str) -> PoolBuilder {
         .fork_server(std::env::var_os("HF_TEST_FORK_SERVER").is_some_and(|v| v == "1"))
 }
 
+/// Starts `hangfree-hostile --pool-parent` tagged `tag`: a process running a one-worker
+/// pool (forked by a fork server when `fork_server` is true or `HF_TEST_FORK_SERVER=1` is
+/// in this test's environment), and reads the pids it prints: its worker, then that
+/// worker's grandchild.
+#[track_caller]
+pub fn pool_parent(tag: &str, fork_server: bool) -> (std::process::Child, Vec<i32>) {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("--pool-parent").env("HF_TEST_TAG", tag).stdout(std::process::Stdio::piped());
+    if fork_server {
+        cmd.env("HF_TEST_FORK_SERVER", "1");
+    }
+    let mut parent = cmd.spawn().expect("start the pool parent");
+    let mut line = String::new();
+    std::io::BufReader::new(parent.stdout.take().expect("piped")).read_line(&mut line).expect("its pids");
+    let pids: Vec<i32> = line.split_whitespace().map(|p| p.parse().expect("a pid")).collect();
+    assert_eq!(pids.len(), 2, "{line:?}");
+    (parent, pids)
+}
+
 #[track_caller]
 pub fn wait(h: &TaskHandle) -> Outcome {
     h.wait_timeout(LONG).unwrap_or_else(|| panic!("task {} has no outcome after {LONG:?}", h.id()))

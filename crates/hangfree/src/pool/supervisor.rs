@@ -858,15 +858,8 @@ impl Supervisor {
                 epoll::add(ep, fd, epoll::EventData::new_u64(token(slot, generation, kind)), epoll::EventFlags::IN)
             });
         if let Err(e) = regs {
-            process::signal_group(s.pid, Signal::KILL);
             // Bounded: SIGKILL lands within milliseconds; a stuck one is left as a zombie.
-            for _ in 0..200 {
-                if process::peek_exit(&s.pidfd).is_some() {
-                    process::sweep_and_reap(s.pid, &s.pidfd);
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            process::kill_and_reap(s.pid, &s.pidfd, Duration::from_secs(1));
             return Err(e.into());
         }
         let ready_by = now + self.cfg.startup_timeout;
