@@ -26,6 +26,14 @@
 //! | `!die-once PATH`        | exits 1 if PATH does not exist (creating it), else answers `survived` |
 //! | `!kill-self`            | sends itself SIGKILL                                         |
 //! | `!daemon`               | starts a grandchild that calls setsid (leaving the group), answers its pid |
+//! | `!tty-print TEXT`       | writes TEXT and a newline to stdout (the terminal), answers `printed` |
+//! | `!tty-setattr`          | turns echo off and on again on `/dev/tty`, as `getpass` does, answers `set` |
+//! | `!tty-read`             | reads a byte from `/dev/tty`, answers `read: ` and the error  |
+//! | `!tty-child`            | runs a child that writes `child says hello` to stdout, answers its exit status |
+//! | `!tty-stopped-child`    | starts a child that restores SIGTTOU's default and writes to stdout (stopped with `tostop`), answers its pid |
+//!
+//! `hangfree-hostile --tty-parent` runs a pool on the terminal it is given as stdin (see
+//! [`tty_parent`]), for the job-control tests.
 //!
 //! The `Init` payload may be empty (ready at once), `fail TEXT` (sends `InitFailed`),
 //! `exit N` (exits before ready), `hang` (never ready) or `sleep MS` (slow start).
@@ -41,6 +49,17 @@ use hangfree::worker::WorkerChannel;
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("--pool-parent") {
         pool_parent();
+    }
+    if std::env::args().nth(1).as_deref() == Some("--tty-parent") {
+        tty_parent();
+    }
+    if std::env::args().nth(1).as_deref() == Some("--tty-child") {
+        if std::env::args().nth(2).as_deref() == Some("default") {
+            // SAFETY: restoring a default disposition runs no code of ours.
+            unsafe { libc::signal(libc::SIGTTOU, libc::SIG_DFL) };
+        }
+        let wrote = std::io::stdout().write_all(b"child says hello\n");
+        std::process::exit(if wrote.is_ok() { 0 } else { 1 });
     }
     if std::env::args().nth(1).as_deref() == Some("--daemon") {
         // Leaves the worker's session and process group, as a daemon does.
@@ -216,6 +235,32 @@ fn run(ch: &mut WorkerChannel, id: u64, payload: &[u8]) {
                 .expect("spawn daemon");
             send(ch, Kind::Value, id, child.id().to_string().as_bytes());
         }
+        "tty-print" => match std::io::stdout().write_all(format!("{arg}\n").as_bytes()) {
+            Ok(()) => send(ch, Kind::Value, id, b"printed"),
+            Err(e) => send(ch, Kind::Raised, id, format!("write to stdout: {e}").as_bytes()),
+        },
+        "tty-setattr" => match toggle_echo() {
+            Ok(()) => send(ch, Kind::Value, id, b"set"),
+            Err(e) => send(ch, Kind::Raised, id, format!("tcsetattr on /dev/tty: {e}").as_bytes()),
+        },
+        "tty-read" => {
+            let mut byte = [0u8; 1];
+            let got = std::fs::File::open("/dev/tty").and_then(|mut t| std::io::Read::read(&mut t, &mut byte));
+            send(ch, Kind::Value, id, format!("read: {got:?}").as_bytes());
+        }
+        "tty-child" => {
+            let st = Command::new(std::env::current_exe().expect("own path")).arg("--tty-child").status();
+            send(ch, Kind::Value, id, format!("exit {:?}", st.map(|s| s.code())).as_bytes());
+        }
+        "tty-stopped-child" => {
+            // Never waited for on purpose: it stops, and the group kill must end it.
+            #[allow(clippy::zombie_processes)]
+            let child = Command::new(std::env::current_exe().expect("own path"))
+                .args(["--tty-child", "default"])
+                .spawn()
+                .expect("spawn tty child");
+            send(ch, Kind::Value, id, child.id().to_string().as_bytes());
+        }
         "kill-self" => {
             let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
             std::thread::sleep(Duration::from_secs(3600));
@@ -242,6 +287,95 @@ fn pool_parent() -> ! {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// Turns echo off on `/dev/tty`, then restores the settings, as `getpass` does.
+fn toggle_echo() -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty")?;
+    let fd = tty.as_raw_fd();
+    // SAFETY: termios is plain data filled by tcgetattr; fd is open for the whole block.
+    unsafe {
+        let mut old: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(fd, &mut old) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut quiet = old;
+        quiet.c_lflag &= !libc::ECHO;
+        if libc::tcsetattr(fd, libc::TCSAFLUSH, &quiet) != 0 || libc::tcsetattr(fd, libc::TCSAFLUSH, &old) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// `--tty-parent`: for the job-control tests. Started with a terminal (a pty's slave) as
+/// its stdin, stdout and stderr, it makes that terminal the controlling terminal of a new
+/// session (so this process is the foreground job and each worker a background one),
+/// runs a two-worker pool (forked by a fork server with `HF_TEST_FORK_SERVER=1`) and
+/// reports on stdout, each line starting with `hf: `:
+///
+/// - `foreground tostop=B`: the terminal is ours, with `tostop` set or not;
+/// - `NAME -> OUTCOME` for the tasks `!tty-print`, `!tty-setattr`, `!tty-read` and
+///   `!tty-child` (each limited to 5 s: a stopped worker times out);
+/// - `stopped PID STATE` for the child of `!tty-stopped-child` once it is stopped (or
+///   after 5 s), then terminates the pool, prints `joined RESULT` and exits.
+fn tty_parent() -> ! {
+    use std::os::fd::AsRawFd;
+    let say = |line: String| {
+        let mut out = std::io::stdout();
+        let _ = out.write_all(format!("hf: {line}\n").as_bytes());
+        let _ = out.flush();
+    };
+    let _ = rustix::process::setsid();
+    let stdin = std::io::stdin();
+    // SAFETY: a plain ioctl on our own stdin.
+    let ctty = unsafe { libc::ioctl(stdin.as_raw_fd(), libc::TIOCSCTTY, 0) };
+    // SAFETY: as above; termios is plain data.
+    let (fg, tostop) = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        libc::tcgetattr(0, &mut t);
+        (ctty == 0 && libc::tcgetpgrp(0) == libc::getpgrp(), t.c_lflag & libc::TOSTOP != 0)
+    };
+    say(format!("{} tostop={tostop}", if fg { "foreground" } else { "NOT-FOREGROUND" }));
+    let me = std::env::current_exe().expect("own path");
+    let forks = std::env::var_os("HF_TEST_FORK_SERVER").is_some_and(|v| v == "1");
+    let pool = hangfree::Pool::builder(hangfree::WorkerCommand::new(me))
+        .workers(2)
+        .fork_server(forks)
+        .task_timeout(Duration::from_secs(5))
+        .grace(Duration::from_millis(300))
+        .build()
+        .expect("pool");
+    let run = |payload: &str| match pool.submit(payload.as_bytes().to_vec()).expect("submit").wait() {
+        hangfree::Outcome::Value(v) => String::from_utf8_lossy(&v).into_owned(),
+        hangfree::Outcome::Raised(v) => format!("raised {}", String::from_utf8_lossy(&v)),
+        hangfree::Outcome::Failed(e) => format!("failed {e}"),
+    };
+    for (name, payload) in [
+        ("print", "!tty-print task says hello"),
+        ("setattr", "!tty-setattr"),
+        ("read", "!tty-read"),
+        ("child", "!tty-child"),
+    ] {
+        say(format!("{name} -> {}", run(payload)));
+    }
+    let pid = run("!tty-stopped-child");
+    let t0 = std::time::Instant::now();
+    let state = loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').next().map(str::to_owned)))
+            .unwrap_or_else(|| "?".into());
+        if state == "T" || t0.elapsed() > Duration::from_secs(5) {
+            break state;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    say(format!("stopped {pid} {state}"));
+    pool.terminate();
+    say(format!("joined {:?}", pool.join(Some(Duration::from_secs(10)))));
+    std::process::exit(0);
 }
 
 /// A channel on /dev/null, to put in place of the real one when closing it.

@@ -28,7 +28,10 @@ impl WorkerChannel {
     /// - asks the kernel for a signal when its parent dies (`PR_SET_PDEATHSIG`), whose
     ///   handler SIGKILLs this worker's whole process group (its children included), then
     ///   checks the parent is still the pool's process, which closes the race where the
-    ///   parent died before the request was made.
+    ///   parent died before the request was made;
+    /// - ignores the terminal's job-control signals SIGTTOU and SIGTTIN (see
+    ///   [`ignore_job_control`]), so a worker, a background job on the caller's terminal,
+    ///   is never stopped by it.
     ///
     /// If the pool started this program as its fork server (see `PROTOCOL.md`), this call
     /// serves the pool's fork requests instead and returns only in each forked worker,
@@ -43,6 +46,9 @@ impl WorkerChannel {
     /// [`WorkerChannel::from_stdin`], with hooks a language runtime runs around each fork
     /// when this process is the pool's fork server.
     pub fn from_stdin_with(hooks: &mut dyn ForkHooks) -> io::Result<WorkerChannel> {
+        // First: until then a write to the terminal could stop this process. A fork
+        // server's workers inherit it through the fork.
+        ignore_job_control()?;
         let stdin = rustix::stdio::stdin();
         let chan: OwnedFd = rustix::io::fcntl_dupfd_cloexec(stdin, 3)?;
         let devnull = File::open("/dev/null")?;
@@ -148,6 +154,40 @@ impl AsFd for WorkerChannel {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.writer.as_fd()
     }
+}
+
+/// Makes this process, and what it starts, immune to the terminal's job control.
+///
+/// A worker leads its own process group, so on the caller's terminal it is a background
+/// job, where a `multiprocessing` worker is in the caller's (foreground) group. The
+/// kernel stops a background process with SIGTTOU when it writes to its terminal while
+/// `stty tostop` is set, or changes the terminal's settings (`tcsetattr`, as `getpass`
+/// does), and with SIGTTIN when it reads from it. Nothing would ever continue it: the
+/// task would hang, or end as timed out "stuck in a native call".
+///
+/// - SIGTTOU is ignored: the kernel then lets the write or the `tcsetattr` go through, as
+///   it does for a `multiprocessing` worker.
+/// - SIGTTIN is ignored too: a read from the terminal then fails at once with `EIO`
+///   (the task gets an error) instead of stopping the worker for good. The terminal's
+///   input stays with the caller, the foreground job (making a worker the foreground job
+///   would send the caller's Ctrl-C to it). A worker's standard input is `/dev/null`, so
+///   this concerns only a task that opens `/dev/tty` and reads it, as `getpass` does: a
+///   `multiprocessing` worker, in the caller's foreground group, would read the keyboard;
+///   here the read is an error, never a hang.
+///
+/// Ignored signals stay ignored across `exec`, so the worker's own children (a shell, a
+/// subprocess) are immune as well. A child that sets them back to the default and is then
+/// stopped is still ended by the group kill: it stays in the worker's group, and SIGKILL
+/// ends a stopped process. Nothing else about signals changes: SIGTERM and SIGKILL to the
+/// group reach every member as before.
+pub fn ignore_job_control() -> io::Result<()> {
+    for sig in [libc::SIGTTOU, libc::SIGTTIN] {
+        // SAFETY: SIG_IGN runs no code of ours; the signals are valid numbers.
+        if unsafe { libc::signal(sig, libc::SIG_IGN) } == libc::SIG_ERR {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Ends this worker and every process in its group (its children) at once, with SIGKILL.
