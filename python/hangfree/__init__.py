@@ -10,6 +10,7 @@ instead.
 from __future__ import annotations
 
 import importlib
+import sys
 
 # Not typing.TYPE_CHECKING: importing typing costs a worker about 9 ms of its start.
 TYPE_CHECKING = False
@@ -17,17 +18,15 @@ if TYPE_CHECKING:
     from typing import Any, List
 
 # The names below are loaded on first use (PEP 562): a worker process, which imports
-# this package to reach hangfree._worker, then starts without the pool machinery and
-# multiprocessing (about 40 ms of imports; workers are started often).
+# this package to reach hangfree._worker, then starts without the pool machinery
+# (about 40 ms of imports; workers are started often).
 _LAZY = {
     "Pool": "hangfree.pool",
     "ApplyResult": "hangfree.pool",
     "AsyncResult": "hangfree.pool",
     "MapResult": "hangfree.pool",
     "IMapIterator": "hangfree.pool",
-    "cpu_count": "hangfree.pool",
     "ProcessPoolExecutor": "hangfree.executor",
-    "TimeoutError": "multiprocessing",
     "HangfreeError": "hangfree._errors",
     "InitializerError": "hangfree._errors",
     "MemoryLimitError": "hangfree._errors",
@@ -36,20 +35,84 @@ _LAZY = {
     "TaskTimeoutError": "hangfree._errors",
     "WorkerLostError": "hangfree._errors",
     "WorkerProtocolError": "hangfree._errors",
+    # concurrent.futures, for programs that import these beside ProcessPoolExecutor.
+    "Executor": "concurrent.futures",
+    "Future": "concurrent.futures",
+    "ThreadPoolExecutor": "concurrent.futures",
+    "as_completed": "concurrent.futures",
+    "wait": "concurrent.futures",
+    "FIRST_COMPLETED": "concurrent.futures",
+    "FIRST_EXCEPTION": "concurrent.futures",
+    "ALL_COMPLETED": "concurrent.futures",
+    "CancelledError": "concurrent.futures",
+    "BrokenExecutor": "concurrent.futures",
+    "InvalidStateError": "concurrent.futures",
+    "BrokenProcessPool": "concurrent.futures.process",
+    "SUBDEBUG": "multiprocessing",
+    "SUBWARNING": "multiprocessing",
 }
+
+# multiprocessing's own names (its __all__): each is the stdlib's, taken from hangfree's
+# default context (see hangfree.context), but for Pool, which is hangfree's.
+_MULTIPROCESSING = frozenset({
+    "Array", "AuthenticationError", "Barrier", "BoundedSemaphore", "BufferTooShort", "Condition", "Event",
+    "JoinableQueue", "Lock", "Manager", "Pipe", "Process", "ProcessError", "Queue", "RLock", "RawArray",
+    "RawValue", "Semaphore", "SimpleQueue", "TimeoutError", "Value", "active_children",
+    "allow_connection_pickling", "cpu_count", "current_process", "freeze_support", "get_all_start_methods",
+    "get_context", "get_logger", "get_start_method", "log_to_stderr", "parent_process", "reducer",
+    "set_executable", "set_forkserver_preload", "set_start_method",
+})
+
+# Submodules of multiprocessing reachable as hangfree.<name> (`from hangfree import
+# shared_memory`, `import hangfree.managers`): the stdlib's modules themselves.
+_STDLIB_SUBMODULES = frozenset({
+    "connection", "dummy", "forkserver", "heap", "managers", "popen_fork", "popen_forkserver",
+    "popen_spawn_posix", "process", "queues", "reduction", "resource_sharer", "resource_tracker",
+    "shared_memory", "sharedctypes", "spawn", "synchronize", "util",
+})
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
-    if module is None:
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+    elif name in _MULTIPROCESSING:
+        from hangfree.context import _default_context
+
+        value = getattr(_default_context, name)
+    elif name in _STDLIB_SUBMODULES:
+        value = importlib.import_module(f"hangfree.{name}")
+    else:
         raise AttributeError(f"module 'hangfree' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> List[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | _MULTIPROCESSING)
+
+
+class _StdlibSubmodules:
+    """Finds ``hangfree.<name>`` for the stdlib's multiprocessing submodules: the module
+    imported is ``multiprocessing.<name>`` itself, so their objects stay the stdlib's."""
+
+    @classmethod
+    def find_spec(cls, fullname: str, path: Any = None, target: Any = None) -> Any:
+        package, _, name = fullname.partition(".")
+        if package != "hangfree" or name not in _STDLIB_SUBMODULES:
+            return None
+        from importlib.machinery import ModuleSpec
+
+        return ModuleSpec(fullname, cls())
+
+    def create_module(self, spec: Any) -> Any:
+        return importlib.import_module(f"multiprocessing.{spec.name.partition('.')[2]}")
+
+    def exec_module(self, module: Any) -> None:
+        pass
+
+
+sys.meta_path.append(_StdlibSubmodules)  # type: ignore[arg-type]
 
 
 if TYPE_CHECKING:
@@ -66,19 +129,16 @@ if TYPE_CHECKING:
         WorkerProtocolError,
     )
     from hangfree.executor import ProcessPoolExecutor
-    from hangfree.pool import ApplyResult, AsyncResult, IMapIterator, MapResult, Pool, cpu_count
+    from hangfree.pool import ApplyResult, AsyncResult, IMapIterator, MapResult, Pool
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Pool",
     "ProcessPoolExecutor",
     "ApplyResult",
     "AsyncResult",
     "MapResult",
     "IMapIterator",
-    "TimeoutError",
-    "cpu_count",
     "HangfreeError",
     "WorkerLostError",
     "WorkerProtocolError",
@@ -87,4 +147,5 @@ __all__ = [
     "InitializerError",
     "TaskCancelledError",
     "PoolTerminatedError",
+    *sorted(_MULTIPROCESSING | {"Pool"}),
 ]

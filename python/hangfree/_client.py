@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List,
 
 from hangfree import _core
 from hangfree._errors import HangfreeError, failure, initializer_error
-from hangfree._pickling import dumps, dumps_call, dumps_function, dumps_payload, loads
+from hangfree._inherit import dumps_inherited, release
+from hangfree._pickling import (dumps, dumps_call, dumps_function, dumps_payload, loads, made_by_unguarded_main_code,
+                                main_is_imported)
 
 if TYPE_CHECKING:
     from hangfree._pickling import Payload
@@ -74,6 +76,47 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def preparation() -> Dict[str, Any]:
+    """What a worker needs to start as a child spawned by multiprocessing would, as
+    ``multiprocessing.spawn.get_preparation_data`` gives it, but for the authkey (sent on
+    the worker's channel instead) and without fixing the start method as a side effect."""
+    from multiprocessing import context, process, util
+
+    sys_path = list(sys.path)
+    if "" in sys_path:
+        sys_path[sys_path.index("")] = process.ORIGINAL_DIR
+    data = {"name": "HangfreePoolWorker", "log_to_stderr": util._log_to_stderr, "sys_path": sys_path,
+            "sys_argv": sys.argv, "orig_dir": process.ORIGINAL_DIR, "dir": os.getcwd()}
+    if util._logger is not None:
+        data["log_level"] = util._logger.getEffectiveLevel()
+    method = context._default_context.get_start_method(allow_none=True)
+    if method is not None:
+        data["start_method"] = method
+    main = sys.modules.get("__main__")
+    main_name = getattr(getattr(main, "__spec__", None), "name", None)
+    if not main_is_imported():
+        pass
+    elif main_name is not None:
+        data["init_main_from_name"] = main_name
+    else:
+        main_path = getattr(main, "__file__", None)
+        if main_path is not None:
+            if not os.path.isabs(main_path) and process.ORIGINAL_DIR is not None:
+                main_path = os.path.join(process.ORIGINAL_DIR, main_path)
+            data["init_main_from_path"] = os.path.normpath(main_path)
+    return data
+
+
+def worker_command() -> List[str]:
+    """The worker's command line: this interpreter (or ``set_executable``'s) with this
+    interpreter's flags (-O, -X dev, -W ...), as multiprocessing starts its children."""
+    import json
+    from multiprocessing import spawn, util
+
+    return [os.fsdecode(spawn.get_executable()), *util._args_from_interpreter_flags(), "-c",
+            "import sys; from hangfree._worker import main; sys.exit(main())", json.dumps(preparation())]
 
 
 def as_items(iterable: Iterable[Any]) -> Sequence[Any]:
@@ -155,6 +198,14 @@ class EngineClient:
         cgroup: bool = False,
         fork_server: bool = True,
     ):
+        from multiprocessing.spawn import _check_not_importing_main
+
+        # A worker importing a main script that makes a pool at its top level (no
+        # `if __name__ == "__main__":` guard): multiprocessing's error, not a pool of pools.
+        _check_not_importing_main()
+        # Such a script run as the main program is one that works under fork: its
+        # workers must not import it, and its objects go by value.
+        made_by_unguarded_main_code()
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         if not isinstance(retries, int) or retries < 0:
@@ -176,13 +227,24 @@ class EngineClient:
         self.owner = owner
         self.closed_error = closed_error
         self.grace = float(grace)
-        # The initializer travels pickled inside the payload: the worker unpickles it only
-        # once it has taken our sys.path and cwd, so one defined in a test or script
-        # module can be found there.
-        init_call = dumps((initializer, tuple(initargs))) if initializer is not None else None
-        init = {"sys_path": list(sys.path), "cwd": os.getcwd(), "init_call": init_call}
+        # By-value pickles of functions, for this pool only (see dumps_function).
+        self._functions: "weakref.WeakKeyDictionary[Any, bytes]" = weakref.WeakKeyDictionary()
+        # Descriptors this process serves to the workers for what initargs hold.
+        self._inherited: List[int] = []
+        init_call = None
+        if initializer is not None:
+            init_call = (dumps_function(initializer, self._functions),
+                         dumps_inherited(tuple(initargs), self._inherited))
+        from multiprocessing import process
+
+        init = {
+            # Sent on the worker's private channel, never in its environment or argv.
+            "authkey": bytes(process.current_process().authkey),
+            "init_call": init_call,
+            "catch_exit": owner == "ProcessPoolExecutor",
+        }
         self.engine = _core.Engine(
-            [sys.executable, "-m", "hangfree._worker"],
+            worker_command(),
             workers=workers,
             task_timeout=task_timeout,
             grace=self.grace,
@@ -246,7 +308,7 @@ class EngineClient:
         many calls). ``borrowed``: ``arg_list`` is the caller's own list, which may change
         once this returns."""
         self.check_process()
-        fn_bytes = dumps_function(fn)
+        fn_bytes = dumps_function(fn, self._functions)
         kw = kwargs or {}
         calls = _Calls(fn_bytes, arg_list, kw, star, lambda i: label(fn, calls.args(i), kw))
         try:
@@ -312,7 +374,7 @@ class EngineClient:
         kw = kwargs or {}
         label_of = lambda _: label(fn, args, kw)  # noqa: E731
         try:
-            payload = dumps_call(dumps_function(fn), args, kw)
+            payload = dumps_call(dumps_function(fn, self._functions), args, kw)
         except Exception as e:
             err = HangfreeError(f"{label_of(0)}: its arguments cannot be pickled: {type(e).__name__}: {e}")
             err.__cause__ = e
@@ -458,6 +520,7 @@ class EngineClient:
                         extra={"hangfree_event": kind, "pid": pid, "task_id": task_id})
             self._settle(outcomes)
             if not outcomes and not self._jobs and engine.is_finished():
+                release(self._inherited)
                 return
 
     def _settle(self, outcomes: List[Tuple[int, int, str, Any]]) -> None:
@@ -545,6 +608,8 @@ class EngineClient:
 
     def stop_thread(self) -> None:
         self._stopping = True
+        if self.engine.is_finished():
+            release(self._inherited)
         if threading.current_thread() is not self._thread:
             self._thread.join(1.0)
 

@@ -113,7 +113,9 @@ def initializer_error(details: dict) -> InitializerError:
         try:
             info = loads(payload)
             tb = info.get("traceback", "")
-            message = f"the pool's initializer raised {info.get('summary', '')}".rstrip()
+            during = info.get("during")
+            cause = f"workers cannot start: {during}" if during else "the pool's initializer"
+            message = f"{cause} raised {info.get('summary', '')}".rstrip()
         except Exception:  # a worker that sent garbage still gets a clear error
             pass
     if tb:

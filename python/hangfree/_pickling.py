@@ -1,17 +1,19 @@
 """Pickling for the trip between the caller and its workers.
 
-Workers are fresh interpreters, so anything defined in the caller's ``__main__`` (the
-functions of a script, its lambdas and classes) cannot be found there by reference: it
-travels by value with cloudpickle. Everything else uses the standard pickle, which is
-much faster.
+Workers import the caller's main script as ``__mp_main__``, as children spawned by
+multiprocessing do, so its functions and classes travel by reference, as everything else
+does. What has no name a worker can import travels by value with cloudpickle: lambdas,
+nested functions, functions defined under ``if __name__ == "__main__":``, and anything of
+a ``__main__`` that workers do not import (``python -c``, standard input, an interactive
+session, a notebook).
 """
 
 from __future__ import annotations
 
 import pickle
 import struct
+import sys
 import types
-import weakref
 # Annotations only (strings here); importing typing would cost every worker start ~9 ms.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -19,6 +21,10 @@ if TYPE_CHECKING:
 
     # What the engine sends: one bytes object, or parts sent end to end.
     Payload = Union[bytes, List[bytes]]
+    from typing import FrozenSet, MutableMapping, Optional, Tuple
+
+    # Per script: the names it binds when imported, and the line ranges of its main guards.
+    MainFacts = Tuple[FrozenSet[str], List[Tuple[int, int]]]
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -68,8 +74,9 @@ def dumps_payload(obj: Any) -> Payload:
         buffers.clear()
         data = _dumps_by_value(obj, buffers)
     else:
-        # A reference to __main__ would not resolve in the worker: send such objects by value.
-        if b"__main__" in data:
+        # A reference to a __main__ that the other side does not import would not
+        # resolve there: send such objects by value.
+        if b"__main__" in data and not main_is_imported():
             buffers.clear()
             data = _dumps_by_value(obj, buffers)
     if not buffers:
@@ -133,22 +140,133 @@ def loads(data: Payload) -> Any:
     return pickle.loads(stream, buffers=buffers)
 
 
-# Functions pickled by value, by function. Workers never see the caller's globals change
-# after they started (as with multiprocessing's fork and spawn alike), so a function
-# without a closure may be pickled once; a closure's cells can change between calls.
-_by_value: "weakref.WeakKeyDictionary[Any, bytes]" = weakref.WeakKeyDictionary()
+# Set once a pool is made by the main script's own top-level code, outside an
+# `if __name__ == "__main__":` guard: workers must not import such a script (it would make
+# pools of its own), so its objects travel by value, as they had to before.
+_main_not_imported = False
 
 
-def dumps_function(fn: Any) -> bytes:
-    """Pickles a task's function, reusing the by-value pickle of a plain function."""
-    cached = _by_value.get(fn) if isinstance(fn, types.FunctionType) else None
+def main_is_imported() -> bool:
+    """Whether workers import this process's ``__main__`` (as multiprocessing's spawn
+    does: a script run by path, or a module run with ``-m``), so that its objects can be
+    pickled by reference."""
+    if _main_not_imported:
+        return False
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name is not None:
+        return not (name == "__main__" or name.endswith(".__main__"))
+    return getattr(main, "__file__", None) is not None
+
+
+def made_by_unguarded_main_code() -> bool:
+    """Whether the caller runs in the main script's top-level code outside an ``if
+    __name__ == "__main__":`` guard (a script that works under fork, which never imports
+    it again). If so, workers of this process no longer import the script."""
+    global _main_not_imported
+    main = sys.modules.get("__main__")
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "<module>" and frame.f_globals is getattr(main, "__dict__", None):
+            facts = _main_facts()
+            if facts is None or not any(a <= frame.f_lineno <= b for a, b in facts[1]):
+                _main_not_imported = True
+                return True
+            return False
+        frame = frame.f_back
+    return False
+
+
+def dumps_function(fn: Any, cache: "MutableMapping[Any, bytes]") -> bytes:
+    """Pickles a task's function (or an initializer): by reference where a worker can
+    import it, by value otherwise. ``cache`` (one per pool) keeps the pickle of a plain
+    function, so a pool sees the function as it was when the pool first sent it, as a
+    forked worker would; a new pool pickles it anew."""
+    plain = isinstance(fn, types.FunctionType)
+    cached = cache.get(fn) if plain else None
     if cached is not None:
         return cached
-    data = dumps(fn)
-    if isinstance(fn, types.FunctionType) and fn.__closure__ is None:
+    if plain and fn.__module__ == "__main__" and main_is_imported() and not _defined_on_import(fn):
+        data = _dumps_by_value(fn, [])
+    else:
+        data = dumps(fn)
+    if plain and fn.__closure__ is None:
         try:
-            _by_value[fn] = data
+            cache[fn] = data
         except TypeError:
             pass
     return data
 
+
+def _defined_on_import(fn: Any) -> bool:
+    """Whether importing the main script defines ``fn`` under its name: not so for a
+    function defined under ``if __name__ == "__main__":`` (which a forked worker would
+    have, and so must travel by value), nor for nested functions and lambdas."""
+    qualname = fn.__qualname__
+    if "<" in qualname:
+        return False
+    facts = _main_facts()
+    return facts is None or qualname.partition(".")[0] in facts[0]
+
+
+_main_facts_of: "Dict[str, Optional[MainFacts]]" = {}
+
+
+def _main_facts() -> "Optional[MainFacts]":
+    """What the main script's source says (see ``_read_main_facts``), read once per
+    script. None if the source cannot be read."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if path is None:
+        return None
+    if path not in _main_facts_of:
+        _main_facts_of[path] = _read_main_facts(path)
+    return _main_facts_of[path]
+
+
+def _read_main_facts(path: str) -> "Optional[MainFacts]":
+    """The names a script binds when imported (not run as ``__main__``), and the line
+    ranges of its ``if __name__ == "__main__":`` blocks."""
+    import ast
+
+    try:
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    names: set = set()
+    guards: List[Tuple[int, int]] = []
+
+    def is_main_guard(test: Any) -> bool:
+        if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+            return False
+        sides = [test.left, test.comparators[0]]
+        return (any(isinstance(x, ast.Name) and x.id == "__name__" for x in sides)
+                and any(isinstance(x, ast.Constant) and x.value == "__main__" for x in sides))
+
+    def visit(body: List[Any]) -> None:
+        for st in body:
+            if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(st.name)
+            elif isinstance(st, (ast.Import, ast.ImportFrom)):
+                names.update((a.asname or a.name).partition(".")[0] for a in st.names)
+            elif isinstance(st, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = st.targets if isinstance(st, ast.Assign) else [st.target]
+                names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+            elif isinstance(st, ast.If):
+                if is_main_guard(st.test):
+                    guards.append((st.lineno, st.end_lineno or st.lineno))
+                else:
+                    visit(st.body)
+                visit(st.orelse)
+            elif isinstance(st, ast.Try):
+                visit(st.body)
+                for h in st.handlers:
+                    visit(h.body)
+                visit(st.orelse)
+                visit(st.finalbody)
+            elif isinstance(st, (ast.With, ast.AsyncWith, ast.For, ast.AsyncFor, ast.While)):
+                visit(st.body)
+                visit(getattr(st, "orelse", []))
+
+    visit(tree.body)
+    return frozenset(names), guards

@@ -1,8 +1,15 @@
-"""The worker process: ``python -m hangfree._worker``.
+"""The worker process: ``python -c "...; hangfree._worker.main()" PREPARATION``.
 
-It speaks the hangfree protocol (see PROTOCOL.md) through the engine's own Rust code in
-``hangfree._core.WorkerChannel``: receives the Init frame (sys.path, initializer), then
-runs one task at a time and answers each with its value or its exception.
+It starts as a child spawned by multiprocessing would: PREPARATION (JSON, from
+``hangfree._client.preparation``) gives sys.path, sys.argv, the working directory and the
+main script, which is imported as ``__mp_main__`` (``multiprocessing.spawn.prepare``).
+In the pool's fork server that happens once, before any worker is forked, so forked
+workers start with the script and its imports loaded.
+
+It then speaks the hangfree protocol (see PROTOCOL.md) through the engine's own Rust code
+in ``hangfree._core.WorkerChannel``: receives the Init frame (the caller's authkey, the
+initializer), then runs one task at a time and answers each with its value or its
+exception.
 """
 
 from __future__ import annotations
@@ -32,13 +39,15 @@ def _encoding_error(exc: BaseException, value: Any) -> BaseException:
     return MaybeEncodingError(exc, value)
 
 
-def _describe(exc: BaseException, input_error: bool = False) -> bytes:
+def _describe(exc: BaseException, input_error: bool = False, during: Any = None) -> bytes:
     """The Raised payload: the exception itself when it pickles, its text otherwise."""
     import traceback
 
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     summary = f"{type(exc).__name__}: {exc}"
-    extra = {"input_error": True} if input_error else {}
+    extra: Dict[str, Any] = {"input_error": True} if input_error else {}
+    if during:
+        extra["during"] = during
     try:
         return dumps({"exc": exc, "traceback": tb, "summary": summary, **extra})
     except Exception as e:
@@ -48,6 +57,8 @@ def _describe(exc: BaseException, input_error: bool = False) -> bytes:
 
 # The task running now, for the stack-dump handler (0 between tasks).
 _current_task = 0
+# Whether sys.exit() in a call is its outcome (executor) or ends the worker (Pool).
+_catch_exit = False
 
 
 def _answer_stack_request(ch: Any) -> None:
@@ -70,7 +81,37 @@ def _answer_stack_request(ch: Any) -> None:
     signal.signal(signal.SIGUSR1, handler)
 
 
+# What importing the main script raised, if it did: every worker then reports it at Init.
+_prepare_error: Any = None
+
+
+def _prepare(data: Dict[str, Any]) -> None:
+    """Does what a child spawned by multiprocessing does before it runs anything: takes
+    the caller's sys.path, sys.argv and working directory and imports its main script as
+    ``__mp_main__`` (``current_process()._inheriting`` set meanwhile, so a script without
+    an ``if __name__ == "__main__":`` guard that makes a pool gets multiprocessing's error
+    instead of a pool of pools)."""
+    global _prepare_error
+    from multiprocessing import process, spawn
+
+    me = process.current_process()
+    me._inheriting = True
+    try:
+        spawn.prepare(data)
+    except BaseException as e:  # reported as the pool's start-up failure, at Init
+        _prepare_error = e
+    finally:
+        me._inheriting = False
+
+
 def main() -> int:
+    import json
+
+    preparation = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    server = os.environ.get("HANGFREE_FORK_SERVER") == "1"
+    if server:
+        # Once for every worker this server will fork.
+        _prepare(preparation)
     try:
         # In the pool's fork server this returns only in each forked worker.
         ch = _core.WorkerChannel.from_stdin()
@@ -79,6 +120,8 @@ def main() -> int:
         return 70
     # The engine took it out of the C environment; os.environ is a copy made at start.
     os.environ.pop("HANGFREE_FORK_SERVER", None)
+    if not server:
+        _prepare(preparation)
     _answer_stack_request(ch)
     functions: Dict[bytes, Callable[..., Any]] = {}
     while True:
@@ -92,7 +135,11 @@ def main() -> int:
             try:
                 _init(ch, payload)
             except BaseException as e:  # the initializer's failure is the pool's to report
-                ch.send(_core.KIND_INIT_FAILED, 0, _describe(e))
+                during = None
+                if e is _prepare_error:
+                    main = preparation.get("init_main_from_path") or preparation.get("init_main_from_name")
+                    during = f"importing the main script {main} in the worker"
+                ch.send(_core.KIND_INIT_FAILED, 0, _describe(e, during=during))
                 return 1
             ch.send(_core.KIND_READY, 0, b"")
         elif kind == _core.KIND_TASK:
@@ -102,24 +149,32 @@ def main() -> int:
 
 
 def _init(ch: Any, payload: bytes) -> None:
+    global _catch_exit
     if not payload:
         return
     info = loads(payload)
-    sys.path[:] = info.get("sys_path", sys.path)
-    if info.get("cwd"):
-        try:
-            os.chdir(info["cwd"])
-        except OSError:
-            pass
-    # Unpickled only now, with the caller's sys.path and cwd in place.
+    from multiprocessing import process
+
+    me = process.current_process()
+    # Before anything is unpickled: Manager proxies and the descriptors of objects in
+    # initargs are fetched from the caller, which checks this key.
+    me.authkey = info["authkey"]
+    me.name = f"{info.get('name', 'HangfreePoolWorker')}-{os.getpid()}"
+    _catch_exit = info.get("catch_exit", False)
+    if _prepare_error is not None:
+        raise _prepare_error
     init_call = info.get("init_call")
     if init_call is not None:
-        init, initargs = loads(init_call)
+        fn_bytes, args_bytes = init_call
+        init = loads(fn_bytes)
+        # As in a spawned child: objects passed by inheritance (locks, Values, queues,
+        # proxies) are rebuilt while the process counts as inheriting.
+        me._inheriting = True
+        try:
+            initargs = loads(args_bytes)
+        finally:
+            me._inheriting = False
         init(*initargs)
-        return
-    init = info.get("initializer")
-    if init is not None:
-        init(*info.get("initargs", ()))
 
 
 def _task(ch: Any, task_id: int, payload: bytes, functions: Dict[bytes, Callable[..., Any]]) -> None:
@@ -145,10 +200,15 @@ def _task(ch: Any, task_id: int, payload: bytes, functions: Dict[bytes, Callable
         return
     try:
         result = fn(*args, **kwargs)
-    except SystemExit:
-        # sys.exit() in a task ends this worker, as in multiprocessing; the pool reports
-        # it as a lost worker naming the exit code instead of hanging.
-        raise
+    except SystemExit as e:
+        # sys.exit() in a Pool task ends this worker, as in multiprocessing; the pool
+        # reports it as a lost worker naming the exit code instead of hanging. In an
+        # executor's call it is the call's exception, as in concurrent.futures.
+        if not _catch_exit:
+            raise
+        _current_task = 0
+        ch.send(_core.KIND_RAISED, task_id, _describe(e))
+        return
     except BaseException as e:
         _current_task = 0
         ch.send(_core.KIND_RAISED, task_id, _describe(e))
@@ -178,9 +238,9 @@ def _run_chunk(ch: Any, task_id: int, fn: Callable[..., Any], items: list, kwarg
         try:
             values.extend(apply(call, itertools.islice(items, start, None) if start else items))
             break
-        except SystemExit:
-            raise
         except BaseException as e:
+            if isinstance(e, SystemExit) and not _catch_exit:
+                raise
             failures[len(values)] = _describe(e)
             values.append(None)
             start = len(values)

@@ -16,6 +16,14 @@ from hangfree._progress import Progress, ProgressArg
 __all__ = ["Pool", "AsyncResult", "ApplyResult", "MapResult", "IMapIterator", "cpu_count"]
 
 
+def __getattr__(name: str) -> Any:
+    # The rest of multiprocessing.pool (ThreadPool, RemoteTraceback, MaybeEncodingError,
+    # ...), for programs that import from multiprocessing.pool.
+    import multiprocessing.pool
+
+    return getattr(multiprocessing.pool, name)
+
+
 def _interrupted_wait(event: threading.Event, timeout: Optional[float], client: EngineClient) -> bool:
     """Waits in short slices so Ctrl-C is handled at once even on old interpreters. In a
     forked child nothing would ever set the event: raise instead of waiting forever."""

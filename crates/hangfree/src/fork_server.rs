@@ -154,6 +154,12 @@ impl ForkServer {
         let answer = i64::from_le_bytes(reply);
         if answer > 0 && answer <= i64::from(i32::MAX) {
             Ok(answer as i32)
+        } else if answer == -i64::from(libc::EDEADLK) {
+            Err(io::Error::other(format!(
+                "the fork server {} runs threads besides its own (its program's imports started them), \
+                 so it cannot fork safely",
+                self.pid
+            )))
         } else if (-4095..0).contains(&answer) {
             let errno = io::Error::from_raw_os_error((-answer) as i32);
             Err(io::Error::new(errno.kind(), format!("the fork server {} could not fork: {errno}", self.pid)))
@@ -204,7 +210,8 @@ pub fn requested() -> bool {
 /// leads its own process group, has its stderr on fd 2 and `/dev/null` on fd 0, and no
 /// descriptor of the server's.
 ///
-/// The server must be single-threaded: the fork copies only the calling thread.
+/// The server must be single-threaded: the fork copies only the calling thread. A request
+/// that finds other threads running is refused (the pool then starts workers by exec).
 pub(crate) fn serve(control: OwnedFd, hooks: &mut dyn ForkHooks) -> io::Result<OwnedFd> {
     let clone = CloneSetup::read()?;
     // Named apart from its workers in `ps` and /proc (the workers take the name back).
@@ -239,6 +246,16 @@ pub(crate) fn serve(control: OwnedFd, hooks: &mut dyn ForkHooks) -> io::Result<O
         }
         let stderr = fds.pop().expect("two descriptors");
         let channel = fds.pop().expect("two descriptors");
+        // A fork copies only the calling thread. A server with more threads (a worker
+        // program's imports may start some: OpenBLAS does, when a Python server imports the
+        // caller's script and it imports numpy) would give each worker a runtime whose
+        // threads are missing, and C libraries' fork handlers do not run for a raw clone.
+        // Refuse: the pool then starts its workers by exec.
+        if thread_count() > 1 {
+            drop((channel, stderr));
+            reply(&control, -i64::from(libc::EDEADLK))?;
+            continue;
+        }
         hooks.before();
         // SAFETY: this process is single-threaded (the caller's promise) and between
         // requests, so the child gets consistent memory; `CloneSetup` makes the C
@@ -269,6 +286,11 @@ pub(crate) fn serve(control: OwnedFd, hooks: &mut dyn ForkHooks) -> io::Result<O
             }
         }
     }
+}
+
+/// How many threads this process has (1 if /proc cannot tell).
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(1)
 }
 
 fn reply(control: &OwnedFd, answer: i64) -> io::Result<()> {
