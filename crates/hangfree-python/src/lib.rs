@@ -15,7 +15,7 @@ use hangfree::fork_server::ForkHooks;
 use hangfree::wire::Kind;
 use hangfree::worker::WorkerChannel as RawChannel;
 use hangfree::{
-    ExitStatus, LossCause, Outcome, Pool, Sink, StartupFailure, SubmitError, Task, TaskError, WorkerCommand,
+    ExitStatus, LossCause, Outcome, Pool, Sink, StartupFailure, SubmitError, Task, TaskError, TaskState, WorkerCommand,
 };
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -372,6 +372,19 @@ impl Engine {
     /// Cancels a task only if no worker has it yet; returns whether it did.
     fn cancel_if_queued(&self, py: Python<'_>, task_id: u64) -> bool {
         py.detach(|| self.pool.cancel_if_queued(task_id))
+    }
+
+    /// Where a task is: "queued" (no worker has it), "sent_ahead" (waiting in a busy
+    /// worker's channel, not started), "running" (its worker has started it) or "done"
+    /// (its outcome was delivered, or the id is unknown). A round trip to the supervisor
+    /// thread, with the GIL released.
+    fn task_state(&self, py: Python<'_>, task_id: u64) -> &'static str {
+        match py.detach(|| self.pool.task_state(task_id)) {
+            TaskState::Queued => "queued",
+            TaskState::SentAhead => "sent_ahead",
+            TaskState::Running => "running",
+            TaskState::Done => "done",
+        }
     }
 
     /// Accepts no more tasks; workers exit after the queued ones.

@@ -56,6 +56,6 @@ pub use outcome::{
 };
 pub use pool::{
     BatchHandle, BuildError, EventKind, JoinError, Pool, PoolBuilder, PoolEvent, Sink, Stats, SubmitError, Task,
-    TaskHandle,
+    TaskHandle, TaskState,
 };
 pub use process::WorkerCommand;

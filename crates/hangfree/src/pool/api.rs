@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::handle::{BatchHandle, BatchSink, Sink, Slot, Task, TaskHandle, lock};
+use super::handle::{BatchHandle, BatchSink, Sink, Slot, Task, TaskHandle, TaskState, lock};
 use super::lifecycle::Timing;
 use super::stats::Stats;
 use super::supervisor::{Command, Config, Gate, Reply, Shared, Supervisor};
@@ -427,9 +427,29 @@ impl Pool {
     /// worker), as `concurrent.futures.Future.cancel` does. Returns whether it was
     /// cancelled; a cancelled task ends as [`crate::TaskError::Cancelled`].
     pub fn cancel_if_queued(&self, id: u64) -> bool {
+        self.ask(|reply| Command::CancelQueued(id, reply)).unwrap_or(false)
+    }
+
+    /// Where the task `id` is now: queued, sent ahead to a busy worker, running, or done
+    /// (see [`TaskState`]). The supervisor answers from the state it keeps anyway, so
+    /// this costs a round trip to its thread (tens of microseconds) and nothing on the
+    /// path of submitting or finishing tasks. It sees every submission that returned
+    /// before the call. In a forked child, where the pool is the parent's, every task is
+    /// [`TaskState::Done`].
+    pub fn task_state(&self, id: u64) -> TaskState {
+        self.ask(|reply| Command::State(id, reply)).unwrap_or(TaskState::Done)
+    }
+
+    /// Sends the supervisor a question and waits for its answer: `None` if the pool has
+    /// finished without answering, or at once in a forked child (no supervisor runs
+    /// there to answer).
+    fn ask<T>(&self, question: impl FnOnce(Arc<Reply<T>>) -> Command) -> Option<T> {
+        if std::process::id() != self.owner {
+            return None;
+        }
         let reply = Arc::new(Reply::default());
-        self.shared.push(Command::CancelQueued(id, reply.clone()));
-        reply.wait(&self.shared).unwrap_or(false)
+        self.shared.push(question(reply.clone()));
+        reply.wait(&self.shared)
     }
 
     /// Accepts no more tasks; workers exit once the queued tasks are done.

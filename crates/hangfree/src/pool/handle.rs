@@ -49,6 +49,26 @@ impl From<&[u8]> for Task {
     }
 }
 
+/// Where a submitted task is, as [`crate::Pool::task_state`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TaskState {
+    /// Waiting in the pool's queue: no worker has it, and
+    /// [`crate::Pool::cancel_if_queued`] would cancel it. A task whose worker died and
+    /// that waits for a retry is queued again.
+    Queued,
+    /// Sent ahead to a busy worker (see [`crate::PoolBuilder::prefetch`]): it waits in that
+    /// worker's channel behind the task the worker runs. It has not started, but it can no
+    /// longer be taken back (`cancel_if_queued` refuses).
+    SentAhead,
+    /// Its worker has started it: it is the task the worker runs, and its time limit
+    /// runs. (The pool counts a task started when the worker has finished the one before
+    /// it, or when it was sent to an idle worker: the worker reads it at once.)
+    Running,
+    /// Its outcome has been delivered (or the pool never had a task of that id, or the
+    /// pool has finished).
+    Done,
+}
+
 /// Receives outcomes from the pool's supervisor thread.
 ///
 /// `complete` is called exactly once per task, with the task's index in its submission,

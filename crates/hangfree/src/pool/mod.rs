@@ -10,5 +10,5 @@ mod supervisor;
 
 pub use api::{BuildError, JoinError, Pool, PoolBuilder, SubmitError};
 pub use events::{EventHook, EventKind, PoolEvent};
-pub use handle::{BatchHandle, Sink, Task, TaskHandle};
+pub use handle::{BatchHandle, Sink, Task, TaskHandle, TaskState};
 pub use stats::Stats;

@@ -19,7 +19,7 @@ use rustix::event::{EventfdFlags, eventfd};
 use rustix::process::Signal;
 
 use super::events::{EventHook, EventKind, PoolEvent};
-use super::handle::{Sink, Task, lock};
+use super::handle::{Sink, Task, TaskState, lock};
 use super::lifecycle::{self, Action, Event, Phase, Timing};
 use super::stats::{Counters, bump};
 use crate::cgroup::WorkerCgroup;
@@ -93,29 +93,36 @@ pub(crate) enum Command {
     },
     Cancel(u64),
     /// Cancel only if the task has not been sent to a worker; answer whether it was.
-    CancelQueued(u64, Arc<Reply>),
+    CancelQueued(u64, Arc<Reply<bool>>),
+    /// Answer where the task is (see [`TaskState`]).
+    State(u64, Arc<Reply<TaskState>>),
     Close,
     Terminate,
 }
 
 /// A one-shot answer from the supervisor to a caller waiting for it.
-#[derive(Default)]
-pub(crate) struct Reply {
-    value: Mutex<Option<bool>>,
+pub(crate) struct Reply<T> {
+    value: Mutex<Option<T>>,
     cv: Condvar,
 }
 
-impl Reply {
-    fn set(&self, v: bool) {
+impl<T> Default for Reply<T> {
+    fn default() -> Self {
+        Reply { value: Mutex::new(None), cv: Condvar::new() }
+    }
+}
+
+impl<T> Reply<T> {
+    fn set(&self, v: T) {
         *lock(&self.value) = Some(v);
         self.cv.notify_all();
     }
 
     /// Waits for the answer; `None` if the supervisor finished without giving one.
-    pub fn wait(&self, shared: &Shared) -> Option<bool> {
+    pub fn wait(&self, shared: &Shared) -> Option<T> {
         let mut g = lock(&self.value);
         loop {
-            if let Some(v) = *g {
+            if let Some(v) = g.take() {
                 return Some(v);
             }
             if *lock(&shared.finished) {
@@ -579,6 +586,7 @@ impl Supervisor {
                     }
                     reply.set(queued);
                 }
+                Command::State(id, reply) => reply.set(self.task_state(id)),
                 Command::Close => {
                     if self.run == Run::Open {
                         self.run = Run::Closing;
@@ -656,6 +664,16 @@ impl Supervisor {
     }
 
     // ----- task bookkeeping -----------------------------------------------------------
+
+    /// Where a task is, from the state the loop keeps anyway: its entry says whether a
+    /// worker has it, and that worker's queue whether it is at the head (started: its time
+    /// limit runs from there) or sent ahead behind it.
+    fn task_state(&self, id: u64) -> TaskState {
+        let Some(e) = self.tasks.get(&id).filter(|e| !e.cancelled) else { return TaskState::Done };
+        let Some(slot) = e.worker else { return TaskState::Queued };
+        let head = self.workers[slot].as_ref().and_then(|w| w.inflight.front()).map(|f| f.id);
+        if head == Some(id) { TaskState::Running } else { TaskState::SentAhead }
+    }
 
     fn task_ref(&self, id: u64) -> TaskRef {
         TaskRef { id, label: self.tasks.get(&id).and_then(|e| e.label.clone()) }
