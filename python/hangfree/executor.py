@@ -20,8 +20,9 @@ __all__ = ["ProcessPoolExecutor"]
 
 
 class _Future(Future):
-    """A ``concurrent.futures.Future`` whose ``cancel`` asks the engine, so that it keeps
-    the stdlib's meaning: it succeeds only while no worker has the call yet."""
+    """A ``concurrent.futures.Future`` whose ``cancel`` and ``running`` ask the engine, so
+    that they keep the stdlib's meaning: ``cancel`` succeeds only while no worker has the
+    call yet, and ``running`` is True while a worker runs it."""
 
     def __init__(self, executor: "ProcessPoolExecutor"):
         super().__init__()
@@ -58,6 +59,24 @@ class _Future(Future):
                 # A worker has it: from now on it counts as running, as in the stdlib.
                 self._state = RUNNING
             return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
+
+    def running(self) -> bool:
+        """True if a worker has started the call and it has not finished. A call sent
+        ahead to a busy worker, waiting there behind the call that worker runs, has not
+        started; but once ``cancel()`` has returned False the call counts as running, as
+        in the stdlib (it can no longer be taken back). Once True it stays True until the
+        future is done, also while a call whose worker died waits for a retry."""
+        with self._condition:
+            if self._state != PENDING:
+                return self._state == RUNNING
+        ex, task_id = self._executor, self._task_id
+        # A round trip to the engine's supervisor thread, with the GIL released.
+        if ex is None or task_id is None or ex._client.engine.task_state(task_id) != "running":
+            return False
+        with self._condition:
+            if self._state == PENDING:
+                self._state = RUNNING
+            return self._state == RUNNING
 
 
 # When a map's caller catches up with results that are streaming in (the one it last
