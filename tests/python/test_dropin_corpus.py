@@ -52,7 +52,6 @@ XFAIL: Dict[str, str] = {
                                 "script's globals, not __mp_main__'s: the task reads None",
     "executor_exception_types.py": "unpicklable argument: HangfreeError, unpicklable result: MaybeEncodingError "
                                    "(stdlib: the original TypeError from result())",
-    "executor_future_states.py": "Future.running() is never True while the call runs",
     "executor_shutdown_nowait.py": "pending calls run after the program's own atexit handlers (the stdlib drains "
                                    "the executor in threading's atexit hook, before them)",
     "imap_generator_raises_chunked.py": "chunksize > 1: hangfree runs the items of the chunk being built (3, 4) "
