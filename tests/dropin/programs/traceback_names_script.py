@@ -18,7 +18,7 @@ if __name__ == "__main__":
         try:
             pool.apply(outer, (7,))
         except ValueError as e:
-            text = "".join(traceback.format_exception(e))
+            text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
             lines = text.splitlines()
             frames = set()
             for i, line in enumerate(lines):
