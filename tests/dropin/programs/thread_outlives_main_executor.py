@@ -15,7 +15,7 @@ def slow_cube(x):
 def user(executor, submitted):
     futures = [executor.submit(slow_cube, i) for i in range(4)]
     submitted.set()
-    time.sleep(0.5)  # the main thread has returned by now
+    threading.main_thread().join()  # returns once the main thread has finished
     print("thread results:", [f.result() for f in futures])
 
 

@@ -12,7 +12,7 @@ def slow_square(x):
 
 def user(pool, started):
     started.set()
-    time.sleep(0.5)  # the main thread has returned by now
+    threading.main_thread().join()  # returns once the main thread has finished
     print("thread map:", pool.map(slow_square, range(6)))
     print("thread apply:", pool.apply(slow_square, (9,)))
 
