@@ -703,24 +703,62 @@ class _Packed:
             self.client.release()
 
 
+class _Stopped(BaseException):
+    """SIGTERM while submitted calls finish at interpreter exit."""
+
+
 def _shutdown_all() -> None:
-    """Interpreter exit: stop every engine still running, bounded by its grace period,
-    and its result thread (a thread waking in Rust during finalization would crash)."""
-    for client in list(_live):
-        try:
-            if os.getpid() == client.pid:
+    """Interpreter exit, as the stdlib does it: after the non-daemon threads have
+    finished (they may still be using a pool), a ``ProcessPoolExecutor`` still open runs
+    the calls it was given (each bounded by its time limit, if it has one), then every
+    pool is terminated, bounded by its grace period, and its result thread stopped (a
+    thread waking in Rust during finalization would crash). Ctrl-C or SIGTERM while calls
+    finish stops them at once, and says so."""
+    clients = [c for c in list(_live) if c.pid == os.getpid()]
+    draining = [c for c in clients if c.owner == "ProcessPoolExecutor" and not c.engine.is_finished()]
+    previous = None
+    killed_by = None
+    try:
+        if draining:
+            if threading.current_thread() is threading.main_thread():
+                import signal
+
+                def stop(signum: int, frame: Any) -> None:
+                    raise _Stopped
+
+                previous = signal.signal(signal.SIGTERM, stop)
+            for client in draining:
+                client.close()
+                client.join()
+    except (KeyboardInterrupt, _Stopped) as e:
+        import signal
+
+        killed_by = signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM
+        cause = "Ctrl-C" if killed_by == signal.SIGINT else "SIGTERM"
+        print(f"hangfree: {cause} at interpreter exit: stopping the calls still running in "
+              f"{len(draining)} ProcessPoolExecutor(s)", file=sys.stderr, flush=True)
+    finally:
+        for client in clients:
+            try:
                 client.terminate()
-            client.stop_thread()
-        except Exception:
-            pass
+                client.stop_thread()
+            except Exception:
+                pass
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+        if killed_by is not None:
+            # The workers are gone: end as the signal would have ended the program.
+            import signal
+
+            signal.signal(killed_by, signal.SIG_DFL)
+            os.kill(os.getpid(), killed_by)
 
 
-# threading's exit hook runs before the interpreter starts tearing down, while every
-# thread can still take the GIL; fall back to atexit where it is missing.
-_register = getattr(threading, "_register_atexit", None)
-if _register is not None:
-    _register(_shutdown_all)
-else:  # pragma: no cover
-    import atexit
+# atexit runs after the interpreter has waited for its non-daemon threads, while daemon
+# threads (the result threads) still run; multiprocessing's own exit handler, registered
+# when it was imported (before this module), runs after this one.
+import atexit  # noqa: E402
 
-    atexit.register(_shutdown_all)
+atexit.register(_shutdown_all)

@@ -315,10 +315,14 @@ EXIT_SCRIPT = """
         raise RuntimeError("uncaught")
     elif mode == "sys-exit":
         sys.exit(3)
-    elif mode == "thread-blocked":
-        # A non-daemon thread blocked in get(): interpreter exit must still not hang.
-        t = threading.Thread(target=lambda: rs[0].get())
-        t.start()
+    elif mode == "thread-uses-pool":
+        # A non-daemon thread still using the pool after the main thread returns: the
+        # pool serves it (as the stdlib's does), then goes at exit with the busy one.
+        q = hangfree.Pool(1, grace=0.5)
+        def use():
+            time.sleep(0.3)
+            print("thread got", q.apply(tasks.square, (4,)), flush=True)
+        threading.Thread(target=use).start()
     elif mode == "in-function":
         def f():
             q = hangfree.Pool(2, grace=0.5)
@@ -328,7 +332,7 @@ EXIT_SCRIPT = """
 """
 
 
-@pytest.mark.parametrize("mode", ["fall-off", "closed", "exception", "sys-exit", "thread-blocked", "in-function"])
+@pytest.mark.parametrize("mode", ["fall-off", "closed", "exception", "sys-exit", "thread-uses-pool", "in-function"])
 def test_interpreter_exit_with_open_pool_does_not_hang(tmp_path, mode):
     script = helpers.write_script(tmp_path, EXIT_SCRIPT)
     d = tmp_path / "pids"
@@ -339,4 +343,6 @@ def test_interpreter_exit_with_open_pool_does_not_hang(tmp_path, mode):
     expected_rc = {"exception": 1, "sys-exit": 3}.get(mode, 0)
     assert res.returncode == expected_rc, res.stderr
     assert "Fatal Python error" not in res.stderr and "panicked" not in res.stderr
+    if mode == "thread-uses-pool":
+        assert "thread got 16" in res.stdout, res.stderr
     assert not helpers.wait_gone(helpers.pids_in(d), 0.5)
