@@ -25,8 +25,12 @@ if __name__ == "__main__":
         jq.put(f"job{j}")
     with mp.Pool(2, initializer=init, initargs=(arr, q, sq, jq)) as pool:
         jobs = pool.map(task, range(8), chunksize=1)
+        # Read the Queue while the workers live: an mp.Queue's items go out through a feeder thread
+        # in the worker, and leaving the with block terminates the workers (under load the stdlib
+        # itself then loses items still in a feeder's buffer).
+        from_queue = sorted(q.get(timeout=10) for _ in range(8))
     jq.join()
     print("array:", list(arr))
-    print("queue:", sorted(q.get(timeout=10) for _ in range(8)))
+    print("queue:", from_queue)
     print("simplequeue:", sorted(sq.get() for _ in range(8)))
     print("jobs taken:", sorted(jobs))
