@@ -129,7 +129,7 @@ if M is not None:
     def _test_worker_finalization_via_atexit_handler_of_multiprocessing(self):
         run = H.rewriting_script_runner(
             script_helper.assert_python_ok,
-            [("from multiprocessing import Pool", "from hangfree import Pool")])
+            [("from multiprocessing import Pool", "from hangfree import Pool", True)])
         with H.patched(script_helper, "assert_python_ok", run):
             M._TestPoolWorkerLifetime.test_worker_finalization_via_atexit_handler_of_multiprocessing(self)
 
