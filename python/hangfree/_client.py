@@ -134,6 +134,14 @@ def label(fn: Callable[..., Any], args: tuple, kwargs: Optional[dict] = None) ->
     return f"{name}({', '.join(parts)})"
 
 
+def unpicklable_arguments(exc: BaseException, name: str) -> BaseException:
+    """The error of a call whose arguments cannot be pickled: the pickling error itself,
+    as the stdlib raises it, with a note naming the call (Python 3.11+)."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(f"hangfree: the arguments of {name} cannot be pickled")
+    return exc
+
+
 def _raised(data: bytes, name: str) -> BaseException:
     """Rebuilds the exception a task raised, with the worker's traceback as its cause."""
     try:
@@ -345,9 +353,7 @@ class EngineClient:
                 sent += len(payloads)
                 payloads, positions = [], []
         for i, e in bad:
-            err = HangfreeError(f"{label_of(i)}: its arguments cannot be pickled: {type(e).__name__}: {e}")
-            err.__cause__ = e
-            on_outcome(i, False, err)
+            on_outcome(i, False, unpicklable_arguments(e, label_of(i)))
         return ids
 
     def _submit_group(self, on_outcome: OnOutcome, payloads: List[Payload], positions: List[int],
@@ -376,9 +382,7 @@ class EngineClient:
         try:
             payload = dumps_call(dumps_function(fn, self._functions), args, kw)
         except Exception as e:
-            err = HangfreeError(f"{label_of(0)}: its arguments cannot be pickled: {type(e).__name__}: {e}")
-            err.__cause__ = e
-            on_outcome(0, False, err)
+            on_outcome(0, False, unpicklable_arguments(e, label_of(0)))
             return None, None
         key: Optional[int] = None
 
@@ -463,9 +467,7 @@ class EngineClient:
                 payloads.append(dumps_call(calls.fn_bytes, calls.args(i), calls.kw))
                 positions.append(i)
             except Exception as e:
-                err = HangfreeError(f"{calls.label_of(i)}: its arguments cannot be pickled: {type(e).__name__}: {e}")
-                err.__cause__ = e
-                on_outcome(i, False, err)
+                on_outcome(i, False, unpicklable_arguments(e, calls.label_of(i)))
         if payloads:
             key = next(self._keys)
             with self._lock:

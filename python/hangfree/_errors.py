@@ -6,6 +6,7 @@ picks the exception class and attaches the details as attributes.
 
 from __future__ import annotations
 
+import concurrent.futures
 import multiprocessing
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Optional
@@ -54,11 +55,18 @@ class WorkerProtocolError(WorkerLostError):
     """The worker wrote bytes on its channel that break the protocol; it was stopped."""
 
 
-class TaskTimeoutError(HangfreeError, multiprocessing.TimeoutError):
+# Where concurrent.futures has a TimeoutError of its own (before 3.11), it is one too.
+_TIMEOUT_BASES = tuple(dict.fromkeys((multiprocessing.TimeoutError, TimeoutError, concurrent.futures.TimeoutError)))
+
+
+class TaskTimeoutError(HangfreeError, *_TIMEOUT_BASES):  # type: ignore[misc]
     """The task ran past its time limit; its worker was stopped (SIGTERM to its process
     group, the grace period, then SIGKILL). Attributes: ``limit`` (seconds), ``pid``, and
     ``stack``: where the task was when its limit passed (the worker's Python stack), or
-    None if it was stuck where Python could not answer (a C call)."""
+    None if it was stuck where Python could not answer (a C call).
+
+    It is also ``multiprocessing.TimeoutError``, the builtin ``TimeoutError`` and
+    ``concurrent.futures.TimeoutError``, so ``except TimeoutError`` catches it."""
 
     limit: Optional[float] = None
     pid: Optional[int] = None

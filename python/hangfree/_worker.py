@@ -33,7 +33,11 @@ from hangfree._pickling import dumps, dumps_payload, dumps_result, loads
 
 
 def _encoding_error(exc: BaseException, value: Any) -> BaseException:
-    """multiprocessing's error for a result that cannot be pickled."""
+    """The error for a result that cannot be pickled: multiprocessing.Pool's
+    MaybeEncodingError, or the pickling error itself in an executor's call, as
+    concurrent.futures reports it."""
+    if _catch_exit:
+        return exc
     from multiprocessing.pool import MaybeEncodingError
 
     return MaybeEncodingError(exc, value)
@@ -57,7 +61,9 @@ def _describe(exc: BaseException, input_error: bool = False, during: Any = None)
 
 # The task running now, for the stack-dump handler (0 between tasks).
 _current_task = 0
-# Whether sys.exit() in a call is its outcome (executor) or ends the worker (Pool).
+# Whether this works for an executor (sys.exit() in a call and an unpicklable result are
+# the call's exceptions, as in concurrent.futures) or a Pool (sys.exit() ends the worker;
+# MaybeEncodingError, as in multiprocessing).
 _catch_exit = False
 
 

@@ -494,7 +494,8 @@ class Pool:
         """imap over an iterator: a feeder thread reads it in batches and submits each as
         it is read (as the stdlib's task thread does), so the first results come while
         the input is still being read, and a long or endless input does not stall this
-        call. An exception raised by the input ends the results there, in its place."""
+        call. An exception raised by the input ends the results there, in the place of
+        the chunk it interrupted, as in the stdlib."""
         it = IMapIterator(self, None, ordered, return_exceptions, with_index)
         client = self._client
         # A close() meanwhile waits for the whole input, as with multiprocessing.
@@ -512,7 +513,10 @@ class Pool:
                         for item in itertools.islice(source, chunksize):
                             items.append(item)
                     except BaseException as e:  # the input itself raised
+                        # As the stdlib: its error takes the place of the chunk being
+                        # read (whose items never run), and the results end there.
                         failed = e
+                        items = []
                     if items:
                         put = _WithMany(lambda i, ok, v, off=n: it._put(off + i, ok, v),
                                         lambda first, values, off=n: it._put_many(off + first, values))

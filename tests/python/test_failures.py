@@ -6,6 +6,7 @@ import multiprocessing
 import multiprocessing.pool
 import os
 import signal
+import sys
 import time
 from concurrent.futures.process import BrokenProcessPool
 
@@ -214,17 +215,20 @@ def test_unpicklable_result_is_maybe_encoding_error(pool):
 
 
 def test_unpicklable_argument_fails_its_task_only(pool):
-    with pytest.raises(hangfree.HangfreeError) as ei:
+    """The pickling error itself, as the stdlib raises it, with a note naming the call."""
+    with pytest.raises(TypeError, match="Unpicklable refuses to be pickled") as ei:
         pool.apply(tasks.identity, (tasks.Unpicklable(),))
-    assert "identity(Unpicklable())" in str(ei.value) and "cannot be pickled" in str(ei.value)
+    notes = " ".join(getattr(ei.value, "__notes__", []))
+    if sys.version_info >= (3, 11):
+        assert "identity(Unpicklable())" in notes and "cannot be pickled" in notes
     it = pool.imap(tasks.identity, [1, tasks.Unpicklable(), 3])
     assert next(it) == 1
-    with pytest.raises(hangfree.HangfreeError):
+    with pytest.raises(TypeError):
         next(it)
     assert next(it) == 3
     errors = []
     r = pool.map_async(tasks.identity, [1, tasks.Unpicklable()], error_callback=errors.append)
-    with pytest.raises(hangfree.HangfreeError):
+    with pytest.raises(TypeError):
         r.get(10)
     assert len(errors) == 1
     assert_pool_works(pool)
