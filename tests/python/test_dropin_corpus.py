@@ -21,7 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import pytest
 
@@ -50,13 +50,8 @@ NEEDS = {"numpy_arrays.py": "numpy"}
 XFAIL: Dict[str, str] = {
     "closure_between_pools.py": "a by-value initializer's `global LIMIT = ...` lands in a private copy of the "
                                 "script's globals, not __mp_main__'s: the task reads None",
-    "executor_exception_types.py": "unpicklable argument: HangfreeError, unpicklable result: MaybeEncodingError "
-                                   "(stdlib: the original TypeError from result())",
     "executor_shutdown_nowait.py": "pending calls run after the program's own atexit handlers (the stdlib drains "
                                    "the executor in threading's atexit hook, before them)",
-    "imap_generator_raises_chunked.py": "chunksize > 1: hangfree runs the items of the chunk being built (3, 4) "
-                                        "before raising; the stdlib drops them",
-    "pool_exception_types.py": "unpicklable argument raises HangfreeError instead of the original TypeError",
     "worker_processes.py": "multiprocessing.parent_process() is None in a worker (stdlib: the parent), so "
                            "'am I the main process?' checks go wrong",
 }
