@@ -240,9 +240,13 @@ class EngineClient:
         # Descriptors this process serves to the workers for what initargs hold.
         self._inherited: List[int] = []
         init_call = None
+        # Kept for the pool's life, as the stdlib's Pool keeps them: a lock or queue the
+        # caller made only for initargs is freed (its semaphore's name unlinked) once
+        # nobody holds it, and workers started later open it by that name.
+        self._initargs = tuple(initargs)
         if initializer is not None:
             init_call = (dumps_function(initializer, self._functions),
-                         dumps_inherited(tuple(initargs), self._inherited))
+                         dumps_inherited(self._initargs, self._inherited))
         from multiprocessing import process
 
         init = {
