@@ -90,19 +90,12 @@ BUGS = {
     "ExecutorDeadlockTest.test_exit_during_result_pickle_on_worker":
         "SystemExit while the worker pickles a result gives MaybeEncodingError; the stdlib executor "
         "raises the SystemExit itself",
-    "ExecutorDeadlockTest.test_exit_during_func_exec_on_worker":
-        "sys.exit(1) in a call fails its future with WorkerLostError (the worker dies); the stdlib "
-        "executor's worker catches it and the future raises SystemExit(1), executor unharmed "
-        "(no hang or break to avoid here, and README lists no such difference for the executor)",
     "ProcessPoolExecutorTest.test_traceback":
         "the worker's traceback is chained as multiprocessing.pool.RemoteTraceback; the stdlib "
         "executor uses concurrent.futures.process._RemoteTraceback",
     "ProcessPoolExecutorTest.test_free_reference":
         "executor.map's iterator keeps a reference to the results it has handed out (the chunk's "
         "list): each should be freed once the caller drops it (bpo-14406)",
-    "ProcessPoolExecutorTest.test_ressources_gced_in_workers":
-        "a Manager proxy (Event) as an argument fails to unpickle in the worker (AuthenticationError: "
-        "workers do not carry the parent's authkey)",
     "ExecutorDeadlockTest.test_exit_during_result_unpickle_in_result_handler":
         "SystemExit while the parent unpickles a result escapes from future.result() and leaves the "
         "future pending, or, when the result thread unpickles it, the future never completes; the stdlib "

@@ -59,7 +59,8 @@ DIFFERENT = {
         "a lambda result travels by value (cloudpickle) instead of failing with MaybeEncodingError; "
         "a result that cannot be pickled at all does give MaybeEncodingError",
     "TestPoolNotLeakOnFailure.test_release_unused_processes":
-        "tests multiprocessing.pool.Pool with a fake context.Process; hangfree takes no Process class from a context",
+        "tests the stdlib class multiprocessing.pool.Pool itself with a fake context.Process (hangfree takes "
+        "no Process class from a context; run as it is, the test passes without touching hangfree)",
 }
 
 # (b) hangfree bugs of public behaviour: strict xfail, to be fixed.
@@ -70,9 +71,6 @@ BUGS = {
     "_TestPool.test_imap_handle_iterable_exception":
         "when the input iterable raises, imap still yields the items of the chunk it was reading "
         "(chunksize=2: 36 for item 6); the stdlib drops that chunk and raises right after item 5",
-    "TestInitializers.test_pool_initializer":
-        "a Manager proxy in initargs fails in the worker (AuthenticationError: workers do not carry "
-        "the parent's authkey), so the initializer never runs",
 }
 
 
