@@ -190,6 +190,9 @@ def stdlib_resource_tracker() -> Iterator[None]:
     finally:
         stop = getattr(tracker, "_stop", None)
         if started and stop is not None:
+            # Semaphores still reachable would be unlinked by the tracker, and then again
+            # by their own finalizers (a FileNotFoundError warning): collect them first.
+            gc.collect()
             stop()
 
 

@@ -7,7 +7,9 @@ test_multiprocessing_spawn does; each is subclassed with ``Pool = hangfree.Pool`
 mixins' ``self.Pool``), and while these tests run the test module's global
 ``multiprocessing`` is a stand-in whose ``Pool`` is hangfree's (the tests that call
 ``multiprocessing.Pool(...)``); a test whose child interpreter runs
-``from multiprocessing import Pool`` gets ``from hangfree import Pool`` instead.
+``from multiprocessing import Pool`` gets ``from hangfree import Pool`` instead. Then the
+spawn tests of ``test_multiprocessing_main_handling`` (scripts run as a file, directory,
+zip file, package, ...), with the scripts they write importing hangfree's Pool.
 
 Tests that cannot pass are listed below: ``DIFFERENT`` (skipped: deliberate differences
 and stdlib internals) and ``BUGS`` (strict xfail: to be fixed, then taken off the list).
@@ -15,6 +17,7 @@ and stdlib internals) and ``BUGS`` (strict xfail: to be fixed, then taken off th
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing
 import sys
 import unittest
@@ -30,6 +33,7 @@ import cpython_harness as H  # noqa: E402
 try:
     import test._test_multiprocessing as M
     import test.support.script_helper as script_helper
+    import test.test_multiprocessing_main_handling as MH
 except (ImportError, unittest.SkipTest) as e:  # pragma: no cover - depends on the machine
     M = None
     _IMPORT_ERROR = f"{type(e).__name__}: {e}"
@@ -135,9 +139,52 @@ if M is not None:
                    "test_worker_finalization_via_atexit_handler_of_multiprocessing",
                    _test_worker_finalization_via_atexit_handler_of_multiprocessing)
 
+    # test_multiprocessing_main_handling: scripts run as a file, without suffix, compiled,
+    # as a directory, zip file, package or module in a package, each making a Pool(5) and
+    # mapping a function of its __main__. Its spawn class, as hangfree's workers are
+    # spawned children; the scripts it writes import hangfree's Pool.
+    _SCRIPT_IMPORT = "from multiprocessing import Pool, set_start_method"
+    _rewrites = [0]
+
+    def _rewriting(make):
+        sig = inspect.signature(make)
+
+        def wrapper(*args, **kwargs):
+            bound = sig.bind(*args, **kwargs)
+            source = bound.arguments["source"]
+            if _SCRIPT_IMPORT in source:
+                _rewrites[0] += 1
+                bound.arguments["source"] = source.replace(
+                    _SCRIPT_IMPORT, "from hangfree import Pool\nfrom multiprocessing import set_start_method")
+            return make(*bound.args, **bound.kwargs)
+
+        return wrapper
+
+    class HangfreeMainHandlingSpawnCmdLine(MH.SpawnCmdLineTest):
+        def setUp(self):
+            super().setUp()
+            self._rewrites_before = _rewrites[0]
+
+        def _check_script(self, script_name, *switches):
+            assert _rewrites[0] > self._rewrites_before, (
+                "hangfree harness: no script of this test imports Pool as expected "
+                f"({_SCRIPT_IMPORT!r}): it would test the stdlib")
+            super()._check_script(script_name, *switches)
+
+    HangfreeMainHandlingSpawnCmdLine.__qualname__ = HangfreeMainHandlingSpawnCmdLine.__name__
+    H.apply_expectations(HangfreeMainHandlingSpawnCmdLine, "SpawnCmdLineTest", DIFFERENT, BUGS)
+    _CLASSES["SpawnCmdLineTest"] = HangfreeMainHandlingSpawnCmdLine
+
+    @pytest.fixture(autouse=True, scope="module")
+    def _main_handling_scripts_use_hangfree():
+        with H.patched(MH, "make_script", _rewriting(MH.make_script)), \
+                H.patched(MH, "make_zip_pkg", _rewriting(MH.make_zip_pkg)):
+            yield
+
     def test_expectation_lists_name_real_tests():
         """Every entry of DIFFERENT and BUGS names a test of the installed CPython."""
         base = {n: getattr(M, n) for n in POOL_CLASSES}
+        base["SpawnCmdLineTest"] = MH.SpawnCmdLineTest
         assert H.check_lists_name_real_tests(base, DIFFERENT, BUGS) == []
 
 else:  # pragma: no cover - depends on the machine
