@@ -142,8 +142,9 @@ def unpicklable_arguments(exc: BaseException, name: str) -> BaseException:
     return exc
 
 
-def _raised(data: bytes, name: str) -> BaseException:
-    """Rebuilds the exception a task raised, with the worker's traceback as its cause."""
+def _raised(data: bytes, name: str, tb_class: Callable[[str], BaseException] = RemoteTraceback) -> BaseException:
+    """Rebuilds the exception a task raised, with the worker's traceback as its cause
+    (``tb_class``: the front's kind of remote traceback, as its stdlib counterpart has)."""
     try:
         info = loads(data)
     except Exception as e:
@@ -155,21 +156,31 @@ def _raised(data: bytes, name: str) -> BaseException:
     elif not isinstance(exc, BaseException):
         note = info.get("note", "")
         exc = HangfreeError(f"{name}: the task raised {info.get('summary', 'an exception')} {note}".rstrip())
-    exc.__cause__ = RemoteTraceback(info.get("traceback", ""))
+    exc.__cause__ = tb_class(info.get("traceback", ""))
     return exc
 
 
-def decode(kind: str, data: Any, name: Callable[[], str]) -> Tuple[bool, Any]:
+def decode(kind: str, data: Any, name: Callable[[], str],
+           tb_class: Callable[[str], BaseException] = RemoteTraceback) -> Tuple[bool, Any]:
     """An engine outcome as ``(True, value)`` or ``(False, exception)``. ``name`` gives
     the task's label, computed only when an error needs it."""
     if kind == "value":
         try:
             return True, loads(data)
-        except Exception as e:
-            return False, HangfreeError(f"{name()}: the result cannot be unpickled here: {type(e).__name__}: {e}")
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # SystemExit from a __setstate__ too: this task's error
+            return False, unreadable_result(e, name())
     if kind == "raised":
-        return False, _raised(data, name())
+        return False, _raised(data, name(), tb_class)
     return False, failure(kind, data, name())
+
+
+def unreadable_result(exc: BaseException, name: str) -> BaseException:
+    """The error of a task whose result cannot be unpickled here."""
+    err = HangfreeError(f"{name}: the result cannot be unpickled here: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
 
 
 def memory_bytes(limit: Union[int, str, None]) -> Optional[int]:
@@ -233,6 +244,12 @@ class EngineClient:
         self.pid = os.getpid()
         self.workers = workers
         self.owner = owner
+        # What a task's exception has as its cause, as in the front's stdlib counterpart.
+        self.tb_class: Callable[[str], BaseException] = RemoteTraceback
+        if owner == "ProcessPoolExecutor":
+            from concurrent.futures.process import _RemoteTraceback
+
+            self.tb_class = _RemoteTraceback
         self.closed_error = closed_error
         self.grace = float(grace)
         # By-value pickles of functions, for this pool only (see dumps_function).
@@ -252,6 +269,7 @@ class EngineClient:
         init = {
             # Sent on the worker's private channel, never in its environment or argv.
             "authkey": bytes(process.current_process().authkey),
+            "parent_name": process.current_process().name,
             "init_call": init_call,
             "catch_exit": owner == "ProcessPoolExecutor",
         }
@@ -555,10 +573,10 @@ class EngineClient:
             if kind == "value":
                 try:
                     ok, value = True, loads(data)
-                except Exception:
+                except BaseException:
                     ok, value = decode(kind, data, lambda: label_of(i))
             else:
-                ok, value = decode(kind, data, lambda: label_of(i))
+                ok, value = decode(kind, data, lambda: label_of(i), self.tb_class)
             try:
                 on_outcome(i, ok, value)
             except BaseException as e:  # a user callback raised: report, keep serving
@@ -682,7 +700,15 @@ class _Packed:
         try:
             m = len(span)
             if kind == "value":
-                values, failures = loads(data)
+                try:
+                    values, failures = loads(data)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as e:
+                    # Every item of the chunk gets the error: none may wait forever.
+                    for i in span:
+                        self.on_outcome(i, False, unreadable_result(e, label_of(i)))
+                    return
                 self.client.count_items(values=m - len(failures) - 1, raised=len(failures))
                 many = getattr(self.on_outcome, "many", None)
                 if many is not None and not failures:
@@ -690,7 +716,7 @@ class _Packed:
                 else:
                     for j, (i, value) in enumerate(zip(span, values)):
                         if j in failures:
-                            self.on_outcome(i, False, _raised(failures[j], label_of(i)))
+                            self.on_outcome(i, False, _raised(failures[j], label_of(i), self.client.tb_class))
                         else:
                             self.on_outcome(i, True, value)
             elif kind in ("worker_lost", "protocol"):
@@ -704,7 +730,7 @@ class _Packed:
                 if stat:
                     self.client.count_items(**{stat: m - 1})
                 for i in span:
-                    self.on_outcome(i, *decode(kind, data, lambda: label_of(i)))
+                    self.on_outcome(i, *decode(kind, data, lambda: label_of(i), self.client.tb_class))
         finally:
             self.client.release()
 
@@ -713,58 +739,91 @@ class _Stopped(BaseException):
     """SIGTERM while submitted calls finish at interpreter exit."""
 
 
-def _shutdown_all() -> None:
-    """Interpreter exit, as the stdlib does it: after the non-daemon threads have
-    finished (they may still be using a pool), a ``ProcessPoolExecutor`` still open runs
-    the calls it was given (each bounded by its time limit, if it has one), then every
-    pool is terminated, bounded by its grace period, and its result thread stopped (a
-    thread waking in Rust during finalization would crash). Ctrl-C or SIGTERM while calls
-    finish stops them at once, and says so."""
-    clients = [c for c in list(_live) if c.pid == os.getpid()]
-    draining = [c for c in clients if c.owner == "ProcessPoolExecutor" and not c.engine.is_finished()]
+def _executors_running() -> List[EngineClient]:
+    return [c for c in list(_live) if c.pid == os.getpid() and c.owner == "ProcessPoolExecutor"
+            and not c.engine.is_finished()]
+
+
+def _wait_at_exit(clients: List[EngineClient], wait: Callable[[EngineClient], None]) -> None:
+    """Runs ``wait(client)`` for each client. Ctrl-C or SIGTERM meanwhile stops every pool
+    of this process at once, says so on stderr, and ends the program by that signal."""
+    import signal
+
+    if not clients:
+        return
     previous = None
-    killed_by = None
+    if threading.current_thread() is threading.main_thread():
+        def stop(signum: int, frame: Any) -> None:
+            raise _Stopped
+
+        previous = signal.signal(signal.SIGTERM, stop)
     try:
-        if draining:
-            if threading.current_thread() is threading.main_thread():
-                import signal
-
-                def stop(signum: int, frame: Any) -> None:
-                    raise _Stopped
-
-                previous = signal.signal(signal.SIGTERM, stop)
-            for client in draining:
-                client.close()
-                client.join()
+        for client in clients:
+            wait(client)
     except (KeyboardInterrupt, _Stopped) as e:
-        import signal
-
         killed_by = signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM
         cause = "Ctrl-C" if killed_by == signal.SIGINT else "SIGTERM"
         print(f"hangfree: {cause} at interpreter exit: stopping the calls still running in "
-              f"{len(draining)} ProcessPoolExecutor(s)", file=sys.stderr, flush=True)
+              f"{len(clients)} ProcessPoolExecutor(s)", file=sys.stderr, flush=True)
+        _terminate_all()
+        # The workers are gone: end as the signal would have ended the program.
+        signal.signal(killed_by, signal.SIG_DFL)
+        os.kill(os.getpid(), killed_by)
     finally:
-        for client in clients:
-            try:
-                client.terminate()
-                client.stop_thread()
-            except Exception:
-                pass
         if previous is not None:
-            import signal
-
             signal.signal(signal.SIGTERM, previous)
-        if killed_by is not None:
-            # The workers are gone: end as the signal would have ended the program.
-            import signal
-
-            signal.signal(killed_by, signal.SIG_DFL)
-            os.kill(os.getpid(), killed_by)
 
 
-# atexit runs after the interpreter has waited for its non-daemon threads, while daemon
-# threads (the result threads) still run; multiprocessing's own exit handler, registered
-# when it was imported (before this module), runs after this one.
+def _finish_given_calls() -> None:
+    """threading's exit hook (where the stdlib's executor finishes its work, before any
+    atexit handler of the program runs): the calls executors have been given so far run
+    now. Executors stay open: a non-daemon thread may still use them."""
+
+    def wait(client: EngineClient) -> None:
+        with client._lock:
+            given = set(client._jobs)
+        while True:
+            with client._lock:
+                if given.isdisjoint(client._jobs):
+                    return
+            time.sleep(SLICE)
+
+    _wait_at_exit(_executors_running(), wait)
+
+
+def _shutdown_all() -> None:
+    """Interpreter exit, once the non-daemon threads have finished (they may still be
+    using a pool): a ``ProcessPoolExecutor`` still open runs the calls it was given (each
+    bounded by its time limit, if it has one), then every pool is terminated, bounded by
+    its grace period, and its result thread stopped (a thread waking in Rust during
+    finalization would crash)."""
+
+    def finish(client: EngineClient) -> None:
+        client.close()
+        client.join()
+
+    _wait_at_exit(_executors_running(), finish)
+    _terminate_all()
+
+
+def _terminate_all() -> None:
+    for client in list(_live):
+        if client.pid != os.getpid():
+            continue
+        try:
+            client.terminate()
+            client.stop_thread()
+        except Exception:
+            pass
+
+
+# threading's exit hook runs first, before the interpreter waits for non-daemon threads;
+# atexit after that, while daemon threads (the result threads) still run;
+# multiprocessing's own exit handler, registered when it was imported (before this
+# module), runs after this one.
 import atexit  # noqa: E402
 
 atexit.register(_shutdown_all)
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_finish_given_calls)

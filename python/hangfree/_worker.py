@@ -103,11 +103,49 @@ def _prepare(data: Dict[str, Any]) -> None:
     me = process.current_process()
     me._inheriting = True
     try:
-        spawn.prepare(data)
+        spawn.prepare({k: v for k, v in data.items() if not k.startswith("init_main_")})
+        _import_main(data.get("init_main_from_name"), data.get("init_main_from_path"))
     except BaseException as e:  # reported as the pool's start-up failure, at Init
         _prepare_error = e
     finally:
         me._inheriting = False
+
+
+def _import_main(name: Any, path: Any) -> None:
+    """Imports the caller's main module as ``__mp_main__``, which also stands as this
+    process's ``__main__``, as multiprocessing's spawn does (``-m`` package mains and
+    IPython excepted, as there). Unlike spawn's ``runpy``, the module's own dict is the
+    globals of its functions, so what one function of it sets (an initializer's
+    ``global``) every other sees."""
+    import importlib.machinery
+    import importlib.util
+    import types
+
+    spec = None
+    if name is not None:
+        if name == "__main__" or name.endswith(".__main__"):
+            return
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin or not os.path.isfile(spec.origin):
+            return
+        path = spec.origin
+    elif path is None or os.path.splitext(os.path.basename(path))[0] == "ipython":
+        return
+    with open(path, "rb") as f:
+        code = compile(f.read(), path, "exec")
+    module = types.ModuleType("__mp_main__")
+    module.__file__ = path
+    module.__spec__ = spec
+    module.__package__ = spec.parent if spec is not None else None
+    module.__loader__ = importlib.machinery.SourceFileLoader("__mp_main__", path)
+    previous = sys.modules.get("__main__")
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+    try:
+        exec(code, module.__dict__)
+    except BaseException:
+        sys.modules["__main__"] = previous  # type: ignore[assignment]
+        del sys.modules["__mp_main__"]
+        raise
 
 
 def main() -> int:
@@ -154,6 +192,41 @@ def main() -> int:
             return 0
 
 
+def _in_main(fn: Any) -> Any:
+    """A function of the caller's ``__main__`` that came by value (a lambda, a closure, a
+    function of the main block), moved into this worker's ``__main__`` (the imported
+    script, or an empty module): by value it has a globals dict of its own, so what the
+    initializer sets, or another such function, would be invisible to it. Names it brought
+    that the worker's ``__main__`` lacks are added there, as under fork they would be
+    there; names the worker already has keep the worker's value."""
+    import types
+
+    if not isinstance(fn, types.FunctionType) or fn.__module__ != "__main__":
+        return fn
+    main = sys.modules["__main__"].__dict__
+    brought = fn.__globals__
+    if brought is main:
+        return fn
+    moved: Dict[int, Any] = {}
+
+    def move(f: Any) -> Any:
+        if id(f) not in moved:
+            g = types.FunctionType(f.__code__, main, f.__name__, f.__defaults__, f.__closure__)
+            g.__kwdefaults__ = f.__kwdefaults__
+            g.__qualname__ = f.__qualname__
+            g.__module__ = f.__module__
+            g.__doc__ = f.__doc__
+            g.__dict__.update(f.__dict__)
+            moved[id(f)] = g
+        return moved[id(f)]
+
+    for name, value in list(brought.items()):
+        if name not in main:
+            shares = isinstance(value, types.FunctionType) and value.__globals__ is brought
+            main[name] = move(value) if shares else value
+    return move(fn)
+
+
 def _init(ch: Any, payload: bytes) -> None:
     global _catch_exit
     if not payload:
@@ -166,13 +239,21 @@ def _init(ch: Any, payload: bytes) -> None:
     # initargs are fetched from the caller, which checks this key.
     me.authkey = info["authkey"]
     me.name = f"{info.get('name', 'HangfreePoolWorker')}-{os.getpid()}"
+    try:
+        # multiprocessing.parent_process(), as in a spawned child: its sentinel (a pidfd
+        # of the pool's process) is ready once that process is gone.
+        parent = os.getppid()
+        process._parent_process = process._ParentProcess(info.get("parent_name", "MainProcess"), parent,
+                                                         os.pidfd_open(parent))
+    except (AttributeError, OSError):
+        pass
     _catch_exit = info.get("catch_exit", False)
     if _prepare_error is not None:
         raise _prepare_error
     init_call = info.get("init_call")
     if init_call is not None:
         fn_bytes, args_bytes = init_call
-        init = loads(fn_bytes)
+        init = _in_main(loads(fn_bytes))
         # As in a spawned child: objects passed by inheritance (locks, Values, queues,
         # proxies) are rebuilt while the process counts as inheriting.
         me._inheriting = True
@@ -189,7 +270,7 @@ def _task(ch: Any, task_id: int, payload: bytes, functions: Dict[bytes, Callable
         fn_bytes, args, kwargs = call[:3]
         fn = functions.get(fn_bytes)
         if fn is None:
-            fn = functions[fn_bytes] = loads(fn_bytes)
+            fn = functions[fn_bytes] = _in_main(loads(fn_bytes))
             if len(functions) > 64:
                 functions.pop(next(iter(functions)))
     except BaseException as e:

@@ -190,6 +190,18 @@ class _MapOutcomes:
             pass
 
 
+_END = object()
+
+
+def _handed_out(run: List[Any]) -> Iterator[Any]:
+    """The values of ``run`` in order, each let go of once handed out (nothing here keeps
+    a value the caller has dropped, as the stdlib promises), still without a Python call
+    per value: list.pop from the end of the reversed list, until the marker put first."""
+    run.append(_END)
+    run.reverse()
+    return iter(run.pop, _END)
+
+
 class _Results(itertools.chain):
     """The iterator ``map`` returns: a chain of result runs (C-level ``__next__``), with
     a generator's ``close`` (which cancels the calls not started, as in the stdlib)."""
@@ -389,7 +401,7 @@ class ProcessPoolExecutor(Executor):
                     if state[pos] == _IN_RUN:
                         run = chunks.pop(pos)
                         pos = out.yielded = pos + len(run)
-                        yield run
+                        yield _handed_out(run)
                         continue
                     # Single outcomes, up to the next chunk kept whole or the first failure.
                     stop = state.find(_IN_RUN, pos, end)
@@ -406,7 +418,7 @@ class ProcessPoolExecutor(Executor):
                         # Handed out: a value the caller drops can be freed.
                         values[pos:stop] = [None] * (stop - pos)
                         pos = out.yielded = stop
-                        yield run
+                        yield _handed_out(run)
                     if failed >= 0:
                         error, values[failed] = values[failed], None
                         out.yielded = failed + 1

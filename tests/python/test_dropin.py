@@ -231,9 +231,13 @@ SCRIPT = """
                 tb = str(e.__cause__)
                 print("traceback names the script:", sys.argv[0] in tb, "raise ValueError" in tb)
         for SETTING in ("first", "second"):
+            FRESH = SETTING
             with mp.Pool(1) as p:
-                # By reference: the script as imported (as under spawn); by value: as now.
-                print(p.apply(setting, (0,)), p.apply(defined_in_the_guard, (0,))[2], p.apply(lambda: SETTING))
+                # A name the script binds on import is the worker's (as under spawn),
+                # whether the function came by reference or by value; a name only the
+                # main block binds comes with a by-value function, as it is now.
+                print(p.apply(setting, (0,)), p.apply(defined_in_the_guard, (0,))[2], p.apply(lambda: SETTING),
+                      p.apply(lambda: FRESH))
 """
 
 
@@ -245,8 +249,8 @@ def test_the_script_is_imported_and_its_functions_travel_by_reference(tmp_path):
         "2 __main__",
         "('guard', 3, 'as imported')",
         "traceback names the script: True True",
-        "as imported first first",
-        "as imported second second",
+        "as imported as imported as imported first",
+        "as imported as imported as imported second",
     ]
 
 

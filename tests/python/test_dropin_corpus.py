@@ -48,12 +48,6 @@ NEEDS = {"numpy_arrays.py": "numpy"}
 # Programs that differ under hangfree today (issue 12 is being worked on). strict=True: a
 # program that starts to pass fails the suite, so that its mark is removed.
 XFAIL: Dict[str, str] = {
-    "closure_between_pools.py": "a by-value initializer's `global LIMIT = ...` lands in a private copy of the "
-                                "script's globals, not __mp_main__'s: the task reads None",
-    "executor_shutdown_nowait.py": "pending calls run after the program's own atexit handlers (the stdlib drains "
-                                   "the executor in threading's atexit hook, before them)",
-    "worker_processes.py": "multiprocessing.parent_process() is None in a worker (stdlib: the parent), so "
-                           "'am I the main process?' checks go wrong",
 }
 
 _VENV_PYTHON = helpers.REPO / ".venv" / "bin" / "python"
