@@ -91,24 +91,33 @@ def _answer_stack_request(ch: Any) -> None:
 _prepare_error: Any = None
 
 
-def _prepare(data: Dict[str, Any]) -> None:
+def _prepare(data: Dict[str, Any], setup: bool = True, main: bool = True) -> None:
     """Does what a child spawned by multiprocessing does before it runs anything: takes
-    the caller's sys.path, sys.argv and working directory and imports its main script as
-    ``__mp_main__`` (``current_process()._inheriting`` set meanwhile, so a script without
-    an ``if __name__ == "__main__":`` guard that makes a pool gets multiprocessing's error
-    instead of a pool of pools)."""
+    the caller's sys.path, sys.argv and working directory (``setup``) and imports its main
+    script as ``__mp_main__`` (``main``), with ``current_process()._inheriting`` set
+    meanwhile, so a script without an ``if __name__ == "__main__":`` guard that makes a
+    pool gets multiprocessing's error instead of a pool of pools."""
     global _prepare_error
     from multiprocessing import process, spawn
 
     me = process.current_process()
     me._inheriting = True
     try:
-        spawn.prepare({k: v for k, v in data.items() if not k.startswith("init_main_")})
-        _import_main(data.get("init_main_from_name"), data.get("init_main_from_path"))
+        if setup:
+            spawn.prepare({k: v for k, v in data.items() if not k.startswith("init_main_")})
+        if main:
+            _import_main(data.get("init_main_from_name"), data.get("init_main_from_path"))
     except BaseException as e:  # reported as the pool's start-up failure, at Init
         _prepare_error = e
     finally:
         me._inheriting = False
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
 
 
 def _import_main(name: Any, path: Any) -> None:
@@ -153,9 +162,20 @@ def main() -> int:
 
     preparation = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     server = os.environ.get("HANGFREE_FORK_SERVER") == "1"
+    # Whether each forked worker imports the script itself (see below).
+    main_after_fork = preparation.pop("main_after_fork", False)
     if server:
-        # Once for every worker this server will fork.
-        _prepare(preparation)
+        # Once for every worker this server will fork, unless that cannot be.
+        _prepare(preparation, main=not main_after_fork)
+        if not main_after_fork and _threads() > 1 and hasattr(sys, "orig_argv"):
+            # The script's imports started threads (OpenBLAS does, for numpy), and a
+            # fork copies only the calling thread. Start over as a server that has not
+            # imported the script, whose workers import it after the fork (as the
+            # stdlib's forkserver children do): same process, same channel.
+            preparation["main_after_fork"] = True
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execv(sys.executable, [*sys.orig_argv[:-1], json.dumps(preparation)])
     try:
         # In the pool's fork server this returns only in each forked worker.
         ch = _core.WorkerChannel.from_stdin()
@@ -166,6 +186,8 @@ def main() -> int:
     os.environ.pop("HANGFREE_FORK_SERVER", None)
     if not server:
         _prepare(preparation)
+    elif main_after_fork:
+        _prepare(preparation, setup=False)
     _answer_stack_request(ch)
     functions: Dict[bytes, Callable[..., Any]] = {}
     while True:

@@ -298,31 +298,34 @@ def test_a_worker_that_would_make_a_pool_while_importing_the_script_gets_the_std
 
 
 THREADS_ON_IMPORT = """
-    import logging, threading, time
+    import logging, os, threading, time
     import hangfree as mp
 
     # A library that starts a thread when imported (as OpenBLAS does under numpy).
     threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
 
-    def square(x):
-        return x * x
+    def threads(_):
+        return len(os.listdir("/proc/self/task")) >= 2
 
     if __name__ == "__main__":
         records = []
-        logging.getLogger("hangfree").addHandler(logging.Handler())
-        logging.getLogger("hangfree").handlers[-1].emit = records.append
-        logging.getLogger("hangfree").setLevel(logging.INFO)
+        handler = logging.Handler()
+        handler.emit = records.append
+        logging.getLogger("hangfree").addHandler(handler)
+        logging.getLogger("hangfree").setLevel(logging.DEBUG)
         with mp.Pool(2, maxtasksperchild=1) as p:
-            print(p.map(square, range(6), chunksize=1))
-        print(any("runs threads besides its own" in r.getMessage() for r in records))
+            print(p.map(threads, range(6), chunksize=1))
+        print("server failed", any("fork server failed" in r.getMessage() for r in records))
+        print("workers", sum("started worker" in r.getMessage() for r in records) >= 6)
 """
 
 
-def test_a_fork_server_whose_script_started_threads_does_not_fork(tmp_path):
-    """A fork copies one thread: the server refuses, and workers are started by exec."""
+def test_a_script_that_starts_threads_on_import_is_imported_after_each_fork(tmp_path):
+    """A fork copies one thread: a fork server whose script started threads starts over
+    without the script, and each forked worker imports it (its threads its own)."""
     res = run(tmp_path, THREADS_ON_IMPORT)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines() == ["[0, 1, 4, 9, 16, 25]", "True"]
+    assert res.stdout.splitlines() == ["[True, True, True, True, True, True]", "server failed False", "workers True"]
 
 
 EXECUTOR_EXCEPTIONS = """
