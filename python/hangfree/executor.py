@@ -241,10 +241,11 @@ class ProcessPoolExecutor(Executor):
     ``future.cancel()`` keeps the stdlib meaning (False once a worker has the call). To
     stop a call that is running, use :meth:`stop` or a time limit.
 
-    Workers are forked from a fork server, an idle worker interpreter started by exec
-    with the executor (no thread of this process is ever forked), as :class:`hangfree.Pool`
-    describes (``fork_server=False`` starts each by exec); ``mp_context`` is accepted for compatibility and ignored. Functions
-    defined in ``__main__`` travel by value.
+    Workers start as children spawned by multiprocessing do (the main script imported
+    as ``__mp_main__``, its functions by reference) and are forked from a fork server, an
+    idle worker interpreter started by exec with the executor (no thread of this process
+    is ever forked), as :class:`hangfree.Pool` describes (``fork_server=False`` starts
+    each by exec); ``mp_context`` (any multiprocessing context) is accepted.
     """
 
     def __init__(

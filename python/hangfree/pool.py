@@ -321,16 +321,18 @@ class Pool:
     even descendants that left its process group (``setsid`` daemons) die with it; it
     needs a writable cgroup v2 hierarchy and fails at construction otherwise.
 
-    Workers are forked from a fork server: an idle worker interpreter started by exec
-    when the pool is made, so a worker (and a replacement after a crash) is up in about a
-    millisecond, and no thread of this process is ever forked. Workers see the
-    environment variables of the pool's creation; ``sys.path`` and the working directory
-    are sent to each. With ``fork_server=False``, in cgroup mode, or if the server fails,
-    workers are started by exec (each a fresh interpreter, ~25 ms or more to start, seeing
-    the environment of its own start). ``context`` is accepted for compatibility and
-    ignored. Functions defined in
-    ``__main__`` travel by value, so scripts without an ``if __name__ == "__main__":``
-    guard work.
+    Workers start as children spawned by multiprocessing do: with this process's
+    ``sys.path``, ``sys.argv``, working directory, interpreter flags and authkey, and the
+    main script imported as ``__mp_main__``, so its functions travel by reference (what
+    has no importable name, such as a lambda, travels by value), and ``initargs`` may hold
+    locks, ``Value``s, queues and Manager proxies. They are forked from a fork server: an
+    idle worker interpreter started by exec when the pool is made, which imports the
+    script once, so a worker (and a replacement after a crash) is up in about a
+    millisecond, and no thread of this process is ever forked; workers see the
+    environment variables of the pool's creation. With ``fork_server=False``, in cgroup
+    mode, or if the server fails, workers are started by exec (each a fresh interpreter,
+    ~25 ms or more to start, seeing the environment of its own start). ``context`` (any
+    multiprocessing context) is accepted; workers start the same way whatever it is.
     """
 
     def __init__(
