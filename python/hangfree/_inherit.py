@@ -143,6 +143,26 @@ class _Spawning:
         return _share(fd, self.keys)
 
 
+def _semlock(lock: Any) -> Any:
+    """A lock or semaphore as the stdlib pickles it for a spawned child, but refused
+    with a clear error when it cannot reach a worker: one made under the fork start
+    method is anonymous (its name unlinked at once), so a worker could not open it."""
+    name = lock._semlock.name
+    if name is None or not os.path.exists(f"/dev/shm/sem.{name.lstrip('/')}"):
+        raise ValueError(
+            f"{lock!r} was made under the fork start method (an anonymous semaphore only forked "
+            f"children can share), so hangfree's workers cannot open it: make it with hangfree's "
+            f"own {type(lock).__name__}() (or multiprocessing.get_context('spawn'))")
+    return lock.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+
+
+def _semlock_reducers() -> Dict[type, Any]:
+    from multiprocessing import synchronize
+
+    return {cls: _semlock for cls in (synchronize.Lock, synchronize.RLock, synchronize.Semaphore,
+                                      synchronize.BoundedSemaphore)}
+
+
 def dumps_inherited(obj: Any, keys: List[int]) -> bytes:
     """Pickles ``obj`` as the stdlib pickles what it passes to a child it spawns; the
     keys of descriptors shared for it are added to ``keys`` (to ``release`` with the
@@ -151,11 +171,14 @@ def dumps_inherited(obj: Any, keys: List[int]) -> bytes:
 
     from hangfree._pickling import PROTOCOL, main_is_imported
 
+    semlocks = _semlock_reducers()
     context.set_spawning_popen(_Spawning(keys))
     try:
         buf = io.BytesIO()
         try:
-            reduction.ForkingPickler(buf, PROTOCOL).dump(obj)
+            pickler = reduction.ForkingPickler(buf, PROTOCOL)
+            pickler.dispatch_table.update(semlocks)
+            pickler.dump(obj)
             data = buf.getvalue()
             if b"__main__" not in data or main_is_imported():
                 return data
@@ -169,7 +192,7 @@ def dumps_inherited(obj: Any, keys: List[int]) -> bytes:
 
         buf = io.BytesIO()
         pickler = cloudpickle.Pickler(buf, PROTOCOL)
-        pickler.dispatch_table = collections.ChainMap(reduction.ForkingPickler._extra_reducers,
+        pickler.dispatch_table = collections.ChainMap(semlocks, reduction.ForkingPickler._extra_reducers,
                                                       cloudpickle.Pickler.dispatch_table)
         pickler.dump(obj)
         return buf.getvalue()

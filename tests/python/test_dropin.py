@@ -143,6 +143,29 @@ def test_objects_shared_by_inheritance_reach_every_worker(tmp_path, mode):
     assert res.stdout.splitlines() == ["counter 40 all set True", "queue True manager 40 True", "workers True"]
 
 
+FORK_LOCK = """
+    import multiprocessing
+    import hangfree as mp
+
+    def init(lock):
+        pass
+
+    if __name__ == "__main__":
+        try:
+            mp.Pool(1, initializer=init, initargs=(multiprocessing.get_context("fork").Lock(),))
+        except ValueError as e:
+            print("ValueError", "fork start method" in str(e))
+        with mp.Pool(1, initializer=init, initargs=(mp.Lock(),)) as p:
+            print(p.apply(abs, (-3,)))
+"""
+
+
+def test_a_lock_only_forked_children_can_share_is_refused_clearly(tmp_path):
+    res = run(tmp_path, FORK_LOCK)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["ValueError True", "3"]
+
+
 AUTHKEY = """
     import os
     import hangfree as mp
