@@ -262,8 +262,12 @@ class EngineClient:
         # nobody holds it, and workers started later open it by that name.
         self._initargs = tuple(initargs)
         if initializer is not None:
-            init_call = (dumps_function(initializer, self._functions),
-                         dumps_inherited(self._initargs, self._inherited))
+            try:
+                init_call = (dumps_function(initializer, self._functions),
+                             dumps_inherited(self._initargs, self._inherited))
+            except BaseException:
+                release(self._inherited)
+                raise
         from multiprocessing import process
 
         init = {
