@@ -59,6 +59,10 @@ DIFFERENT = {
     "ExecutorDeadlockTest.test_error_during_result_unpickle_in_result_handler":
         "a result the parent cannot unpickle breaks the stdlib executor (BrokenProcessPool); hangfree fails "
         "that future alone (HangfreeError: the result cannot be unpickled here)",
+    "ExecutorDeadlockTest.test_exit_during_result_unpickle_in_result_handler":
+        "a result whose unpickling in the parent raises SystemExit breaks the stdlib executor "
+        "(BrokenProcessPool); hangfree fails that future alone (HangfreeError: the result cannot be "
+        "unpickled here: SystemExit: 1)",
     "ProcessPoolExecutorTest.test_killed_child":
         "reads executor._processes, and expects a killed worker to break the executor: hangfree fails that "
         "call with WorkerLostError and goes on",
@@ -83,27 +87,7 @@ DIFFERENT = {
 }
 
 # (b) hangfree bugs of public behaviour: strict xfail, to be fixed.
-BUGS = {
-    "ExecutorDeadlockTest.test_error_at_task_pickle":
-        "an argument that cannot be pickled fails the future with HangfreeError('... cannot be pickled: "
-        "PicklingError: ...'), not with the pickler's own PicklingError as the stdlib does",
-    "ExecutorDeadlockTest.test_error_during_result_pickle_on_worker":
-        "a result the worker cannot pickle fails the future with multiprocessing.pool.MaybeEncodingError "
-        "(Pool's type); the stdlib executor raises the pickler's own PicklingError",
-    "ExecutorDeadlockTest.test_exit_during_result_pickle_on_worker":
-        "SystemExit while the worker pickles a result gives MaybeEncodingError; the stdlib executor "
-        "raises the SystemExit itself",
-    "ProcessPoolExecutorTest.test_traceback":
-        "the worker's traceback is chained as multiprocessing.pool.RemoteTraceback; the stdlib "
-        "executor uses concurrent.futures.process._RemoteTraceback",
-    "ProcessPoolExecutorTest.test_free_reference":
-        "executor.map's iterator keeps a reference to the results it has handed out (the chunk's "
-        "list): each should be freed once the caller drops it (bpo-14406)",
-    "ExecutorDeadlockTest.test_exit_during_result_unpickle_in_result_handler":
-        "SystemExit while the parent unpickles a result escapes from future.result() and leaves the "
-        "future pending, or, when the result thread unpickles it, the future never completes; the stdlib "
-        "breaks the executor (BrokenProcessPool). Once fixed (one failed future), move this to DIFFERENT",
-}
+BUGS: dict = {}
 
 _PREFIX = "ProcessPoolSpawn"
 

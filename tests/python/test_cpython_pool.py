@@ -68,14 +68,7 @@ DIFFERENT = {
 }
 
 # (b) hangfree bugs of public behaviour: strict xfail, to be fixed.
-BUGS = {
-    "_TestPool.test_map_unplicklable":
-        "an argument that cannot be pickled raises HangfreeError('... cannot be pickled: RuntimeError: ...'), "
-        "not the pickler's own RuntimeError as the stdlib does",
-    "_TestPool.test_imap_handle_iterable_exception":
-        "when the input iterable raises, imap still yields the items of the chunk it was reading "
-        "(chunksize=2: 36 for item 6); the stdlib drops that chunk and raises right after item 5",
-}
+BUGS: dict = {}
 
 
 def _set_up_class_then_wait(cls) -> None:
