@@ -32,6 +32,9 @@
 //! | `!tty-child`            | runs a child that writes `child says hello` to stdout, answers its exit status |
 //! | `!tty-stopped-child`    | starts a child that restores SIGTTOU's default and writes to stdout (stopped with `tostop`), answers its pid |
 //!
+//! With `HF_HOSTILE_THREAD` in its environment it starts a thread before it takes its
+//! channel (a fork server must then refuse to fork).
+//!
 //! `hangfree-hostile --tty-parent` runs a pool on the terminal it is given as stdin (see
 //! [`tty_parent`]), for the job-control tests.
 //!
@@ -75,6 +78,15 @@ fn main() {
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
+    }
+    if std::env::var_os("HF_HOSTILE_THREAD").is_some() {
+        // A thread started before the channel, as a language runtime's imports may start
+        // one: a fork server then must not fork.
+        std::thread::spawn(|| {
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        });
     }
     let mut ch = match WorkerChannel::from_stdin() {
         Ok(c) => c,

@@ -12,7 +12,7 @@ use common::*;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hangfree::{EventKind, ExitStatus, LossCause, Outcome, Pool, TaskError};
+use hangfree::{EventKind, ExitStatus, LossCause, Outcome, Pool, TaskError, WorkerCommand};
 
 /// The events a pool reported: kind and pid.
 type Seen = Arc<Mutex<Vec<(EventKind, Option<i32>)>>>;
@@ -126,6 +126,37 @@ fn a_dead_fork_server_is_reported_and_workers_start_by_exec() {
         // The dead server was reaped, not left a zombie of ours.
         wait_until(Duration::from_secs(2), "the dead fork server to be reaped", || stat(server).is_none());
         assert_eq!(s(&value(&submit(&pool, "still here"))), "still here");
+        shutdown(&pool);
+        assert!(tagged(&tag).is_empty(), "left after join: {:?}", tagged(&tag));
+    });
+}
+
+#[test]
+fn a_fork_server_with_other_threads_refuses_to_fork_and_workers_start_by_exec() {
+    wd(|| {
+        let tag = new_tag("fs-threads");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let seen = messages.clone();
+        let pool = Pool::builder(WorkerCommand::new(BIN).env("HF_TEST_TAG", &tag).env("HF_HOSTILE_THREAD", "1"))
+            .forward_stderr(false)
+            .workers(2)
+            .grace(Duration::from_millis(200))
+            .fork_server(true)
+            .on_event(move |e| seen.lock().unwrap().push((e.kind, e.message.clone())))
+            .build()
+            .expect("pool");
+        let a = pid_of(&pool);
+        assert!(!was_forked(a), "worker {a} was forked from a server running two threads");
+        assert!(
+            messages
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(k, m)| *k == EventKind::ForkServerFailed && m.contains("runs threads besides its own")),
+            "the refusal is reported: {:?}",
+            messages.lock().unwrap()
+        );
+        assert_eq!(s(&value(&submit(&pool, "works"))), "works");
         shutdown(&pool);
         assert!(tagged(&tag).is_empty(), "left after join: {:?}", tagged(&tag));
     });
