@@ -196,7 +196,9 @@ def classify(kind: str, i: int, ok: bool, value: Any, grandchildren: Set[int]) -
         outcome = f"lost:{value.signal_name or f'exit {value.exitcode}'}"
     elif isinstance(value, hangfree.TaskTimeoutError):
         outcome = "timed_out"
-    elif isinstance(value, MaybeEncodingError):
+    elif isinstance(value, MaybeEncodingError) or (isinstance(value, TypeError) and "cannot pickle" in str(value)):
+        # A Pool reports a result that cannot be pickled as MaybeEncodingError; an
+        # executor, as concurrent.futures does, with the pickling error itself.
         outcome = "raised:unpicklable"
     elif isinstance(value, ValueError) and "raised on purpose" in str(value):
         outcome = "raised:ValueError"
