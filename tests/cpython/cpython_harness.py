@@ -32,8 +32,6 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 from unittest import mock
 
-import pytest
-
 HERE = Path(__file__).resolve().parent
 # Where tests/cpython/fetch_cpython_tests.sh puts what it takes out of Debian's
 # libpython3.X-testsuite package (ignored by git).
@@ -133,6 +131,8 @@ def apply_expectations(cls: type, base_name: str, different: Dict[str, str], bug
         fn = getattr(cls, tname)
         if tname.startswith("test") and callable(fn):
             setattr(cls, tname, _copy(fn))
+    import pytest  # here: hangfree's workers import this module (through cpython_futures)
+
     run_them = os.environ.get("HANGFREE_CPYTHON_RUN_DIFFERENT") == "1"
     for key, reason in different.items():
         cname, _, tname = key.partition(".")

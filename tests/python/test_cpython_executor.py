@@ -133,9 +133,11 @@ if F is not None and F.SOURCE is not None:
             yield
 
     def test_which_cpython_tests():
-        """Which copy of test_concurrent_futures.py runs (shown with -rA)."""
+        """Which copy of test_concurrent_futures.py runs (printed; shown with -rA); skipped,
+        to be seen, when it is an older CPython's."""
         print(f"{F.SOURCE} ({F.LOCATED})")
-        if sys.version_info[:2] != H._version_of(F.SOURCE) and not H._version_of(F.SOURCE) is None:
+        version = H._version_of(F.SOURCE)
+        if version is not None and version != sys.version_info[:2]:
             pytest.skip(f"an older CPython's tests run here: {F.SOURCE}: {F.LOCATED}")
 
     def test_expectation_lists_name_real_tests():
