@@ -323,6 +323,17 @@ class EngineClient:
         if os.getpid() != self.pid:
             raise self.forked_error()
 
+    def check_can_wait(self) -> None:
+        """Raises where a wait for outcomes could never end: in a forked child, or on the
+        thread that delivers them (a result callback waiting for other results, which
+        deadlocks the stdlib's pool)."""
+        self.check_process()
+        if threading.current_thread() is self._thread:
+            raise RuntimeError(
+                f"a result callback of this hangfree {self.owner} cannot wait for other results: callbacks "
+                f"run on the thread that delivers them, so the wait could never end (submit from the "
+                f"callback and wait elsewhere)")
+
     def submit(
         self,
         fn: Callable[..., Any],

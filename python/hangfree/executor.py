@@ -174,7 +174,7 @@ class _MapOutcomes:
                 self.wanted = pos
                 if self.state[pos]:
                     break
-                client.check_process()
+                client.check_can_wait()
                 left = SLICE if end_time is None else min(SLICE, end_time - time.monotonic())
                 if left <= 0:
                     raise FuturesTimeoutError()

@@ -29,7 +29,7 @@ def _interrupted_wait(event: threading.Event, timeout: Optional[float], client: 
     forked child nothing would ever set the event: raise instead of waiting forever."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while not event.is_set():
-        client.check_process()
+        client.check_can_wait()
         left = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
         if left <= 0:
             return False
@@ -239,7 +239,7 @@ class IMapIterator:
                 while not self._take():
                     if self._n is not None and self._yielded >= self._n:
                         return  # the input ended: nothing more will come
-                    self._client.check_process()
+                    self._client.check_can_wait()
                     left = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
                     if left <= 0:
                         raise TimeoutError

@@ -7,6 +7,7 @@ import multiprocessing.pool
 import os
 import signal
 import sys
+import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 
@@ -284,3 +285,40 @@ def test_initializer_that_exits():
     with hangfree.Pool(1, initializer=tasks.init_exits, initargs=(4,)) as p:
         with pytest.raises(hangfree.InitializerError, match="exit code 4"):
             p.apply(tasks.square, (2,))
+
+
+def test_a_result_callback_that_waits_for_other_results_gets_an_error_not_a_deadlock(pool):
+    """Callbacks run on the thread that delivers outcomes: a map() there could never end
+    (the stdlib deadlocks). It raises at once; a call waited for alone still works."""
+    seen = []
+
+    def callback(value):
+        seen.append(pool.apply(tasks.square, (value,)))
+        try:
+            pool.map(tasks.square, [1, 2])
+        except RuntimeError as e:
+            seen.append(str(e))
+
+    r = pool.apply_async(tasks.square, (3,), callback=callback)
+    r.wait(30)
+    assert r.ready() and seen[0] == 81
+    assert "cannot wait for other results" in seen[1]
+    assert_pool_works(pool)
+
+
+def test_an_executor_done_callback_that_waits_for_a_map_gets_an_error():
+    with hangfree.ProcessPoolExecutor(1) as ex:
+        seen = []
+        called = threading.Event()
+
+        def done(f):
+            try:
+                seen.append(list(ex.map(tasks.square, [1, 2])))
+            except RuntimeError as e:
+                seen.append(str(e))
+            called.set()
+
+        # Nobody waits on the future: the result thread delivers it and runs the callback.
+        ex.submit(tasks.square, 2).add_done_callback(done)
+        assert called.wait(30)
+        assert "cannot wait for other results" in seen[0]
