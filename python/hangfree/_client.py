@@ -210,6 +210,7 @@ class EngineClient:
         max_startup_failures: int,
         owner: str,
         closed_error: Callable[[], BaseException],
+        front: Any = None,
         max_memory: Union[int, str, None] = None,
         retries: int = 0,
         stack_wait: float = 0.5,
@@ -244,6 +245,10 @@ class EngineClient:
         self.pid = os.getpid()
         self.workers = workers
         self.owner = owner
+        # The Pool or executor this serves, weakly: should it be dropped without being
+        # stopped, even before its constructor could hold this client (Ctrl-C landing in
+        # it), the result thread does what its __del__ would (see _deliver).
+        self._front = weakref.ref(front) if front is not None else None
         # What a task's exception has as its cause, as in the front's stdlib counterpart.
         self.tb_class: Callable[[str], BaseException] = RemoteTraceback
         if owner == "ProcessPoolExecutor":
@@ -561,6 +566,14 @@ class EngineClient:
             if not outcomes and not self._jobs and engine.is_finished():
                 release(self._inherited)
                 return
+            if self._front is not None and self._front() is None:
+                # Nobody can use this pool any more: a Pool stops its workers, an
+                # executor lets its calls finish (as their __del__ do).
+                self._front = None
+                if self.owner == "Pool":
+                    engine.terminate()
+                else:
+                    self.close()
 
     def _settle(self, outcomes: List[Tuple[int, int, str, Any]]) -> None:
         """Hands each engine outcome to its job. One lock for the whole batch: a stream

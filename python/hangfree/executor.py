@@ -286,6 +286,7 @@ class ProcessPoolExecutor(Executor):
             startup_timeout=startup_timeout,
             max_startup_failures=max_startup_failures,
             owner="ProcessPoolExecutor",
+            front=self,
             closed_error=lambda: RuntimeError("cannot schedule new futures after shutdown"),
             max_memory=max_memory,
             retries=retries,

@@ -370,6 +370,7 @@ class Pool:
             startup_timeout=startup_timeout,
             max_startup_failures=max_startup_failures,
             owner="Pool",
+            front=self,
             closed_error=lambda: ValueError("Pool not running"),
             max_memory=max_memory,
             retries=retries,

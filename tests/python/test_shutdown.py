@@ -346,3 +346,61 @@ def test_interpreter_exit_with_open_pool_does_not_hang(tmp_path, mode):
     if mode == "thread-uses-pool":
         assert "thread got 16" in res.stdout, res.stderr
     assert not helpers.wait_gone(helpers.pids_in(d), 0.5)
+
+
+CTRL_C_IN_CONSTRUCTOR = """
+    import os, random, signal, threading, time
+    import hangfree
+
+    def children():
+        out = []
+        for d in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    st = f.read()
+            except OSError:
+                continue
+            rest = st[st.rindex(")") + 2:].split()
+            if int(rest[1]) == os.getpid() and rest[0] != "Z":
+                out.append(int(d))
+        return out
+
+    # Widen the window where Ctrl-C lands after a pool's result thread started but
+    # before its front holds it (a few bytecodes otherwise).
+    _start = threading.Thread.start
+    def start(self):
+        _start(self)
+        if self.name.startswith("hangfree-") and self.name.endswith("-results"):
+            time.sleep(0.05)
+    threading.Thread.start = start
+
+    if __name__ == "__main__":
+        random.seed(7)
+        for i in range(30):
+            # Ctrl-C at a random moment of Pool() / ProcessPoolExecutor() or just after.
+            t = threading.Timer(random.uniform(0, 0.08), os.kill, (os.getpid(), signal.SIGINT))
+            t.start()
+            try:
+                if i % 2:
+                    with hangfree.Pool(2, grace=0.5):
+                        time.sleep(0.1)
+                else:
+                    with hangfree.ProcessPoolExecutor(2, grace=0.5):
+                        time.sleep(0.1)
+            except KeyboardInterrupt:
+                pass
+            t.join()
+        deadline = time.monotonic() + 10
+        while (children() or threading.active_count() > 1) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print("left", children(), threading.active_count())
+"""
+
+
+def test_ctrl_c_inside_the_constructor_leaves_nothing_behind(tmp_path):
+    """Wherever Ctrl-C lands while a pool is being made, its fork server, workers and
+    threads go (the issue saw them leak in 2 runs of 3)."""
+    script = helpers.write_script(tmp_path, CTRL_C_IN_CONSTRUCTOR)
+    res, _ = helpers.run_python([str(script)], timeout=90)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "left [] 1", res.stdout + res.stderr
