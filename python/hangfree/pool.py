@@ -612,7 +612,12 @@ class Pool:
         # Collected while running (never closed): stop the workers, as multiprocessing
         # does. Never blocks: the result thread finishes the job and then exits.
         client = self.__dict__.get("_client")
-        if client is not None and self.__dict__.get("_state") in ("RUN", "CLOSE"):
+        state = self.__dict__.get("_state")
+        if state == "RUN":
+            import warnings
+
+            warnings.warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self)
+        if client is not None and state in ("RUN", "CLOSE"):
             self._state = "TERMINATE"
             try:
                 client.terminate_nowait()

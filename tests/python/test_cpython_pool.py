@@ -66,12 +66,7 @@ DIFFERENT = {
 }
 
 # (b) hangfree bugs of public behaviour: strict xfail, to be fixed.
-BUGS = {
-    "_TestPool.test_resource_warning":
-        "a running Pool that is garbage-collected (never closed) emits no ResourceWarning; the stdlib "
-        "warns 'unclosed running multiprocessing pool' (seen with -X dev or -W error). The test sets "
-        "Pool._state = 'RUN', which hangfree's Pool happens to use too",
-}
+BUGS: dict = {}
 
 
 def _set_up_class_then_wait(cls) -> None:
