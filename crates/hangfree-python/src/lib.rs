@@ -114,12 +114,53 @@ impl Sink for KeyedSink {
     }
 }
 
+/// Seconds given from Python as a duration for the engine. NaN and negative values are a
+/// ValueError naming `what`; any value past [`hangfree::MAX_DURATION`], infinity
+/// included, is that duration (no limit in practice, see its rustdoc); zero stays zero,
+/// for the engine to accept or refuse.
 fn secs(v: Option<f64>, what: &str) -> PyResult<Option<Duration>> {
     match v {
         None => Ok(None),
-        Some(s) if s.is_finite() && s >= 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) if s >= 0.0 => Ok(Some(wait_limit(s))),
         Some(s) => Err(PyValueError::new_err(format!("{what} must be a non-negative number of seconds, not {s}"))),
     }
+}
+
+/// The limit of one of this module's own waits: never negative, NaN or past
+/// [`hangfree::MAX_DURATION`], so a deadline made from it cannot overflow the clock.
+fn wait_limit(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX).min(hangfree::MAX_DURATION)
+}
+
+/// `retries` for the engine. Python ints have no upper bound; more than `u32::MAX`
+/// retries (already unlimited in practice) is taken as `u32::MAX`.
+fn retries_count(v: &Bound<'_, PyAny>) -> PyResult<u32> {
+    match v.extract::<u32>() {
+        Ok(n) => Ok(n),
+        Err(_) if v.is_instance_of::<pyo3::types::PyInt>() && v.gt(0)? => Ok(u32::MAX),
+        Err(_) => Err(PyValueError::new_err(format!("retries must be a non-negative int, not {}", v.repr()?))),
+    }
+}
+
+/// Calls into the engine with the GIL released. A panic there (a bug in hangfree) is
+/// raised as `hangfree.HangfreeError` naming it, never as pyo3's `PanicException`, a
+/// BaseException that `except Exception` lets through.
+fn engine_call<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> PyResult<T> {
+    py.detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))).map_err(|p| {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        let msg = format!("the hangfree engine panicked ({what}); this is a bug in hangfree");
+        match py.import("hangfree._errors").and_then(|m| m.getattr("HangfreeError")) {
+            Ok(cls) => match cls.call1((msg.clone(),)) {
+                Ok(e) => PyErr::from_value(e),
+                Err(_) => PyRuntimeError::new_err(msg),
+            },
+            Err(_) => PyRuntimeError::new_err(msg),
+        }
+    })
 }
 
 /// A pool engine: worker processes running `argv`, supervised by a Rust thread.
@@ -135,7 +176,7 @@ impl Engine {
     #[pyo3(signature = (argv, *, workers, task_timeout=None, grace=1.0, kill_wait=1.0,
         startup_timeout=60.0, max_tasks_per_worker=None, max_startup_failures=3,
         init_payload=Vec::new(), prefetch=2, forward_stderr=true, env=Vec::new(),
-        max_memory=None, retries=0, stack_dump_wait=None, events=false, prefetch_below=None, cgroup=false,
+        max_memory=None, retries=None, stack_dump_wait=None, events=false, prefetch_below=None, cgroup=false,
         fork_server=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -153,7 +194,7 @@ impl Engine {
         forward_stderr: bool,
         env: Vec<(String, String)>,
         max_memory: Option<u64>,
-        retries: u32,
+        retries: Option<Bound<'_, PyAny>>,
         stack_dump_wait: Option<f64>,
         events: bool,
         prefetch_below: Option<f64>,
@@ -185,7 +226,10 @@ impl Engine {
         if let Some(m) = max_memory {
             b = b.max_memory(m);
         }
-        b = b.retries(retries).cgroup(cgroup).fork_server(fork_server);
+        b = b
+            .retries(retries.as_ref().map(retries_count).transpose()?.unwrap_or(0))
+            .cgroup(cgroup)
+            .fork_server(fork_server);
         if let Some(d) = secs(prefetch_below, "prefetch_below")? {
             b = b.prefetch_below(d);
         }
@@ -201,7 +245,7 @@ impl Engine {
                 q.cv.notify_one();
             });
         }
-        let pool = py.detach(|| b.build()).map_err(|e| match e {
+        let pool = engine_call(py, || b.build())?.map_err(|e| match e {
             hangfree::BuildError::Invalid(m) => PyValueError::new_err(m),
             other => PyRuntimeError::new_err(other.to_string()),
         })?;
@@ -222,7 +266,9 @@ impl Engine {
         labels: Option<Vec<String>>,
         claim: bool,
     ) -> PyResult<u64> {
-        let timeout = secs(timeout, "timeout")?;
+        // Refused like the engine's own refusals, so the caller forgets the submission.
+        let timeout = secs(timeout, "a task's timeout")
+            .map_err(|e| SubmitRefused::new_err(("invalid", e.value(py).to_string(), py.None())))?;
         let mut labels = labels.map(|l| l.into_iter());
         let payloads: Vec<Vec<u8>> = payloads.iter().map(payload_vec).collect::<PyResult<_>>()?;
         let tasks: Vec<Task> = payloads
@@ -242,7 +288,7 @@ impl Engine {
             return Err(PyValueError::new_err("a claimable submission is one task"));
         }
         let sink: Arc<dyn Sink> = Arc::new(KeyedSink { key, queue: self.queue.clone(), claimable: claim });
-        let r = py.detach(|| self.pool.submit_to(sink, tasks, chunksize));
+        let r = engine_call(py, || self.pool.submit_to(sink, tasks, chunksize))?;
         match r {
             Ok(ids) => Ok(ids.start),
             Err(e) => {
@@ -252,6 +298,8 @@ impl Engine {
                     SubmitError::Broken(_) => "broken",
                     SubmitError::Forked { .. } => "forked",
                     SubmitError::TooLarge { .. } => "too_large",
+                    SubmitError::Invalid(_) => "invalid",
+                    SubmitError::Failed(_) => "failed",
                 };
                 let detail = match &e {
                     SubmitError::Broken(f) => Some(failure_details(py, f)?),
@@ -267,9 +315,9 @@ impl Engine {
     /// outcomes; returns every outcome ready, as `(key, index, kind, data)` tuples where
     /// kind is "value" or "raised" (data: bytes) or a failure kind (data: a dict).
     fn next_outcomes<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Vec<Bound<'py, PyAny>>> {
-        let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+        let deadline = Instant::now() + wait_limit(timeout);
         let items: Vec<Done> = loop {
-            let got = py.detach(|| {
+            let got = engine_call(py, || {
                 let left = deadline.saturating_duration_since(Instant::now()).min(SLICE);
                 // In a stream of outcomes the next one is microseconds away: poll for it
                 // before sleeping, so the supervisor need not wake this thread for each.
@@ -282,7 +330,7 @@ impl Engine {
                 }
                 self.queue.nonempty.store(false, Ordering::Release);
                 q.drain(..).collect::<Vec<_>>()
-            });
+            })?;
             // A finished pool has nothing more to say: let the result thread go at once.
             if !got.is_empty() || Instant::now() >= deadline || self.has_events() || self.pool.is_finished() {
                 break got;
@@ -298,9 +346,9 @@ impl Engine {
     /// the caller then finds it done. Polls briefly before sleeping: the answer usually
     /// comes sooner than a cross-CPU wake-up would take.
     fn wait_claim<'py>(&self, py: Python<'py>, key: u64, timeout: f64) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+        let deadline = Instant::now() + wait_limit(timeout);
         let q = &self.queue;
-        let got = py.detach(|| {
+        let got = engine_call(py, || {
             let mut c = lock(&q.claims);
             if let Some(o) = c.ready.remove(&key) {
                 return Some(o);
@@ -334,7 +382,7 @@ impl Engine {
                 }
             }
             got
-        });
+        })?;
         got.map(|o| kind_and_data(py, key, o)).transpose()
     }
 
@@ -365,36 +413,36 @@ impl Engine {
     }
 
     /// Cancels a task by id (a running one has its worker stopped).
-    fn cancel(&self, task_id: u64) {
-        self.pool.cancel(task_id);
+    fn cancel(&self, py: Python<'_>, task_id: u64) -> PyResult<()> {
+        engine_call(py, || self.pool.cancel(task_id))
     }
 
     /// Cancels a task only if no worker has it yet; returns whether it did.
-    fn cancel_if_queued(&self, py: Python<'_>, task_id: u64) -> bool {
-        py.detach(|| self.pool.cancel_if_queued(task_id))
+    fn cancel_if_queued(&self, py: Python<'_>, task_id: u64) -> PyResult<bool> {
+        engine_call(py, || self.pool.cancel_if_queued(task_id))
     }
 
     /// Where a task is: "queued" (no worker has it), "sent_ahead" (waiting in a busy
     /// worker's channel, not started), "running" (its worker has started it) or "done"
     /// (its outcome was delivered, or the id is unknown). A round trip to the supervisor
     /// thread, with the GIL released.
-    fn task_state(&self, py: Python<'_>, task_id: u64) -> &'static str {
-        match py.detach(|| self.pool.task_state(task_id)) {
+    fn task_state(&self, py: Python<'_>, task_id: u64) -> PyResult<&'static str> {
+        Ok(match engine_call(py, || self.pool.task_state(task_id))? {
             TaskState::Queued => "queued",
             TaskState::SentAhead => "sent_ahead",
             TaskState::Running => "running",
             TaskState::Done => "done",
-        }
+        })
     }
 
     /// Accepts no more tasks; workers exit after the queued ones.
-    fn close(&self) {
-        self.pool.close();
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        engine_call(py, || self.pool.close())
     }
 
     /// Ends every unfinished task as terminated and stops every worker.
-    fn terminate(&self) {
-        self.pool.terminate();
+    fn terminate(&self, py: Python<'_>) -> PyResult<()> {
+        engine_call(py, || self.pool.terminate())
     }
 
     /// Waits for every worker to be gone, at most `timeout` seconds if given; returns
@@ -407,7 +455,7 @@ impl Engine {
                 Some(d) => d.saturating_duration_since(Instant::now()).min(SLICE),
                 None => SLICE,
             };
-            match py.detach(|| self.pool.join(Some(slice))) {
+            match engine_call(py, || self.pool.join(Some(slice)))? {
                 Ok(()) => {
                     // Wake the result thread from its wait: it sees the pool finished.
                     self.queue.cv.notify_all();
@@ -445,6 +493,7 @@ impl Engine {
             ("startup_failed", s.startup_failed),
             ("protocol_errors", s.protocol_errors),
             ("memory_limited", s.memory_limited),
+            ("pool_failed", s.pool_failed),
             ("retries", s.retries),
             ("workers_spawned", s.workers_spawned),
             ("workers_lost", s.workers_lost),
@@ -570,6 +619,7 @@ fn outcome_tuple<'py>(py: Python<'py>, done: Done) -> PyResult<Bound<'py, PyAny>
                     d.set_item("pid", *pid)?;
                     "protocol"
                 }
+                TaskError::PoolFailed { .. } => "pool_failed",
             };
             (kind, d.into_any())
         }

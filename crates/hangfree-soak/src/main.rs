@@ -140,6 +140,7 @@ fn outcome_name(o: &Outcome) -> String {
         Outcome::Failed(TaskError::Cancelled(_)) => "cancelled".into(),
         Outcome::Failed(TaskError::Terminated(_)) => "terminated".into(),
         Outcome::Failed(TaskError::StartupFailed { .. }) => "startup failed".into(),
+        Outcome::Failed(TaskError::PoolFailed { .. }) => "pool failed".into(),
     }
 }
 

@@ -287,6 +287,16 @@ pub enum TaskError {
         /// What was wrong with its bytes.
         error: ProtocolError,
     },
+    /// The pool itself failed — its supervisor thread panicked, a bug in hangfree — so
+    /// the task may or may not have run. Every worker was killed; the pool takes no more
+    /// tasks ([`crate::SubmitError::Failed`]).
+    #[error("{task}: the pool failed: {reason}")]
+    PoolFailed {
+        /// The task.
+        task: TaskRef,
+        /// What happened, with the panic's message.
+        reason: Arc<str>,
+    },
 }
 
 impl TaskError {
@@ -297,7 +307,8 @@ impl TaskError {
             TaskError::TimedOut { task, .. }
             | TaskError::MemoryLimit { task, .. }
             | TaskError::StartupFailed { task, .. }
-            | TaskError::Protocol { task, .. } => task,
+            | TaskError::Protocol { task, .. }
+            | TaskError::PoolFailed { task, .. } => task,
             TaskError::Cancelled(t) | TaskError::Terminated(t) => t,
         }
     }

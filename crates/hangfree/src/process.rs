@@ -162,9 +162,30 @@ pub(crate) fn to_pid(pid: i32) -> Pid {
     Pid::from_raw(pid).expect("child pids are positive")
 }
 
-/// Sends `sig` to the worker's whole process group (the worker leads it), so its
-/// descendants get it too. A group already gone is not an error.
-pub(crate) fn signal_group(pid: i32, sig: Signal) {
+/// Sends `sig` to the worker's own process group, so its descendants get it too, and to
+/// the worker itself through its pidfd if it is no longer in that group.
+///
+/// The group signalled is always the one whose id is the worker's pid: the group the
+/// worker created and leads. While the worker is our unreaped child nobody else can hold
+/// that pid, so that group is the worker's or empty. A group id read back from the process
+/// is never signalled: a task can move itself into another group of its session — the
+/// caller's included — and signalling that group would kill the caller. A worker that
+/// left is reached by its pidfd alone; what it started before leaving stays in its group.
+/// A group already gone is not an error.
+pub(crate) fn signal_worker(pid: i32, pidfd: &OwnedFd, sig: Signal) {
+    signal_own_group(pid, sig);
+    let left = rustix::process::getpgid(Some(to_pid(pid))).is_ok_and(|g| g.as_raw_nonzero().get() != pid);
+    // SIGKILL goes to the worker itself every time: it may be leaving the group just now,
+    // and a second SIGKILL costs nothing. Other signals only if it left, so a worker that
+    // handles SIGTERM gets it once.
+    if left || sig == Signal::KILL {
+        let _ = rustix::process::pidfd_send_signal(pidfd, sig);
+    }
+}
+
+/// Sends `sig` to the process group whose id is `pid` (see [`signal_worker`] for why only
+/// that one).
+pub(crate) fn signal_own_group(pid: i32, sig: Signal) {
     match rustix::process::kill_process_group(to_pid(pid), sig) {
         Ok(()) | Err(Errno::SRCH) => {}
         // EPERM means a member changed credentials; nothing better can be done for it.
@@ -201,7 +222,7 @@ pub(crate) fn peek_exit(pidfd: &OwnedFd) -> Option<ExitStatus> {
 /// Collects an exited worker: sweeps its process group with SIGKILL (grandchildren that
 /// outlived it), then reaps it. Call only after [`peek_exit`] returned a status.
 pub(crate) fn sweep_and_reap(pid: i32, pidfd: &OwnedFd) {
-    signal_group(pid, Signal::KILL);
+    signal_own_group(pid, Signal::KILL);
     let _ = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG);
 }
 
@@ -209,7 +230,7 @@ pub(crate) fn sweep_and_reap(pid: i32, pidfd: &OwnedFd) {
 /// pidfd), then sweeps and reaps it. Returns false if it had not exited by then: it is
 /// left unreaped, never waited for longer.
 pub(crate) fn kill_and_reap(pid: i32, pidfd: &OwnedFd, limit: Duration) -> bool {
-    signal_group(pid, Signal::KILL);
+    signal_worker(pid, pidfd, Signal::KILL);
     let deadline = Instant::now() + limit;
     loop {
         if peek_exit(pidfd).is_some() {
@@ -253,7 +274,7 @@ mod tests {
 
         let s = spawn(&WorkerCommand::new("/bin/sleep").arg("30"), 1024).unwrap();
         assert_eq!(peek_exit(&s.pidfd), None);
-        signal_group(s.pid, Signal::KILL);
+        signal_worker(s.pid, &s.pidfd, Signal::KILL);
         assert_eq!(wait_exit(&s), ExitStatus::Signal(9));
         sweep_and_reap(s.pid, &s.pidfd);
     }
@@ -263,7 +284,7 @@ mod tests {
         let s = spawn(&WorkerCommand::new("/bin/sleep").arg("30"), 1024).unwrap();
         let pgid = rustix::process::getpgid(Some(to_pid(s.pid))).unwrap();
         assert_eq!(pgid.as_raw_nonzero().get(), s.pid);
-        signal_group(s.pid, Signal::KILL);
+        signal_worker(s.pid, &s.pidfd, Signal::KILL);
         wait_exit(&s);
         sweep_and_reap(s.pid, &s.pidfd);
     }

@@ -201,14 +201,17 @@ pub fn kill_own_group() -> ! {
     std::process::abort()
 }
 
-/// SIGKILL to this process's group (the worker leads it), then to itself in case the
-/// group signal could not be sent. Only async-signal-safe calls: the parent-death
-/// handler uses it too.
+/// SIGKILL to the group this worker created (the one whose id is its pid), then to
+/// itself, which may have left that group. Never to "its current group" (`kill(0, ..)`):
+/// a task can move the worker into another group, the pool's own included, and that
+/// group must not be killed. Only async-signal-safe calls: the parent-death handler uses
+/// it too.
 fn sigkill_group_and_self() {
     // SAFETY: plain system calls with no memory arguments.
     unsafe {
-        libc::kill(0, libc::SIGKILL);
-        libc::kill(libc::getpid(), libc::SIGKILL);
+        let me = libc::getpid();
+        libc::kill(-me, libc::SIGKILL);
+        libc::kill(me, libc::SIGKILL);
     }
 }
 

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::duration::{MAX_DURATION, saturate};
 use super::handle::{BatchHandle, BatchSink, Sink, Slot, Task, TaskHandle, TaskState, lock};
 use super::lifecycle::Timing;
 use super::stats::Stats;
@@ -49,6 +50,13 @@ pub enum SubmitError {
         /// This process.
         current: u32,
     },
+    /// A task's setting is out of range (a time limit of zero).
+    #[error("{0}")]
+    Invalid(&'static str),
+    /// The pool failed: its supervisor thread panicked (a bug in hangfree). Every task it
+    /// held ended as [`crate::TaskError::PoolFailed`] with the same reason.
+    #[error("the pool failed: {0}")]
+    Failed(Arc<str>),
     /// A payload is larger than the pool's maximum frame size.
     #[error("item {index} of the submission is {len} bytes, more than the maximum frame size of {max} bytes")]
     TooLarge {
@@ -73,7 +81,8 @@ pub enum JoinError {
     Timeout(Duration),
 }
 
-/// Builds a [`Pool`]. Every setting has a default; see each method.
+/// Builds a [`Pool`]. Every setting has a default; see each method. Durations longer
+/// than [`MAX_DURATION`] are taken as [`MAX_DURATION`] (see there).
 #[derive(Clone, Debug)]
 pub struct PoolBuilder {
     cfg: Config,
@@ -89,29 +98,35 @@ impl PoolBuilder {
     }
 
     /// Default time limit of every task (default: none). A task past its limit ends as
-    /// timed out and its worker is stopped; other tasks go on.
+    /// timed out and its worker is stopped; other tasks go on. A limit of
+    /// [`MAX_DURATION`] or more means no limit; zero is refused by [`PoolBuilder::build`]
+    /// (a task could never finish).
     pub fn task_timeout(mut self, limit: Duration) -> Self {
-        self.cfg.task_timeout = Some(limit);
+        self.cfg.task_timeout = (limit < MAX_DURATION).then_some(limit);
         self
     }
 
-    /// Time between SIGTERM and SIGKILL when a worker is stopped (default: 1 s).
+    /// Time between SIGTERM and SIGKILL when a worker is stopped (default: 1 s). Zero
+    /// sends SIGKILL at once. A grace of [`MAX_DURATION`] (or more) never sends it in
+    /// practice, and `terminate` + `join` may then wait for workers that ignore SIGTERM.
     pub fn grace(mut self, grace: Duration) -> Self {
-        self.cfg.timing.grace = grace;
+        self.cfg.timing.grace = saturate(grace);
         self
     }
 
     /// Time after SIGKILL before a process that has still not exited is abandoned:
     /// reported in [`Stats::workers_abandoned`] and never waited for again (default: 1 s).
     pub fn kill_wait(mut self, wait: Duration) -> Self {
-        self.cfg.timing.kill_wait = wait;
+        self.cfg.timing.kill_wait = saturate(wait);
         self
     }
 
     /// How long a new worker may take to send `Ready`, initializer included (default:
-    /// 60 s). A worker past it is stopped and counts as a start-up failure.
+    /// 60 s). A worker past it is stopped and counts as a start-up failure. A limit of
+    /// [`MAX_DURATION`] or more never passes in practice; zero is refused by
+    /// [`PoolBuilder::build`] (no worker could ever start).
     pub fn startup_timeout(mut self, limit: Duration) -> Self {
-        self.cfg.startup_timeout = limit;
+        self.cfg.startup_timeout = saturate(limit);
         self
     }
 
@@ -155,7 +170,7 @@ impl PoolBuilder {
     /// waits long behind a slow one while another worker is idle (default: always send
     /// ahead).
     pub fn prefetch_below(mut self, limit: Duration) -> Self {
-        self.cfg.prefetch_below = Some(limit);
+        self.cfg.prefetch_below = Some(saturate(limit));
         self
     }
 
@@ -183,7 +198,7 @@ impl PoolBuilder {
 
     /// How often busy workers' memory is sampled against `max_memory` (default: 50 ms).
     pub fn memory_poll(mut self, every: Duration) -> Self {
-        self.cfg.memory_poll = every;
+        self.cfg.memory_poll = saturate(every);
         self
     }
 
@@ -200,7 +215,7 @@ impl PoolBuilder {
     /// text goes into [`crate::TaskError::TimedOut`]. Then the worker is stopped as usual.
     /// Only for workers that answer the signal (the Python worker does, for SIGUSR1).
     pub fn stack_dump(mut self, signal: i32, wait: Duration) -> Self {
-        self.stack_dump = Some((signal, wait));
+        self.stack_dump = Some((signal, saturate(wait)));
         self
     }
 
@@ -246,6 +261,12 @@ impl PoolBuilder {
         if cfg.max_startup_failures == 0 {
             return Err(BuildError::Invalid("max_startup_failures must be at least 1"));
         }
+        if cfg.task_timeout == Some(Duration::ZERO) {
+            return Err(BuildError::Invalid("task_timeout must be > 0 or None"));
+        }
+        if cfg.startup_timeout.is_zero() {
+            return Err(BuildError::Invalid("startup_timeout must be > 0"));
+        }
         if cfg.max_tasks_per_worker == Some(0) {
             return Err(BuildError::Invalid("max_tasks_per_worker must be at least 1"));
         }
@@ -269,7 +290,7 @@ impl PoolBuilder {
             return Err(BuildError::Invalid("init payload is larger than max_frame"));
         }
         let max_frame = cfg.max_frame;
-        let grace = cfg.timing.grace + cfg.timing.kill_wait;
+        let grace = cfg.timing.grace.saturating_add(cfg.timing.kill_wait);
         let shared = Arc::new(Shared::new().map_err(BuildError::Resources)?);
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let sh = shared.clone();
@@ -400,6 +421,9 @@ impl Pool {
         if let Some((index, t)) = tasks.iter().enumerate().find(|(_, t)| t.payload.len() > self.max_frame as usize) {
             return Err(SubmitError::TooLarge { index, len: t.payload.len(), max: self.max_frame });
         }
+        if tasks.iter().any(|t| t.timeout == Some(Duration::ZERO)) {
+            return Err(SubmitError::Invalid("a task's timeout must be > 0 or None"));
+        }
         let n = tasks.len() as u64;
         let mut inbox = lock(&self.shared.inbox);
         match &inbox.gate {
@@ -407,6 +431,7 @@ impl Pool {
             Gate::Closed => return Err(SubmitError::Closed),
             Gate::Terminated => return Err(SubmitError::Terminated),
             Gate::Broken(f) => return Err(SubmitError::Broken(f.clone())),
+            Gate::Failed(why) => return Err(SubmitError::Failed(why.clone())),
         }
         let first_id = self.shared.next_id.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         self.shared.stats.submitted.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
@@ -477,12 +502,13 @@ impl Pool {
     }
 
     /// Waits until every worker is gone (after `close` or `terminate`), at most `limit`
-    /// if given. After a successful join no process, thread or descriptor of the pool is
-    /// left.
+    /// if given (a limit of [`MAX_DURATION`] or more is as good as none). After a
+    /// successful join no process, thread or descriptor of the pool is left.
     pub fn join(&self, limit: Option<Duration>) -> Result<(), JoinError> {
         if matches!(lock(&self.shared.inbox).gate, Gate::Open) {
             return Err(JoinError::StillOpen);
         }
+        let limit = limit.map(saturate);
         let deadline = limit.map(|l| Instant::now() + l);
         let mut done = lock(&self.shared.finished);
         while !*done {
@@ -528,6 +554,6 @@ impl Drop for Pool {
             return;
         }
         self.terminate();
-        let _ = self.join(Some(self.shutdown_bound + Duration::from_secs(2)));
+        let _ = self.join(Some(self.shutdown_bound.saturating_add(Duration::from_secs(2))));
     }
 }

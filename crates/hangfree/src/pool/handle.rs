@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::duration::saturate;
 use super::supervisor::Shared;
 use crate::outcome::Outcome;
 
@@ -24,9 +25,11 @@ impl Task {
         Task { payload: payload.into(), timeout: None, label: None }
     }
 
-    /// Gives this task its own time limit, overriding the pool's.
+    /// Gives this task its own time limit, overriding the pool's. A limit of
+    /// [`crate::MAX_DURATION`] or more is taken as that one (no limit in practice); zero
+    /// is refused at submission ([`crate::SubmitError::Invalid`]).
     pub fn timeout(mut self, limit: Duration) -> Task {
-        self.timeout = Some(limit);
+        self.timeout = Some(saturate(limit));
         self
     }
 
@@ -173,7 +176,7 @@ impl TaskHandle {
     /// Waits at most `limit`; `None` if the outcome is not there yet (the task goes on).
     /// The outcome is handed out once: later calls return `None`.
     pub fn wait_timeout(&self, limit: Duration) -> Option<Outcome> {
-        self.slot.take(Some(Instant::now() + limit))
+        self.slot.take(Some(Instant::now() + saturate(limit)))
     }
 
     /// The outcome if it is there, without waiting.
@@ -263,7 +266,7 @@ impl BatchHandle {
     /// yielded; `Err(())` if none arrived in time.
     #[allow(clippy::result_unit_err)]
     pub fn next_timeout(&mut self, limit: Duration) -> Result<Option<(usize, Outcome)>, ()> {
-        let deadline = Instant::now() + limit;
+        let deadline = Instant::now() + saturate(limit);
         let mut g = lock(&self.sink.state);
         loop {
             if let Some(item) = g.ready.pop_front() {

@@ -2,6 +2,8 @@
 //! handles callers hold.
 
 mod api;
+mod duration;
+mod epoll_wait;
 mod events;
 mod handle;
 pub(crate) mod lifecycle;
@@ -9,6 +11,7 @@ mod stats;
 mod supervisor;
 
 pub use api::{BuildError, JoinError, Pool, PoolBuilder, SubmitError};
+pub use duration::MAX_DURATION;
 pub use events::{EventHook, EventKind, PoolEvent};
 pub use handle::{BatchHandle, Sink, Task, TaskHandle, TaskState};
 pub use stats::Stats;

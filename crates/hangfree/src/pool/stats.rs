@@ -25,6 +25,8 @@ pub struct Stats {
     pub protocol_errors: u64,
     /// Tasks failed because their worker passed the memory limit.
     pub memory_limited: u64,
+    /// Tasks failed because the pool itself failed (its supervisor thread panicked).
+    pub pool_failed: u64,
     /// Times a task was run again because its worker died (see `retries`).
     pub retries: u64,
     /// Worker processes started.
@@ -51,6 +53,7 @@ impl Stats {
             + self.startup_failed
             + self.protocol_errors
             + self.memory_limited
+            + self.pool_failed
     }
 }
 
@@ -75,6 +78,7 @@ counters!(
     startup_failed,
     protocol_errors,
     memory_limited,
+    pool_failed,
     retries,
     workers_spawned,
     workers_lost,

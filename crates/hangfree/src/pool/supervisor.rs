@@ -10,6 +10,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use rustix::event::epoll;
 use rustix::event::{EventfdFlags, eventfd};
 use rustix::process::Signal;
 
+use super::epoll_wait;
 use super::events::{EventHook, EventKind, PoolEvent};
 use super::handle::{Sink, Task, TaskState, lock};
 use super::lifecycle::{self, Action, Event, Phase, Timing};
@@ -82,6 +84,8 @@ pub(crate) enum Gate {
     Closed,
     Terminated,
     Broken(StartupFailure),
+    /// The supervisor panicked (see `Supervisor::fail`); the text says so.
+    Failed(Arc<str>),
 }
 
 pub(crate) enum Command {
@@ -415,18 +419,68 @@ impl Supervisor {
     }
 
     /// Runs the loop until the pool is closed or terminated and every worker is gone.
-    /// Whatever happens — even a panic in here — every accepted task gets its outcome.
+    /// Whatever happens — even a panic in here — every accepted task gets its outcome,
+    /// and `join` is woken: a panic fails the pool ([`Supervisor::fail`]) and goes no
+    /// further than this thread (the panic hook has printed it).
     pub fn run(mut self) {
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop()));
-        if result.is_err() {
-            self.terminate_all(Instant::now());
-            for w in self.workers.iter().flatten() {
-                process::signal_group(w.pid, Signal::KILL);
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| self.run_loop())) {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            let why: Arc<str> = format!("its supervisor thread panicked ({what}); this is a bug in hangfree").into();
+            let _ = catch_unwind(AssertUnwindSafe(|| self.fail(why)));
+        }
+        let _ = catch_unwind(AssertUnwindSafe(|| self.finish()));
+        self.announce_finished();
+    }
+
+    /// After a panic in the loop, whose state may be half-updated: takes no more tasks,
+    /// ends every task it holds (and every submission still in the inbox) as
+    /// [`TaskError::PoolFailed`], and kills and reaps every worker, waiting at most
+    /// `kill_wait` in all. Runs no code of the caller's but the sinks, each of which may
+    /// panic alone.
+    fn fail(&mut self, why: Arc<str>) {
+        // The event hook may be what panicked: it is not called again.
+        self.cfg.on_event = None;
+        self.run = Run::Broken;
+        let cmds = {
+            let mut inbox = lock(&self.shared.inbox);
+            inbox.gate = Gate::Failed(why.clone());
+            std::mem::take(&mut inbox.cmds)
+        };
+        let stats = &self.shared.stats;
+        let fail_one = |sink: &Arc<dyn Sink>, index: usize, task: TaskRef| {
+            bump(&stats.pool_failed);
+            let outcome = Outcome::Failed(TaskError::PoolFailed { task, reason: why.clone() });
+            let _ = catch_unwind(AssertUnwindSafe(|| sink.complete(index, outcome)));
+        };
+        for (id, e) in std::mem::take(&mut self.tasks) {
+            if !e.cancelled {
+                fail_one(&e.sink, e.index, TaskRef { id, label: e.label });
             }
         }
-        self.finish();
-        if let Err(p) = result {
-            std::panic::resume_unwind(p);
+        for cmd in cmds {
+            if let Command::Submit { sink, first_id, tasks, .. } = cmd {
+                for (i, t) in tasks.into_iter().enumerate() {
+                    fail_one(&sink, i, TaskRef { id: first_id + i as u64, label: t.label });
+                }
+            }
+        }
+        self.queue.clear();
+        self.timers.clear();
+        for w in self.workers.iter().flatten() {
+            process::signal_worker(w.pid, &w.pidfd, Signal::KILL);
+            if let Some(cg) = &w.cgroup {
+                cg.kill();
+            }
+        }
+        let deadline = Instant::now() + self.cfg.timing.kill_wait;
+        for w in std::mem::take(&mut self.workers).into_iter().flatten() {
+            if !process::kill_and_reap(w.pid, &w.pidfd, deadline.saturating_duration_since(Instant::now())) {
+                bump(&self.shared.stats.workers_abandoned);
+            }
         }
     }
 
@@ -446,25 +500,20 @@ impl Supervisor {
             if self.is_finished() {
                 return;
             }
-            let timeout = self.timers.peek().map(|Reverse((at, _))| {
-                let d = at.saturating_duration_since(now);
-                rustix::time::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: d.subsec_nanos() as i64 }
-            });
+            let timeout = self.timers.peek().map(|Reverse((at, _))| at.saturating_duration_since(now));
             events.clear();
             // Right after activity the next event (an answer, a submission) usually comes
             // within microseconds: poll for it briefly instead of paying a sleep and a
             // cross-CPU wake-up. An idle pool never spins.
             if active {
-                let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
                 crate::spin::poll_for(crate::spin::WAIT, || {
-                    let _ = epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), Some(&zero));
+                    let _ = epoll_wait::wait(&self.epoll, &mut events, Some(Duration::ZERO));
                     !events.is_empty()
                 });
             }
             if events.is_empty() {
-                match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), timeout.as_ref()) {
-                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                    Err(e) => panic!("epoll_wait failed: {e}"),
+                if let Err(e) = epoll_wait::wait(&self.epoll, &mut events, timeout) {
+                    panic!("epoll_wait failed: {e}");
                 }
             }
             active = !events.is_empty();
@@ -521,7 +570,7 @@ impl Supervisor {
         self.stop_fork_server();
         let leftover = {
             let mut inbox = lock(&self.shared.inbox);
-            if !matches!(inbox.gate, Gate::Broken(_)) {
+            if !matches!(inbox.gate, Gate::Broken(_) | Gate::Failed(_)) {
                 inbox.gate = Gate::Terminated;
             }
             std::mem::take(&mut inbox.cmds)
@@ -536,6 +585,10 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// Says the pool has finished (wakes `join`) and closes the waker.
+    fn announce_finished(&self) {
         *lock(&self.shared.finished) = true;
         self.shared.finished_cv.notify_all();
         lock(&self.shared.waker).take();
@@ -696,6 +749,7 @@ impl Supervisor {
             Outcome::Failed(TaskError::StartupFailed { .. }) => &s.startup_failed,
             Outcome::Failed(TaskError::Protocol { .. }) => &s.protocol_errors,
             Outcome::Failed(TaskError::MemoryLimit { .. }) => &s.memory_limited,
+            Outcome::Failed(TaskError::PoolFailed { .. }) => &s.pool_failed,
         });
         e.sink.complete(e.index, outcome);
     }
@@ -857,7 +911,7 @@ impl Supervisor {
             Some(parent) => match WorkerCgroup::create(parent, s.pid) {
                 Ok(cg) => Some(cg),
                 Err(e) => {
-                    process::signal_group(s.pid, Signal::KILL);
+                    process::signal_worker(s.pid, &s.pidfd, Signal::KILL);
                     return Err(io::Error::new(e.kind(), format!("cannot put worker {} in a cgroup: {e}", s.pid)));
                 }
             },
@@ -935,7 +989,7 @@ impl Supervisor {
             }
             Some(Action::Term) => {
                 let pid = w.pid;
-                process::signal_group(pid, Signal::TERM);
+                process::signal_worker(pid, &w.pidfd, Signal::TERM);
                 let grace = timing.grace;
                 self.emit(EventKind::Terminate, Some(pid), None, || {
                     format!(
@@ -946,7 +1000,7 @@ impl Supervisor {
             }
             Some(Action::Kill) => {
                 let pid = w.pid;
-                process::signal_group(pid, Signal::KILL);
+                process::signal_worker(pid, &w.pidfd, Signal::KILL);
                 if let Some(cg) = &w.cgroup {
                     cg.kill();
                 }
