@@ -549,6 +549,8 @@ class EngineClient:
             return initializer_error(detail or {"message": message})
         if kind == "forked":
             return RuntimeError(message)
+        if kind == "failed":
+            return HangfreeError(message)
         return ValueError(message)
 
     def _deliver(self) -> None:

@@ -246,6 +246,12 @@ class ProcessPoolExecutor(Executor):
     idle worker interpreter started by exec with the executor (no thread of this process
     is ever forked), as :class:`hangfree.Pool` describes (``fork_server=False`` starts
     each by exec); ``mp_context`` (any multiprocessing context) is accepted.
+
+    Durations are in seconds. ``task_timeout`` and :meth:`submit_with`'s ``timeout``
+    must be > 0 or None, ``startup_timeout`` > 0, ``grace`` ≥ 0; anything else (NaN, a
+    negative value, a zero limit) is a ``ValueError`` that names it. A value past what
+    the clock can hold (over 100 years, ``float("inf")``) means no limit. ``retries``
+    over ``2**32 - 1`` is taken as that many.
     """
 
     def __init__(

@@ -333,6 +333,12 @@ class Pool:
     mode, or if the server fails, workers are started by exec (each a fresh interpreter,
     ~25 ms or more to start, seeing the environment of its own start). ``context`` (any
     multiprocessing context) is accepted; workers start the same way whatever it is.
+
+    Durations are in seconds. ``task_timeout`` (here and per call) must be > 0 or None,
+    ``startup_timeout`` > 0, ``grace`` ≥ 0; anything else (NaN, a negative value, a zero
+    limit) is a ``ValueError`` that names it. A value past what the clock can hold (over
+    100 years, ``float("inf")``) means no limit. ``retries`` over ``2**32 - 1`` is taken
+    as that many.
     """
 
     def __init__(
