@@ -106,7 +106,30 @@ def preparation() -> Dict[str, Any]:
             if not os.path.isabs(main_path) and process.ORIGINAL_DIR is not None:
                 main_path = os.path.join(process.ORIGINAL_DIR, main_path)
             data["init_main_from_path"] = os.path.normpath(main_path)
+    if _library_threads():
+        # The script's imports most likely started threads here (OpenBLAS does, when numpy
+        # is imported), and would in the fork server, which cannot fork then: let each
+        # forked worker import the script instead, rather than have the server import it,
+        # find threads and start over.
+        data["main_after_fork"] = True
     return data
+
+
+def _library_threads() -> int:
+    """How many threads of this process are neither Python threads nor engines'
+    supervisors (named ``hangfree-...``): threads a native library started."""
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return 0
+    engines = 0
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                engines += f.read().startswith("hangfree-")
+        except OSError:
+            pass
+    return max(0, len(tids) - engines - threading.active_count())
 
 
 def worker_command() -> List[str]:

@@ -351,6 +351,44 @@ def test_a_script_that_starts_threads_on_import_is_imported_after_each_fork(tmp_
     assert res.stdout.splitlines() == ["[True, True, True, True, True, True]", "server failed False", "workers True"]
 
 
+NATIVE_THREAD_IN_CALLER = """
+    import _thread, logging, os, re, sys, time
+    import hangfree as mp
+
+    # A thread Python's threading module does not know, as a native library's would be.
+    _thread.start_new_thread(time.sleep, (600,))
+    with open(os.environ["IMPORT_LOG"], "a") as f:
+        f.write(f"{os.getpid()}\\n")
+
+    def pid(_):
+        return os.getpid()
+
+    if __name__ == "__main__":
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logging.getLogger("hangfree").addHandler(handler)
+        logging.getLogger("hangfree").setLevel(logging.DEBUG)
+        with mp.Pool(2) as p:
+            workers = set(p.map(pid, range(8), chunksize=1))
+        server = [int(m.group(1)) for r in records for m in [re.search(r"started the fork server (\\d+)", r.getMessage())] if m]
+        with open(os.environ["IMPORT_LOG"]) as f:
+            imported = {int(line) for line in f}
+        print("server imported the script:", bool(set(server) & imported))
+        print("every worker imported it:", workers <= imported)
+"""
+
+
+def test_a_caller_running_library_threads_has_each_worker_import_the_script(tmp_path):
+    """The caller's own threads tell that the script's imports start some: the fork
+    server does not import it (it could not fork after), each forked worker does."""
+    script = helpers.write_script(tmp_path, NATIVE_THREAD_IN_CALLER)
+    env = helpers.script_env(IMPORT_LOG=str(tmp_path / "imports"))
+    res, _ = helpers.run_python([str(script)], timeout=60, cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["server imported the script: False", "every worker imported it: True"]
+
+
 EXECUTOR_EXCEPTIONS = """
     import sys, threading
     import hangfree as mp
