@@ -14,3 +14,10 @@ fi
 VIRTUAL_ENV="$PWD/.venv" .venv/bin/maturin develop --release -q
 cargo build -q --release -p hangfree-hostile
 cargo build -q -p hangfree-hostile
+# CPython's ProcessPoolExecutor tests, run against hangfree by the Python suite: this
+# interpreter's own copy where it has one, else Debian's libpython3.X-testsuite (fetched,
+# not installed). tests/python/test_cpython_executor.py says what is missing if this fails.
+PYVER=$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if ! .venv/bin/python -c 'import test.test_concurrent_futures' >/dev/null 2>&1; then
+    tests/cpython/fetch_cpython_tests.sh "$PYVER" >/dev/null || echo "setup: CPython's test_concurrent_futures.py could not be fetched" >&2
+fi
