@@ -40,7 +40,7 @@ class Engine:
         forward_stderr: bool = True,
         env: Sequence[Tuple[str, str]] = (),
         max_memory: Optional[int] = None,
-        retries: int = 0,
+        retries: Optional[int] = None,
         stack_dump_wait: Optional[float] = None,
         events: bool = False,
         prefetch_below: Optional[float] = None,
