@@ -7,6 +7,7 @@ import itertools
 import os
 import threading
 import time
+import warnings
 from multiprocessing import TimeoutError
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -614,15 +615,14 @@ class Pool:
     def __repr__(self) -> str:
         return f"<hangfree.Pool state={self._state} processes={self._processes}>"
 
-    def __del__(self) -> None:
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         # Collected while running (never closed): stop the workers, as multiprocessing
         # does. Never blocks: the result thread finishes the job and then exits.
         client = self.__dict__.get("_client")
         state = self.__dict__.get("_state")
         if state == "RUN":
-            import warnings
-
-            warnings.warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self)
+            # Bound at definition: at interpreter shutdown nothing can be imported.
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self)
         if client is not None and state in ("RUN", "CLOSE"):
             self._state = "TERMINATE"
             try:
