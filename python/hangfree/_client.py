@@ -94,18 +94,17 @@ def preparation() -> Dict[str, Any]:
     method = context._default_context.get_start_method(allow_none=True)
     if method is not None:
         data["start_method"] = method
-    main = sys.modules.get("__main__")
-    main_name = getattr(getattr(main, "__spec__", None), "name", None)
     if not main_is_imported():
-        pass
-    elif main_name is not None:
+        return data
+    main = sys.modules["__main__"]
+    main_name = getattr(getattr(main, "__spec__", None), "name", None)
+    if main_name is not None:
         data["init_main_from_name"] = main_name
     else:
-        main_path = getattr(main, "__file__", None)
-        if main_path is not None:
-            if not os.path.isabs(main_path) and process.ORIGINAL_DIR is not None:
-                main_path = os.path.join(process.ORIGINAL_DIR, main_path)
-            data["init_main_from_path"] = os.path.normpath(main_path)
+        main_path = main.__file__
+        if not os.path.isabs(main_path) and process.ORIGINAL_DIR is not None:
+            main_path = os.path.join(process.ORIGINAL_DIR, main_path)
+        data["init_main_from_path"] = os.path.normpath(main_path)
     if _library_threads():
         # The script's imports most likely started threads here (OpenBLAS does, when numpy
         # is imported), and would in the fork server, which cannot fork then: let each
