@@ -141,7 +141,14 @@ def _import_main(name: Any, path: Any) -> None:
     elif path is None or os.path.splitext(os.path.basename(path))[0] == "ipython":
         return
     with open(path, "rb") as f:
-        code = compile(f.read(), path, "exec")
+        if path.endswith(".pyc"):
+            import pkgutil
+
+            code = pkgutil.read_code(f)
+            if code is None:
+                raise ImportError(f"{path} is compiled for another Python version")
+        else:
+            code = compile(f.read(), path, "exec")
     module = types.ModuleType("__mp_main__")
     module.__file__ = path
     module.__spec__ = spec
