@@ -172,8 +172,18 @@ def main() -> int:
     # Whether each forked worker imports the script itself (see below).
     main_after_fork = preparation.pop("main_after_fork", False)
     if server:
-        # Once for every worker this server will fork, unless that cannot be.
-        _prepare(preparation, main=not main_after_fork)
+        # Once for every worker this server will fork, unless that cannot be. The
+        # server's channel is its stdin until it serves: the script sees /dev/null there
+        # meanwhile, as a worker does, so a script that reads stdin cannot eat requests.
+        channel = os.dup(0)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        try:
+            _prepare(preparation, main=not main_after_fork)
+        finally:
+            os.dup2(channel, 0)
+            os.close(channel)
         if not main_after_fork and _threads() > 1 and hasattr(sys, "orig_argv"):
             # The script's imports started threads (OpenBLAS does, for numpy), and a
             # fork copies only the calling thread. Start over as a server that has not

@@ -389,6 +389,36 @@ def test_a_caller_running_library_threads_has_each_worker_import_the_script(tmp_
     assert res.stdout.splitlines() == ["server imported the script: False", "every worker imported it: True"]
 
 
+READS_STDIN = """
+    import sys
+    import hangfree as mp
+
+    DATA = sys.stdin.read()  # on import, outside the guard: a worker reads /dev/null
+
+    def f(x):
+        return x, len(DATA)
+
+    if __name__ == "__main__":
+        with mp.Pool(2) as p:
+            print(p.map(f, [1, 2]), len(DATA))
+"""
+
+
+def test_a_script_that_reads_stdin_on_import_cannot_eat_the_fork_servers_requests(tmp_path):
+    import subprocess
+    import time
+
+    script = helpers.write_script(tmp_path, READS_STDIN)
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, str(script)], input="hello\n", capture_output=True, text=True,
+                         timeout=60, env=helpers.script_env(), cwd=tmp_path)
+    elapsed = time.monotonic() - t0
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[(1, 0), (2, 0)] 6"
+    # Not the fork server's 10 s first-answer limit, then workers by exec.
+    assert elapsed < 8, elapsed
+
+
 EXECUTOR_EXCEPTIONS = """
     import sys, threading
     import hangfree as mp
