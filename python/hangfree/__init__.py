@@ -106,10 +106,13 @@ class _StdlibSubmodules:
         return ModuleSpec(fullname, cls())
 
     def create_module(self, spec: Any) -> Any:
-        return importlib.import_module(f"multiprocessing.{spec.name.partition('.')[2]}")
+        module = importlib.import_module(f"multiprocessing.{spec.name.partition('.')[2]}")
+        # The import system sets __spec__ on what this returns: keep the stdlib's own.
+        self._spec = module.__spec__
+        return module
 
     def exec_module(self, module: Any) -> None:
-        pass
+        module.__spec__ = self._spec
 
 
 sys.meta_path.append(_StdlibSubmodules)  # type: ignore[arg-type]

@@ -42,6 +42,7 @@ def test_the_whole_multiprocessing_namespace_is_there_and_is_the_stdlibs():
     from hangfree.pool import RemoteTraceback, ThreadPool
 
     assert importlib.import_module("hangfree.managers") is multiprocessing.managers
+    assert multiprocessing.managers.__spec__.name == "multiprocessing.managers"  # left as it was
     assert importlib.import_module("hangfree.shared_memory").SharedMemory is multiprocessing.shared_memory.SharedMemory
     assert connection is multiprocessing.connection
     assert ThreadPool is multiprocessing.pool.ThreadPool and RemoteTraceback is multiprocessing.pool.RemoteTraceback
