@@ -661,7 +661,7 @@ class EngineClient:
         with self._lock:
             self._close_deferred = False
         self._not_deferred.set()
-        self.engine.join(self.grace + 3.0)
+        self.engine.join(self.engine.shutdown_bound)
 
     def terminate_nowait(self) -> None:
         """Starts stopping every worker and returns at once (for ``__del__``)."""

@@ -281,7 +281,6 @@ class ProcessPoolExecutor(Executor):
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
         self._max_workers = max_workers
-        self._grace = float(grace)
         self._client = EngineClient(
             workers=max_workers,
             initializer=initializer,
@@ -482,7 +481,7 @@ class ProcessPoolExecutor(Executor):
                 raise
             if not done:
                 self._client.terminate()
-                self._client.join(self._grace + 3.0)
+                self._client.join(self._client.engine.shutdown_bound)
 
     def terminate(self) -> None:
         """Stops every worker now; unfinished futures fail with
@@ -491,7 +490,7 @@ class ProcessPoolExecutor(Executor):
         with self._lock:
             self._shutdown = True
         self._client.terminate()
-        self._client.join(self._grace + 3.0)
+        self._client.join(self._client.engine.shutdown_bound)
 
     def __del__(self) -> None:
         # Collected without shutdown: let the submitted calls finish, then the workers

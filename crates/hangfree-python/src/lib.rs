@@ -473,6 +473,12 @@ impl Engine {
         }
     }
 
+    /// Seconds `join` may take after `terminate`, at most (the engine's bound).
+    #[getter]
+    fn shutdown_bound(&self) -> f64 {
+        self.pool.shutdown_bound().as_secs_f64()
+    }
+
     /// Whether every worker is gone after close or terminate.
     fn is_finished(&self) -> bool {
         self.pool.is_finished()

@@ -547,6 +547,19 @@ impl Pool {
     }
 }
 
+/// What [`Pool::shutdown_bound`] allows beyond the grace period and the reap wait: the
+/// supervisor's own work on a loaded machine.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
+
+impl Pool {
+    /// How long [`Pool::join`] may take after [`Pool::terminate`], at most: the grace
+    /// period, the wait for a SIGKILLed worker to be reaped (`kill_wait`), and a margin.
+    /// Fronts bound their own waits for a terminated pool with it.
+    pub fn shutdown_bound(&self) -> Duration {
+        self.shutdown_bound.saturating_add(SHUTDOWN_MARGIN)
+    }
+}
+
 impl Drop for Pool {
     fn drop(&mut self) {
         if std::process::id() != self.owner {
@@ -554,6 +567,6 @@ impl Drop for Pool {
             return;
         }
         self.terminate();
-        let _ = self.join(Some(self.shutdown_bound.saturating_add(Duration::from_secs(2))));
+        let _ = self.join(Some(self.shutdown_bound()));
     }
 }
