@@ -87,6 +87,15 @@ def _answer_stack_request(ch: Any) -> None:
     signal.signal(signal.SIGUSR1, handler)
 
 
+# In the fork server, how many workers it has forked; in a forked worker, its number.
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
 # What importing the main script raised, if it did: every worker then reports it at Init.
 _prepare_error: Any = None
 
@@ -193,6 +202,9 @@ def main() -> int:
             sys.stdout.flush()
             sys.stderr.flush()
             os.execv(sys.executable, [*sys.orig_argv[:-1], json.dumps(preparation)])
+        # Counted before each fork (the binding runs Python's fork hooks around it), so
+        # each forked worker has a number of its own: 1, 2, 3, ... for the pool's life.
+        os.register_at_fork(before=_count_fork)
     try:
         # In the pool's fork server this returns only in each forked worker.
         ch = _core.WorkerChannel.from_stdin()
@@ -277,7 +289,11 @@ def _init(ch: Any, payload: bytes) -> None:
     # Before anything is unpickled: Manager proxies and the descriptors of objects in
     # initargs are fetched from the caller, which checks this key.
     me.authkey = info["authkey"]
-    me.name = f"{info.get('name', 'HangfreePoolWorker')}-{os.getpid()}"
+    if _forks:
+        # As a stdlib pool's workers are numbered (ForkPoolWorker-3, _identity (3,)),
+        # which programs use to tell workers apart (a GPU or a progress bar each).
+        me._identity = (_forks,)
+    me.name = f"{info.get('name', 'HangfreePoolWorker')}-{_forks or os.getpid()}"
     try:
         # multiprocessing.parent_process(), as in a spawned child: its sentinel (a pidfd
         # of the pool's process) is ready once that process is gone.

@@ -420,6 +420,39 @@ def test_a_script_that_reads_stdin_on_import_cannot_eat_the_fork_servers_request
     assert elapsed < 8, elapsed
 
 
+IDENTITY = """
+    import os, time
+    import hangfree as mp
+
+    def who(_):
+        time.sleep(0.05)
+        me = mp.current_process()
+        return me._identity, me.name
+
+    def die():
+        os._exit(1)
+
+    if __name__ == "__main__":
+        with mp.Pool(2) as p:
+            print(sorted(set(p.map(who, range(4), chunksize=1))))
+            try:
+                p.apply(die)
+            except mp.WorkerLostError:
+                pass
+            print(len(set(p.map(who, range(6), chunksize=1)) - {((1,), "HangfreePoolWorker-1"),
+                                                                ((2,), "HangfreePoolWorker-2")}))
+"""
+
+
+def test_workers_are_numbered_as_a_stdlib_pools_are(tmp_path):
+    res = run(tmp_path, IDENTITY)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [
+        "[((1,), 'HangfreePoolWorker-1'), ((2,), 'HangfreePoolWorker-2')]",
+        "1",  # the replacement: number 3
+    ]
+
+
 EXECUTOR_EXCEPTIONS = """
     import sys, threading
     import hangfree as mp
