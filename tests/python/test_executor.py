@@ -602,7 +602,8 @@ EXIT_SCRIPT = """
     stuck = ex.submit(tasks.{fn}, {dir!r}, 600)
     ok = ex.submit(tasks.square, 6)
     print("result", ok.result(timeout=30), flush=True)
-    while not __import__("os").listdir({dir!r}):
+    # A pid file is written under a dot-name, then renamed: wait for the renamed one.
+    while not [f for f in __import__("os").listdir({dir!r}) if not f.startswith(".")]:
         time.sleep(0.01)
     print("leaving", time.monotonic(), flush=True)
 """
@@ -702,7 +703,7 @@ CATCH_CTRL_C_SCRIPT = """
         with ex:
             pass  # __exit__ waits for the work
     except KeyboardInterrupt:
-        pid = int(os.listdir({dir!r})[0])
+        (pid,) = helpers.pids_in(__import__("pathlib").Path({dir!r}))
         left = helpers.wait_gone({{pid}}, 3.0)
         print("caught; worker alive:", bool(left), "future done:", f.done(), flush=True)
     time.sleep(0.2)

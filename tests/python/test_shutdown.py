@@ -304,7 +304,8 @@ EXIT_SCRIPT = """
     mode, d = sys.argv[1], sys.argv[2]
     p = hangfree.Pool(2, grace=0.5)
     rs = [p.apply_async(tasks.ignore_sigterm_and_sleep, (d, 600)) for _ in range(3)]
-    while len(os.listdir(d)) < 2:
+    # Pid files are written under dot-names, then renamed: count the renamed ones.
+    while len([f for f in os.listdir(d) if not f.startswith(".")]) < 2:
         time.sleep(0.01)
     print("workers busy", flush=True)
     if mode == "fall-off":
