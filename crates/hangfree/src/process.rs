@@ -3,7 +3,7 @@
 //!
 //! Nothing here blocks: exits are observed by polling the pidfd in the pool's epoll loop,
 //! and every function returns at once. The escalation *policy* (when to send what) lives
-//! in [`crate::pool::lifecycle`]; this module only carries it out.
+//! in the pool's worker life cycle (`pool/lifecycle.rs`); this module only carries it out.
 
 use std::ffi::{OsStr, OsString};
 use std::io;

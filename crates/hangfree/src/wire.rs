@@ -146,7 +146,7 @@ pub fn encode_into(out: &mut Vec<u8>, kind: Kind, task_id: u64, payload: &[u8]) 
 
 /// An incremental frame decoder for a non-blocking byte stream.
 ///
-/// Feed it whatever bytes arrive with [`Decoder::buffer_mut`]/[`Decoder::commit`] or
+/// Feed it whatever bytes arrive with [`Decoder::read_from`], [`Decoder::read_from_fd`] or
 /// [`Decoder::feed`], then take frames with [`Decoder::next_frame`] until it returns
 /// `Ok(None)`.
 pub struct Decoder {
