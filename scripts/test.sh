@@ -16,5 +16,8 @@ else
     HF_TEST_FORK_SERVER=1 timeout 1200 cargo test -p hangfree-hostile --test contract --test beyond --no-fail-fast
 fi
 
+echo "== Rust docs (broken links fail)"
+RUSTDOCFLAGS="-D warnings" cargo doc -q --no-deps --workspace --exclude hangfree-python
+
 echo "== Python tests"
 .venv/bin/python -m pytest -q tests/python "$@"
