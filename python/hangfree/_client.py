@@ -302,7 +302,7 @@ class EngineClient:
             "authkey": bytes(process.current_process().authkey),
             "parent_name": process.current_process().name,
             "init_call": init_call,
-            "catch_exit": owner == "ProcessPoolExecutor",
+            "for_executor": owner == "ProcessPoolExecutor",
         }
         self.engine = _core.Engine(
             worker_command(),

@@ -36,7 +36,7 @@ def _encoding_error(exc: BaseException, value: Any) -> BaseException:
     """The error for a result that cannot be pickled: multiprocessing.Pool's
     MaybeEncodingError, or the pickling error itself in an executor's call, as
     concurrent.futures reports it."""
-    if _catch_exit:
+    if _for_executor:
         return exc
     from multiprocessing.pool import MaybeEncodingError
 
@@ -64,7 +64,7 @@ _current_task = 0
 # Whether this works for an executor (sys.exit() in a call and an unpicklable result are
 # the call's exceptions, as in concurrent.futures) or a Pool (sys.exit() ends the worker;
 # MaybeEncodingError, as in multiprocessing).
-_catch_exit = False
+_for_executor = False
 
 
 def _answer_stack_request(ch: Any) -> None:
@@ -279,7 +279,7 @@ def _in_main(fn: Any) -> Any:
 
 
 def _init(ch: Any, payload: bytes) -> None:
-    global _catch_exit
+    global _for_executor
     if not payload:
         return
     info = loads(payload)
@@ -302,7 +302,7 @@ def _init(ch: Any, payload: bytes) -> None:
                                                          os.pidfd_open(parent))
     except (AttributeError, OSError):
         pass
-    _catch_exit = info.get("catch_exit", False)
+    _for_executor = info.get("for_executor", False)
     if _prepare_error is not None:
         raise _prepare_error
     init_call = info.get("init_call")
@@ -346,7 +346,7 @@ def _task(ch: Any, task_id: int, payload: bytes, functions: Dict[bytes, Callable
         # sys.exit() in a Pool task ends this worker, as in multiprocessing; the pool
         # reports it as a lost worker naming the exit code instead of hanging. In an
         # executor's call it is the call's exception, as in concurrent.futures.
-        if not _catch_exit:
+        if not _for_executor:
             raise
         _current_task = 0
         ch.send(_core.KIND_RAISED, task_id, _describe(e))
@@ -381,7 +381,7 @@ def _run_chunk(ch: Any, task_id: int, fn: Callable[..., Any], items: list, kwarg
             values.extend(apply(call, itertools.islice(items, start, None) if start else items))
             break
         except BaseException as e:
-            if isinstance(e, SystemExit) and not _catch_exit:
+            if isinstance(e, SystemExit) and not _for_executor:
                 raise
             failures[len(values)] = _describe(e)
             values.append(None)
