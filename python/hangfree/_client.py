@@ -252,18 +252,13 @@ class EngineClient:
             raise TypeError("initializer must be a callable")
         if not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a non-negative int, not {retries!r}")
-        # Chunks of a map travel as one message each (see `_submit_packed`) only where
-        # nothing measures or retries a single item: no time limit, retries or memory cap.
-        self._may_pack = task_timeout is None and retries == 0 and max_memory is None
-        # What keeps the engine open after close(): packed chunks out (their items may
-        # have to run again one by one) and imap feeders still reading their input.
+        # What keeps the engine open after close(): imap feeders still reading their input.
         self._holds = 0
         self._close_deferred = False
         # Clear while a close() waits for the holds: join() waits for it too.
         self._not_deferred = threading.Event()
         self._not_deferred.set()
         # The engine counts a packed chunk as one task; these turn its counts into items.
-        self._item_counts: Dict[str, int] = {}
         self.pid = os.getpid()
         self.workers = workers
         self.owner = owner
@@ -384,8 +379,9 @@ class EngineClient:
         kw = kwargs or {}
         calls = _Calls(fn_bytes, arg_list, kw, star, lambda i: label(fn, calls.args(i), kw))
         try:
-            if chunksize > 1 and len(arg_list) > 1 and timeout is None and self._may_pack:
-                return self._submit_packed(calls, on_outcome, _spans(len(arg_list), chunksize, self.workers))
+            if chunksize > 1 and len(arg_list) > 1:
+                spans = _spans(len(arg_list), chunksize, self.workers)
+                return self._submit_packed(calls, on_outcome, spans, timeout)
             return self._submit_each(calls, on_outcome, chunksize, timeout)
         finally:
             # Items are needed again only to name a failed call or to rerun a chunk whose
@@ -473,17 +469,17 @@ class EngineClient:
             self.check_process()
             got = self.engine.wait_claim(key, left)
             if got is not None:
-                self._settle([(key, 0, got[0], got[1])])
+                self._settle([(key, 0, got[0], got[1], 0, 1)])
 
-    def _submit_packed(self, calls: "_Calls", on_outcome: OnOutcome, spans: Iterable[range]) -> List[Optional[int]]:
-        """Sends each chunk of a map as one task: one pickle of its arguments out, one of
-        its results back, as multiprocessing does, instead of a message per item.
+    def _submit_packed(self, calls: "_Calls", on_outcome: OnOutcome, spans: Iterable[range],
+                       timeout: Optional[float] = None) -> List[Optional[int]]:
+        """Sends each chunk of a map as one engine chunk (`Task::chunk`): one pickle of
+        its arguments out, its results back a few at a time, as multiprocessing does,
+        instead of a message per item.
 
-        The worker runs the chunk's items in order and answers with every item's outcome.
-        If its worker dies (or breaks the protocol) mid-chunk, the chunk's items are run
-        again one message each, so the item that kills a worker is the one that gets
-        WorkerLostError and the others get their values; items of that chunk that had
-        finished before the crash therefore run twice.
+        The engine keeps each item at most once: if the worker dies (or passes a time
+        limit) mid-chunk, the item it was on gets the error, items whose results came keep
+        them, and the items it had not started run elsewhere.
         """
         n = len(calls.items)
         payloads: List[Payload] = []
@@ -500,26 +496,26 @@ class EngineClient:
             # Send the first chunks as soon as they are pickled, so workers start while
             # the rest are pickled: groups of 1, 1, 2, 4, ... chunks.
             if kept and len(kept) >= max(1, sent):
-                self._submit_chunks(calls, on_outcome, payloads, kept)
+                self._submit_chunks(calls, on_outcome, payloads, kept, timeout)
                 sent += len(kept)
                 payloads, kept = [], []
         if kept:
-            self._submit_chunks(calls, on_outcome, payloads, kept)
+            self._submit_chunks(calls, on_outcome, payloads, kept, timeout)
         return [None] * n
 
-    def _submit_chunks(self, calls: "_Calls", on_outcome: OnOutcome, payloads: List[Payload], kept: List[range]) -> None:
+    def _submit_chunks(self, calls: "_Calls", on_outcome: OnOutcome, payloads: List[Payload], kept: List[range],
+                       timeout: Optional[float]) -> None:
         key = next(self._keys)
+        sizes = [len(span) for span in kept]
         with self._lock:
-            self._jobs[key] = [_Packed(self, calls, on_outcome, kept), list(range(len(kept))), None, len(kept)]
-            self._holds += len(kept)
+            # Counted in items: the engine answers a chunk a few items at a time.
+            self._jobs[key] = [_Packed(calls, on_outcome, kept, self.tb_class), None, None, sum(sizes)]
         try:
-            self.engine.submit(key, payloads, chunksize=1)
+            self.engine.submit(key, payloads, chunksize=1, items=sizes, timeout=timeout)
         except _core.SubmitRefused as e:
             with self._lock:
                 self._jobs.pop(key, None)
-                self._holds -= len(kept)
             raise self.refused(e) from None
-        self.count_items(submitted=sum(len(span) - 1 for span in kept))
 
     def submit_items(self, calls: "_Calls", on_outcome: OnOutcome, idx: Iterable[int]) -> None:
         """Submits the calls ``idx`` one message each (their outcomes go to
@@ -599,24 +595,24 @@ class EngineClient:
                 else:
                     self.close()
 
-    def _settle(self, outcomes: List[Tuple[int, int, str, Any]]) -> None:
+    def _settle(self, outcomes: List[Tuple[int, int, str, Any, int, int]]) -> None:
         """Hands each engine outcome to its job. One lock for the whole batch: a stream
         of short calls brings hundreds at a time."""
         taken = []
         with self._lock:
             jobs = self._jobs
-            for key, index, kind, data in outcomes:
+            for key, index, kind, data, first, count in outcomes:
                 entry = jobs.get(key)
                 if entry is None:
                     continue
-                entry[3] -= 1
-                if entry[3] == 0:
+                entry[3] -= count
+                if entry[3] <= 0:
                     del jobs[key]
-                taken.append((entry, index, kind, data))
-        for entry, index, kind, data in taken:
+                taken.append((entry, index, kind, data, first, count))
+        for entry, index, kind, data, first, count in taken:
             if isinstance(entry[0], _Packed):
                 try:
-                    entry[0].settle(index, kind, data)
+                    entry[0].settle(index, kind, data, first, count)
                 except BaseException as e:  # a user callback raised: report, keep serving
                     print(f"hangfree: exception in a result callback: {e!r}", file=sys.stderr)
                 continue
@@ -689,19 +685,10 @@ class EngineClient:
         if threading.current_thread() is not self._thread:
             self._thread.join(1.0)
 
-    def count_items(self, **deltas: int) -> None:
-        with self._lock:
-            for k, v in deltas.items():
-                self._item_counts[k] = self._item_counts.get(k, 0) + v
-
     def stats(self) -> Dict[str, int]:
-        """The engine's counters, with tasks counted as the caller's calls (a chunk sent
-        as one message counts as its items)."""
-        counts = self.engine.stats()
-        with self._lock:
-            for k, v in self._item_counts.items():
-                counts[k] = counts.get(k, 0) + v
-        return counts
+        """The engine's counters, tasks counted as the caller's calls (the engine counts
+        a chunk as its items)."""
+        return self.engine.stats()
 
 
 def _spans(n: int, chunksize: int, workers: int) -> Iterator[range]:
@@ -738,53 +725,45 @@ class _Calls:
 
 
 class _Packed:
-    """The chunks of one packed map call, and what to do with each chunk's outcome."""
+    """The chunks of one packed map call, and what to do with each part of a chunk's
+    outcome (the engine answers a chunk a few items at a time)."""
 
-    def __init__(self, client: EngineClient, calls: _Calls, on_outcome: OnOutcome, chunks: List[range]):
-        self.client = client
+    __slots__ = ("calls", "on_outcome", "chunks", "tb_class")
+
+    def __init__(self, calls: _Calls, on_outcome: OnOutcome, chunks: List[range],
+                 tb_class: Callable[[str], BaseException]):
         self.calls = calls
         self.on_outcome = on_outcome
         self.chunks = chunks
+        self.tb_class = tb_class
 
-    def settle(self, chunk: int, kind: str, data: Any) -> None:
-        span = self.chunks[chunk]
+    def settle(self, chunk: int, kind: str, data: Any, first: int, count: int) -> None:
+        """Items ``first .. first + count`` of chunk ``chunk`` ended: ``data`` holds their
+        values and failures (by position in the part), or one failure for all of them."""
+        span = self.chunks[chunk][first:first + count]
         label_of = self.calls.label_of
-        try:
-            m = len(span)
-            if kind == "value":
-                try:
-                    values, failures = loads(data)
-                except KeyboardInterrupt:
-                    raise
-                except BaseException as e:
-                    # Every item of the chunk gets the error: none may wait forever.
-                    for i in span:
-                        self.on_outcome(i, False, unreadable_result(e, label_of(i)))
-                    return
-                self.client.count_items(values=m - len(failures) - 1, raised=len(failures))
-                many = getattr(self.on_outcome, "many", None)
-                if many is not None and not failures:
-                    many(span.start, values)
-                else:
-                    for j, (i, value) in enumerate(zip(span, values)):
-                        if j in failures:
-                            self.on_outcome(i, False, _raised(failures[j], label_of(i), self.client.tb_class))
-                        else:
-                            self.on_outcome(i, True, value)
-            elif kind in ("worker_lost", "protocol"):
-                # Which item killed the worker is unknown: run each again on its own. The
-                # chunk itself was no call of the caller's: its items count as they end.
-                self.client.count_items(submitted=-m, **{"worker_lost" if kind == "worker_lost" else "protocol_errors": -1})
-                self.client.submit_items(self.calls, self.on_outcome, span)
-            else:
-                stat = {"terminated": "terminated", "cancelled": "cancelled", "startup_failed": "startup_failed",
-                        "timed_out": "timed_out", "memory_limit": "memory_limited"}.get(kind)
-                if stat:
-                    self.client.count_items(**{stat: m - 1})
+        if kind == "value":
+            try:
+                values, failures = loads(data)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:
+                # Every item of the part gets the error: none may wait forever.
                 for i in span:
-                    self.on_outcome(i, *decode(kind, data, lambda: label_of(i), self.client.tb_class))
-        finally:
-            self.client.release()
+                    self.on_outcome(i, False, unreadable_result(e, label_of(i)))
+                return
+            many = getattr(self.on_outcome, "many", None)
+            if many is not None and not failures:
+                many(span.start, values)
+            else:
+                for j, (i, value) in enumerate(zip(span, values)):
+                    if j in failures:
+                        self.on_outcome(i, False, _raised(failures[j], label_of(i), self.tb_class))
+                    else:
+                        self.on_outcome(i, True, value)
+        else:
+            for i in span:
+                self.on_outcome(i, *decode(kind, data, lambda: label_of(i), self.tb_class))
 
 
 class _Stopped(BaseException):

@@ -49,6 +49,9 @@ class WorkerLostError(HangfreeError, BrokenProcessPool):
     probably_oom: bool = False
     #: With ``retries``: the earlier attempts' workers, as dicts (pid, exitcode or signal).
     earlier_attempts: list = []
+    #: True for an item of a map that had finished when its worker died, before its
+    #: result left the worker: the result is lost, and the item is not run again.
+    finished: bool = False
 
 
 class WorkerProtocolError(WorkerLostError):
@@ -150,6 +153,7 @@ def failure(kind: str, data: dict, label: Optional[str]) -> BaseException:
             stderr_tail=data.get("stderr_tail", ""),
             probably_oom=data.get("probably_oom", False),
             earlier_attempts=data.get("earlier_attempts", []),
+            finished=data.get("finished", False),
             **common,
         )
     if kind == "protocol":

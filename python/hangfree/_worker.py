@@ -18,11 +18,12 @@ import functools
 import itertools
 import os
 import signal
+import struct
 import sys
 # Annotations only (strings here); importing typing would cost every worker start ~9 ms.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict
+    from typing import Any, Callable, Dict, Optional
 
 from hangfree import _core
 from hangfree._pickling import dumps, dumps_payload, dumps_result, loads
@@ -75,6 +76,9 @@ def _answer_stack_request(ch: Any) -> None:
     def handler(signum: int, frame: Any) -> None:
         import traceback
 
+        if _part is not None:
+            # The worker is stopped after this: what its chunk finished is sent first.
+            _part.send()
         if _current_task and frame is not None:
             stack = traceback.extract_stack(frame)
             # Only the task's own frames: drop this module's loop around it.
@@ -85,6 +89,25 @@ def _answer_stack_request(ch: Any) -> None:
             ch.send(_core.KIND_STACK, _current_task, text.encode("utf-8", "replace"))
 
     signal.signal(signal.SIGUSR1, handler)
+
+
+def _send_before_exit() -> None:
+    """A task that ends its worker with ``os._exit`` (as tests of crash handling do)
+    first lets the chunk's finished items be sent: their results are kept, not lost.
+    Only in this process: a child the task forked shares the channel but not the chunk."""
+    real_exit = os._exit
+    me = os.getpid()
+
+    def _exit(status: int) -> None:
+        if _part is not None and os.getpid() == me:
+            try:
+                _part.send()
+            except BaseException:
+                pass
+        real_exit(status)
+
+    functools.update_wrapper(_exit, real_exit)
+    os._exit = _exit
 
 
 # In the fork server, how many workers it has forked; in a forked worker, its number.
@@ -218,6 +241,7 @@ def main() -> int:
     elif main_after_fork:
         _prepare(preparation, setup=False)
     _answer_stack_request(ch)
+    _send_before_exit()
     functions: Dict[bytes, Callable[..., Any]] = {}
     while True:
         frame = ch.recv()
@@ -239,6 +263,8 @@ def main() -> int:
             ch.send(_core.KIND_READY, 0, b"")
         elif kind == _core.KIND_TASK:
             _task(ch, task_id, payload, functions)
+        elif kind == _core.KIND_CHUNK:
+            _chunk(ch, task_id, payload, functions)
         elif kind == _core.KIND_SHUTDOWN:
             return 0
 
@@ -319,27 +345,31 @@ def _init(ch: Any, payload: bytes) -> None:
         init(*initargs)
 
 
+def _function(fn_bytes: bytes, functions: Dict[bytes, Callable[..., Any]]) -> Callable[..., Any]:
+    fn = functions.get(fn_bytes)
+    if fn is None:
+        fn = functions[fn_bytes] = _in_main(loads(fn_bytes))
+        if len(functions) > 64:
+            functions.pop(next(iter(functions)))
+    return fn
+
+
+def _unloadable(ch: Any, task_id: int, e: BaseException) -> None:
+    err = RuntimeError(f"cannot unpickle the task's function or arguments: {type(e).__name__}: {e}")
+    err.__cause__ = e
+    # `input_error` lets the caller name the task in the error it raises.
+    ch.send(_core.KIND_RAISED, task_id, _describe(err, input_error=True))
+
+
 def _task(ch: Any, task_id: int, payload: bytes, functions: Dict[bytes, Callable[..., Any]]) -> None:
     try:
-        call = loads(payload)
-        fn_bytes, args, kwargs = call[:3]
-        fn = functions.get(fn_bytes)
-        if fn is None:
-            fn = functions[fn_bytes] = _in_main(loads(fn_bytes))
-            if len(functions) > 64:
-                functions.pop(next(iter(functions)))
+        fn_bytes, args, kwargs = loads(payload)
+        fn = _function(fn_bytes, functions)
     except BaseException as e:
-        err = RuntimeError(f"cannot unpickle the task's function or arguments: {type(e).__name__}: {e}")
-        err.__cause__ = e
-        # `input_error` lets the caller name the task in the error it raises.
-        ch.send(_core.KIND_RAISED, task_id, _describe(err, input_error=True))
+        _unloadable(ch, task_id, e)
         return
     global _current_task
     _current_task = task_id
-    if len(call) == 4:
-        _run_chunk(ch, task_id, fn, args, kwargs, call[3])
-        _current_task = 0
-        return
     try:
         result = fn(*args, **kwargs)
     except SystemExit as e:
@@ -364,32 +394,96 @@ def _task(ch: Any, task_id: int, payload: bytes, functions: Dict[bytes, Callable
     ch.send(_core.KIND_VALUE, task_id, data)
 
 
-def _run_chunk(ch: Any, task_id: int, fn: Callable[..., Any], items: list, kwargs: dict, star: bool) -> None:
-    """Runs a packed chunk: every item in order, each outcome kept, one answer for all:
-    the list of values (None where an item failed) and the failures by position. Items
-    are argument tuples, or single arguments when ``star`` is false."""
-    values: list = []
-    failures: Dict[int, bytes] = {}
+def _chunk(ch: Any, task_id: int, payload: bytes, functions: Dict[bytes, Callable[..., Any]]) -> None:
+    """Runs items ``start..`` of a chunk (the engine's trailer says which) and answers
+    with their outcomes a few at a time (see `_Part`)."""
+    global _current_task, _part
+    start, count = struct.unpack_from("<II", payload, len(payload) - 8)
+    try:
+        fn_bytes, items, kwargs, star = loads(memoryview(payload)[:-8])
+        fn = _function(fn_bytes, functions)
+        if len(items) != count:
+            raise ValueError(f"the chunk has {len(items)} items, the engine says {count}")
+    except BaseException as e:
+        _unloadable(ch, task_id, e)
+        return
     call = functools.partial(fn, **kwargs) if kwargs else fn
     apply = itertools.starmap if star else map
-    start = 0
-    # The loop is the whole cost of a large map: run it in C. list.extend keeps what an
-    # iterator gave before it raised, so a failure costs only its own item; the loop
-    # resumes after it.
-    while start < len(items):
+    items_left = ch.items(items, start)
+    part = _part = _Part(ch, task_id, start)
+    _current_task = task_id
+    try:
+        # The loop is the whole cost of a large map: run it in C. list.extend keeps what
+        # an iterator gave before it raised, so a failure costs only its own item; the
+        # loop resumes after it. `items_left` stops it to send what finished (every
+        # millisecond), and for good once every item has started.
+        while True:
+            try:
+                part.values.extend(apply(call, items_left))
+            except BaseException as e:
+                if isinstance(e, SystemExit) and not _for_executor:
+                    part.send()
+                    raise
+                part.failures[len(part.values)] = _describe(e)
+                part.values.append(None)
+                continue
+            part.send(done=True)
+            items_left.flushed()
+            if items_left.revoked:
+                # The pool is stopping this worker and gave the other items to others.
+                _core.kill_own_group()
+            if items_left.done:
+                return
+    finally:
+        _current_task = 0
+        _part = None
+
+
+class _Part:
+    """The outcomes of a chunk's items that finished and are not sent yet. ``send`` may
+    also run in the stack-dump handler, in the middle of the loop's ``extend`` into
+    ``values``: it then sends what is new without touching the list."""
+
+    __slots__ = ("ch", "task_id", "first", "values", "failures", "sent", "sending")
+
+    def __init__(self, ch: Any, task_id: int, first: int):
+        self.ch = ch
+        self.task_id = task_id
+        self.first = first  # the chunk's index of values[0]
+        self.values: list = []
+        self.failures: Dict[int, bytes] = {}
+        self.sent = 0  # values already sent
+        self.sending = False
+
+    def send(self, done: bool = False) -> None:
+        """Sends the finished items not sent yet; ``done``: the loop is out of
+        ``extend``, so the list can be emptied."""
+        if self.sending:
+            return
+        self.sending = True
         try:
-            values.extend(apply(call, itertools.islice(items, start, None) if start else items))
-            break
-        except BaseException as e:
-            if isinstance(e, SystemExit) and not _for_executor:
-                raise
-            failures[len(values)] = _describe(e)
-            values.append(None)
-            start = len(values)
+            values, sent = self.values, self.sent
+            if len(values) > sent:
+                new = values[sent:]
+                failures = {j - sent: f for j, f in self.failures.items() if j >= sent}
+                self.ch.send(_core.KIND_ITEMS, self.task_id, _items_payload(new, failures, self.first + sent))
+                self.sent = len(values)
+            if done:
+                self.first += len(values)
+                values.clear()
+                self.failures.clear()
+                self.sent = 0
+        finally:
+            self.sending = False
+
+
+def _items_payload(values: list, failures: Dict[int, bytes], first: int) -> list:
+    """An Items frame's payload: the pickled ``(values, failures)`` and the trailer."""
     try:
         data = dumps_payload((values, failures))
     except BaseException:
         # Some value does not pickle: find it, and fail only that item.
+        values = list(values)
         for j, value in enumerate(values):
             try:
                 dumps(value)
@@ -397,7 +491,13 @@ def _run_chunk(ch: Any, task_id: int, fn: Callable[..., Any], items: list, kwarg
                 values[j] = None
                 failures[j] = _describe(_encoding_error(e, value))
         data = dumps_payload((values, failures))
-    ch.send(_core.KIND_VALUE, task_id, data)
+    parts = list(data) if isinstance(data, list) else [data]
+    parts.append(struct.pack("<III", first, len(values), len(failures)))
+    return parts
+
+
+# The chunk running now, for the stack-dump handler and os._exit (None between chunks).
+_part: Optional[_Part] = None
 
 
 if __name__ == "__main__":

@@ -108,6 +108,7 @@ fn main() {
             Kind::Init => init(&mut ch, &frame.payload),
             Kind::Shutdown => std::process::exit(0),
             Kind::Task => run(&mut ch, frame.task_id, &frame.payload),
+            Kind::Chunk => chunk(&mut ch, frame.task_id, &frame.payload),
             other => {
                 eprintln!("hangfree-hostile: unexpected {other:?}");
                 std::process::exit(72);
@@ -139,6 +140,51 @@ fn send(ch: &mut WorkerChannel, kind: Kind, id: u64, payload: &[u8]) {
     if ch.send(kind, id, payload).is_err() {
         std::process::exit(73);
     }
+}
+
+/// Runs a chunk whose items are the payload's lines, each a command of `item`; answers
+/// each item's outcome as it ends (one Items frame per item).
+fn chunk(ch: &mut WorkerChannel, id: u64, payload: &[u8]) {
+    let (body, trailer) = payload.split_at(payload.len() - 8);
+    let start = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
+    let lines: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
+    let page = ch.page();
+    for (i, line) in lines.iter().enumerate().skip(start as usize) {
+        if !page.start_item(i as u32) {
+            // Revoked: the pool gave the rest to other workers.
+            hangfree::worker::kill_own_group();
+        }
+        let (raised, mut out) = item(line);
+        out.extend_from_slice(&(i as u32).to_le_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&u32::from(raised).to_le_bytes());
+        send(ch, Kind::Items, id, &out);
+    }
+}
+
+/// One item of a chunk: `log PATH` appends the item's line to PATH and answers it;
+/// `then` after it, a command run once logged (`exit N`, `sleep MS`, `ignore-term MS`,
+/// `raise`). Says whether it raised, and its answer.
+fn item(line: &[u8]) -> (bool, Vec<u8>) {
+    let text = String::from_utf8_lossy(line).into_owned();
+    let mut words = text.split(' ');
+    let (Some("log"), Some(path), Some(name)) = (words.next(), words.next(), words.next()) else {
+        return (true, format!("bad item {text:?}").into_bytes());
+    };
+    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path).expect("log file");
+    f.write_all(format!("{name}\n").as_bytes()).expect("log");
+    let num = |w: Option<&str>| w.and_then(|w| w.parse::<u64>().ok()).unwrap_or(0);
+    match words.next() {
+        Some("exit") => std::process::exit(num(words.next()) as i32),
+        Some("sleep") => std::thread::sleep(Duration::from_millis(num(words.next()))),
+        Some("ignore-term") => {
+            ignore_sigterm();
+            std::thread::sleep(Duration::from_millis(num(words.next())));
+        }
+        Some("raise") => return (true, name.as_bytes().to_vec()),
+        _ => {}
+    }
+    (false, name.as_bytes().to_vec())
 }
 
 fn run(ch: &mut WorkerChannel, id: u64, payload: &[u8]) {
@@ -206,6 +252,10 @@ fn run(ch: &mut WorkerChannel, id: u64, payload: &[u8]) {
             send(ch, Kind::Value, id, b"continued");
         }
         "pid" => send(ch, Kind::Value, id, std::process::id().to_string().as_bytes()),
+        "item" => {
+            let (raised, out) = item(arg.as_bytes());
+            send(ch, if raised { Kind::Raised } else { Kind::Value }, id, &out);
+        }
         "stack-sleep" => {
             // SAFETY: the handler only stores to an atomic.
             unsafe {

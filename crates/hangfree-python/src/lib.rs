@@ -35,6 +35,8 @@ struct Done {
     key: u64,
     index: usize,
     outcome: Outcome,
+    /// Of a chunk's part: its first item and how many items.
+    items: (u32, u32),
 }
 
 #[derive(Default)]
@@ -110,7 +112,11 @@ impl Sink for KeyedSink {
                 return;
             }
         }
-        self.queue.push(Done { key: self.key, index, outcome });
+        self.queue.push(Done { key: self.key, index, outcome, items: (0, 1) });
+    }
+
+    fn complete_items(&self, index: usize, first: u32, count: u32, _raised: u32, outcome: Outcome) {
+        self.queue.push(Done { key: self.key, index, outcome, items: (first, count) });
     }
 }
 
@@ -254,7 +260,7 @@ impl Engine {
 
     /// Submits payloads as one submission; outcomes arrive tagged with `key` and each
     /// payload's index. Returns the first task id (ids are consecutive).
-    #[pyo3(signature = (key, payloads, *, chunksize=1, timeout=None, labels=None, claim=false))]
+    #[pyo3(signature = (key, payloads, *, chunksize=1, timeout=None, labels=None, claim=false, items=None))]
     #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
@@ -265,16 +271,21 @@ impl Engine {
         timeout: Option<f64>,
         labels: Option<Vec<String>>,
         claim: bool,
+        items: Option<Vec<u32>>,
     ) -> PyResult<u64> {
         // Refused like the engine's own refusals, so the caller forgets the submission.
         let timeout = secs(timeout, "a task's timeout")
             .map_err(|e| SubmitRefused::new_err(("invalid", e.value(py).to_string(), py.None())))?;
         let mut labels = labels.map(|l| l.into_iter());
+        let mut items = items.map(|l| l.into_iter());
         let payloads: Vec<Vec<u8>> = payloads.iter().map(payload_vec).collect::<PyResult<_>>()?;
         let tasks: Vec<Task> = payloads
             .into_iter()
             .map(|p| {
-                let mut t = Task::new(p);
+                let mut t = match items.as_mut().and_then(|i| i.next()) {
+                    Some(n) => Task::chunk(p, n),
+                    None => Task::new(p),
+                };
                 if let Some(d) = timeout {
                     t = t.timeout(d);
                 }
@@ -534,6 +545,7 @@ fn loss_fields(d: &Bound<'_, PyDict>, cause: &LossCause) -> PyResult<()> {
     match cause {
         LossCause::Exited(st) => status_fields(d, st),
         LossCause::ChannelClosed => d.set_item("channel_closed", true),
+        LossCause::Stopped => d.set_item("stopped", true),
     }
 }
 
@@ -575,7 +587,7 @@ fn failure_details(py: Python<'_>, f: &StartupFailure) -> PyResult<Py<PyAny>> {
 
 /// One outcome as `(kind, data)` (see `next_outcomes`).
 fn kind_and_data<'py>(py: Python<'py>, key: u64, outcome: Outcome) -> PyResult<Bound<'py, PyAny>> {
-    let t = outcome_tuple(py, Done { key, index: 0, outcome })?;
+    let t = outcome_tuple(py, Done { key, index: 0, outcome, items: (0, 1) })?;
     (t.get_item(2)?, t.get_item(3)?).into_pyobject(py).map(|t| t.into_any())
 }
 
@@ -601,6 +613,7 @@ fn outcome_tuple<'py>(py: Python<'py>, done: Done) -> PyResult<Bound<'py, PyAny>
                         attempts.append(ad)?;
                     }
                     d.set_item("earlier_attempts", attempts)?;
+                    d.set_item("finished", w.finished)?;
                     "worker_lost"
                 }
                 TaskError::TimedOut { limit, pid, stack, .. } => {
@@ -630,7 +643,7 @@ fn outcome_tuple<'py>(py: Python<'py>, done: Done) -> PyResult<Bound<'py, PyAny>
             (kind, d.into_any())
         }
     };
-    (done.key, done.index, kind, data).into_pyobject(py).map(|t| t.into_any())
+    (done.key, done.index, kind, data, done.items.0, done.items.1).into_pyobject(py).map(|t| t.into_any())
 }
 
 /// A value's payload as `hangfree._pickling.loads` takes it: one `bytes`, or, for a large
@@ -752,6 +765,91 @@ impl WorkerChannel {
     fn close(&mut self) {
         self.inner = None;
     }
+
+    /// The items `start..len(items)` of a chunk, as an iterator that marks each item's
+    /// start on the progress page (see `ChunkItems`).
+    fn items(&self, items: Bound<'_, PyAny>, start: usize) -> PyResult<ChunkItems> {
+        let ch = self.inner.as_ref().ok_or_else(|| PyRuntimeError::new_err("channel closed"))?;
+        let end = items.len()?;
+        Ok(ChunkItems {
+            page: ch.page(),
+            items: items.unbind(),
+            next: start,
+            end,
+            flushed_at: Instant::now(),
+            since_flush: 0,
+            revoked: false,
+        })
+    }
+}
+
+/// How long a chunk's finished items may wait in the worker before their outcomes are
+/// sent: what a crash can lose (their results; they are never run again) against a
+/// message per item.
+const FLUSH_EVERY: Duration = Duration::from_millis(1);
+
+/// A chunk's items for the worker's loop (`list.extend(map(fn, items))`, which runs in C):
+/// each `next` marks the item's start on the progress page, so a death or a time limit is
+/// pinned on it and the items after it run elsewhere. It stops early — StopIteration, to
+/// be resumed — when finished items have waited `FLUSH_EVERY` (`flush_due`), and for good
+/// when the pool revoked the page (`revoked`: the worker must exit without starting more).
+#[pyclass(module = "hangfree._core")]
+struct ChunkItems {
+    page: Arc<hangfree::page::Page>,
+    items: Py<PyAny>,
+    next: usize,
+    end: usize,
+    flushed_at: Instant,
+    since_flush: usize,
+    revoked: bool,
+}
+
+#[pymethods]
+impl ChunkItems {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        if self.next >= self.end || self.revoked {
+            return Ok(None);
+        }
+        if self.since_flush > 0 && self.flushed_at.elapsed() >= FLUSH_EVERY {
+            return Ok(None);
+        }
+        let i = self.next;
+        if !self.page.start_item(u32::try_from(i).unwrap_or(u32::MAX)) {
+            self.revoked = true;
+            return Ok(None);
+        }
+        self.next += 1;
+        self.since_flush += 1;
+        Ok(Some(self.items.bind(py).get_item(i)?.unbind()))
+    }
+
+    /// The index of the next item to start.
+    #[getter]
+    fn next_index(&self) -> usize {
+        self.next
+    }
+
+    /// Every item has started.
+    #[getter]
+    fn done(&self) -> bool {
+        self.next >= self.end
+    }
+
+    /// The pool revoked this worker: it must start nothing more.
+    #[getter]
+    fn revoked(&self) -> bool {
+        self.revoked
+    }
+
+    /// The finished items' outcomes were sent: the next wait for a flush starts now.
+    fn flushed(&mut self) {
+        self.since_flush = 0;
+        self.flushed_at = Instant::now();
+    }
 }
 
 /// The interpreter's own fork bookkeeping (import lock, thread states, functions given to
@@ -792,6 +890,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kill_own_group, m)?)?;
     m.add_class::<Engine>()?;
     m.add_class::<WorkerChannel>()?;
+    m.add_class::<ChunkItems>()?;
     m.add("SubmitRefused", m.py().get_type::<SubmitRefused>())?;
     for (name, k) in [
         ("KIND_INIT", Kind::Init),
@@ -802,6 +901,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         ("KIND_VALUE", Kind::Value),
         ("KIND_RAISED", Kind::Raised),
         ("KIND_STACK", Kind::Stack),
+        ("KIND_CHUNK", Kind::Chunk),
+        ("KIND_ITEMS", Kind::Items),
     ] {
         m.add(name, k as u8)?;
     }

@@ -133,6 +133,7 @@ fn outcome_name(o: &Outcome) -> String {
             }
             LossCause::Exited(ExitStatus::Unknown) => "lost: unknown status".into(),
             LossCause::ChannelClosed => "lost: channel closed".into(),
+            LossCause::Stopped => "lost: stopped for another task".into(),
         },
         Outcome::Failed(TaskError::TimedOut { .. }) => "timed out".into(),
         Outcome::Failed(TaskError::Protocol { .. }) => "protocol error".into(),

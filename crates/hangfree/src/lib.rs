@@ -13,10 +13,13 @@
 //! 5. no worker or descendant in its group outlives the pool, and workers die with their
 //!    parent;
 //! 6. bad bytes on a channel are a protocol error on one task, never a hang;
-//! 7. after `join`, no process, thread or descriptor of the pool is left.
+//! 7. after `join`, no process, thread or descriptor of the pool is left;
+//! 8. a task, and each item of a [`Task::chunk`], starts at most once unless `retries`
+//!    asks for more: workers claim what they start on a [`page`] shared with the pool.
 //!
 //! The layers are modules: [`process`] (one supervised child; [`fork_server`] for
-//! workers forked from a ready template), [`wire`] (frames),
+//! workers forked from a ready template), [`wire`] (frames), [`page`] (what a worker
+//! started, shared without a message),
 //! [`pool`] (the supervisor and its handles) and [`worker`] (the worker side of the
 //! channel, for worker programs written in Rust).
 //!
@@ -45,6 +48,7 @@ pub mod cgroup;
 pub mod fork_server;
 pub mod memory;
 pub mod outcome;
+pub mod page;
 pub mod pool;
 pub mod process;
 pub mod spin;

@@ -100,6 +100,9 @@ pub enum LossCause {
     Exited(ExitStatus),
     /// The process closed its channel but kept running; the pool stopped it.
     ChannelClosed,
+    /// The pool stopped the process (for another task: a time limit, the memory limit,
+    /// a cancel, a protocol error) while this task was started or its outcome unsent.
+    Stopped,
 }
 
 impl fmt::Display for LossCause {
@@ -107,6 +110,7 @@ impl fmt::Display for LossCause {
         match self {
             LossCause::Exited(st) => write!(f, "died with {st}"),
             LossCause::ChannelClosed => f.write_str("closed its channel and was stopped"),
+            LossCause::Stopped => f.write_str("was stopped by the pool for another task"),
         }
     }
 }
@@ -137,6 +141,9 @@ pub struct WorkerLost {
     /// Earlier runs of the same task whose workers also died, oldest first (only with
     /// retries); the task was quarantined after the last.
     pub earlier: Vec<Attempt>,
+    /// The task (an item of a chunk) had finished, but its outcome had not left the
+    /// worker: it is lost with it. It is not run again (each item runs at most once).
+    pub finished: bool,
 }
 
 impl fmt::Display for WorkerLost {
@@ -145,7 +152,11 @@ impl fmt::Display for WorkerLost {
         if self.probably_oom {
             f.write_str(" (probably killed by the OOM killer)")?;
         }
-        f.write_str(" while running it")?;
+        f.write_str(if self.finished {
+            " after it finished, before its outcome was sent (it is not run again)"
+        } else {
+            " while running it"
+        })?;
         if !self.earlier.is_empty() {
             write!(f, "; it killed {} workers in {} attempts:", self.earlier.len() + 1, self.earlier.len() + 1)?;
             for (i, a) in self.earlier.iter().enumerate() {
@@ -365,6 +376,7 @@ mod tests {
             stderr_tail: "Fatal Python error: Segmentation fault\n".into(),
             probably_oom: false,
             earlier: vec![],
+            finished: false,
         });
         assert_eq!(
             e.to_string(),
@@ -379,6 +391,7 @@ mod tests {
             stderr_tail: String::new(),
             probably_oom: true,
             earlier: vec![Attempt { pid: 10, cause: LossCause::Exited(ExitStatus::Code(1)) }],
+            finished: false,
         });
         assert_eq!(
             quarantined.to_string(),

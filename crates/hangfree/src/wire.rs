@@ -36,6 +36,10 @@ pub enum Kind {
     Task = 2,
     /// Pool → worker: finish the current task, then exit with status 0.
     Shutdown = 3,
+    /// Pool → worker: run items `start..count` of this chunk. The payload is the task's
+    /// payload followed by an 8-byte trailer: `start` and `count`, little-endian u32s.
+    /// Sent only to workers that passed a progress page (see [`crate::page`]).
+    Chunk = 4,
     /// Worker → pool: initialised, ready for tasks.
     Ready = 16,
     /// Worker → pool: the initializer failed; the payload describes why. The worker exits.
@@ -47,6 +51,11 @@ pub enum Kind {
     /// Worker → pool: where the running task is (UTF-8 text), sent when the pool asks
     /// with the stack-dump signal because the task passed its time limit.
     Stack = 20,
+    /// Worker → pool: the outcomes of consecutive items of the running chunk. The payload
+    /// is the worker's encoding of them followed by a 12-byte trailer: the first item's
+    /// index, how many items, and how many of them raised (little-endian u32s). The chunk
+    /// ends with the frame that covers its last item.
+    Items = 21,
 }
 
 impl Kind {
@@ -56,11 +65,13 @@ impl Kind {
             1 => Kind::Init,
             2 => Kind::Task,
             3 => Kind::Shutdown,
+            4 => Kind::Chunk,
             16 => Kind::Ready,
             17 => Kind::InitFailed,
             18 => Kind::Value,
             19 => Kind::Raised,
             20 => Kind::Stack,
+            21 => Kind::Items,
             _ => return None,
         })
     }
@@ -142,6 +153,38 @@ pub fn encode_into(out: &mut Vec<u8>, kind: Kind, task_id: u64, payload: &[u8]) 
     out.reserve(HEADER_LEN + payload.len());
     out.extend_from_slice(&header(kind, task_id, len));
     out.extend_from_slice(payload);
+}
+
+/// Appends a [`Kind::Chunk`] frame: items `start..count` of a chunk whose payload is
+/// `payload`.
+///
+/// # Panics
+///
+/// As [`encode_into`], if the payload and its trailer pass `u32::MAX` bytes.
+pub fn encode_chunk_into(out: &mut Vec<u8>, task_id: u64, payload: &[u8], start: u32, count: u32) {
+    let len = u32::try_from(payload.len() + CHUNK_TRAILER).expect("payload length checked by the caller");
+    out.reserve(HEADER_LEN + len as usize);
+    out.extend_from_slice(&header(Kind::Chunk, task_id, len));
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&start.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+}
+
+/// Length of a [`Kind::Chunk`] frame's trailer.
+pub const CHUNK_TRAILER: usize = 8;
+
+/// Length of a [`Kind::Items`] frame's trailer.
+pub const ITEMS_TRAILER: usize = 12;
+
+/// The trailer of a [`Kind::Items`] payload: `(first, count, raised)`, the payload
+/// shortened to the worker's encoding. None if the payload is too short for one.
+pub fn split_items(payload: &mut Vec<u8>) -> Option<(u32, u32, u32)> {
+    let at = payload.len().checked_sub(ITEMS_TRAILER)?;
+    let t = &payload[at..];
+    let u = |i: usize| u32::from_le_bytes(t[i..i + 4].try_into().expect("4 bytes"));
+    let r = (u(0), u(4), u(8));
+    payload.truncate(at);
+    Some(r)
 }
 
 /// An incremental frame decoder for a non-blocking byte stream.
@@ -424,6 +467,8 @@ mod tests {
             Just(Kind::Value),
             Just(Kind::Raised),
             Just(Kind::Stack),
+            Just(Kind::Chunk),
+            Just(Kind::Items),
         ]
     }
 

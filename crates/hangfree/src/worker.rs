@@ -3,11 +3,14 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, Write};
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 
 use rustix::process::Signal;
 
 use crate::fork_server::{self, ForkHooks, NoHooks};
+use crate::page::Page;
 use crate::process::{ENV_MAX_FRAME, ENV_PARENT_PID};
 use crate::wire::{self, DEFAULT_MAX_FRAME, Frame, Kind, ReadError};
 
@@ -17,6 +20,8 @@ pub struct WorkerChannel {
     reader: BufReader<File>,
     writer: File,
     max_frame: u32,
+    /// Shared with the pool, which learns through it what this worker started.
+    page: Arc<Page>,
 }
 
 impl WorkerChannel {
@@ -74,15 +79,31 @@ impl WorkerChannel {
         let max_frame = std::env::var(ENV_MAX_FRAME).ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_MAX_FRAME);
         let reader = File::from(fd);
         let writer = reader.try_clone()?;
-        Ok(WorkerChannel { reader: BufReader::with_capacity(64 * 1024, reader), writer, max_frame })
+        let page = Arc::new(Page::create()?);
+        Ok(WorkerChannel { reader: BufReader::with_capacity(64 * 1024, reader), writer, max_frame, page })
+    }
+
+    /// The progress page this worker shares with its pool: a chunk's loop reports each
+    /// item's start there ([`Page::start_item`]).
+    pub fn page(&self) -> Arc<Page> {
+        self.page.clone()
     }
 
     /// Receives the next frame; `Ok(None)` when the pool closed the channel. Polls
     /// briefly before sleeping: in a stream of short tasks the next one is usually on its
     /// way (see [`crate::spin`]).
+    ///
+    /// A task is claimed on the progress page as it is received: if the pool has revoked
+    /// this worker meanwhile (it is stopping it and gave its tasks to others), this
+    /// returns `Ok(None)` as if the channel had ended, and the worker must exit.
     pub fn recv(&mut self) -> Result<Option<Frame>, ReadError> {
         self.poll_briefly();
-        wire::read_frame(&mut self.reader, self.max_frame)
+        let f = wire::read_frame(&mut self.reader, self.max_frame)?;
+        Ok(f.filter(|f| self.claim(f.kind, f.task_id)))
+    }
+
+    fn claim(&self, kind: Kind, task_id: u64) -> bool {
+        !matches!(kind, Kind::Task | Kind::Chunk) || self.page.claim(task_id)
     }
 
     fn poll_briefly(&mut self) {
@@ -101,7 +122,8 @@ impl WorkerChannel {
     /// say), which saves a copy of large payloads.
     pub fn recv_header(&mut self) -> Result<Option<(Kind, u64, usize)>, ReadError> {
         self.poll_briefly();
-        Ok(wire::read_header(&mut self.reader, self.max_frame)?.map(|(kind, len, id)| (kind, id, len as usize)))
+        let h = wire::read_header(&mut self.reader, self.max_frame)?;
+        Ok(h.filter(|&(kind, _, id)| self.claim(kind, id)).map(|(kind, len, id)| (kind, id, len as usize)))
     }
 
     /// Fills `buf` with the payload announced by [`WorkerChannel::recv_header`].
@@ -126,6 +148,20 @@ impl WorkerChannel {
         slices.push(io::IoSlice::new(&h));
         slices.extend(parts.iter().filter(|p| !p.is_empty()).map(|p| io::IoSlice::new(p)));
         let mut rest = &mut slices[..];
+        if kind == Kind::Ready {
+            // The page goes with the first bytes of the Ready frame.
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+            let fds = [self.page.fd()];
+            control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
+            let n = loop {
+                match rustix::net::sendmsg(&self.writer, rest, &mut control, rustix::net::SendFlags::NOSIGNAL) {
+                    Err(rustix::io::Errno::INTR) => {}
+                    r => break r?,
+                }
+            };
+            io::IoSlice::advance_slices(&mut rest, n);
+        }
         while !rest.is_empty() {
             match self.writer.write_vectored(rest) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -418,8 +418,10 @@ impl Pool {
         if current != self.owner {
             return Err(SubmitError::Forked { owner: self.owner, current });
         }
-        if let Some((index, t)) = tasks.iter().enumerate().find(|(_, t)| t.payload.len() > self.max_frame as usize) {
-            return Err(SubmitError::TooLarge { index, len: t.payload.len(), max: self.max_frame });
+        // A chunk's frame carries a trailer after the payload.
+        let frame_len = |t: &Task| t.payload.len() + if t.items > 0 { crate::wire::CHUNK_TRAILER } else { 0 };
+        if let Some((index, t)) = tasks.iter().enumerate().find(|(_, t)| frame_len(t) > self.max_frame as usize) {
+            return Err(SubmitError::TooLarge { index, len: frame_len(t), max: self.max_frame });
         }
         if tasks.iter().any(|t| t.timeout == Some(Duration::ZERO)) {
             return Err(SubmitError::Invalid("a task's timeout must be > 0 or None"));
@@ -434,7 +436,8 @@ impl Pool {
             Gate::Failed(why) => return Err(SubmitError::Failed(why.clone())),
         }
         let first_id = self.shared.next_id.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        self.shared.stats.submitted.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        let items: u64 = tasks.iter().map(|t| u64::from(t.items.max(1))).sum();
+        self.shared.stats.submitted.fetch_add(items, std::sync::atomic::Ordering::Relaxed);
         if n > 0 {
             inbox.cmds.push(Command::Submit { sink, first_id, tasks, chunksize });
         }

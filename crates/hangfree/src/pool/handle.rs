@@ -17,12 +17,25 @@ pub struct Task {
     pub(crate) payload: Vec<u8>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) label: Option<Arc<str>>,
+    /// Items of a chunk (0: a single task).
+    pub(crate) items: u32,
 }
 
 impl Task {
     /// A task carrying `payload`, with the pool's default time limit.
     pub fn new(payload: impl Into<Vec<u8>>) -> Task {
-        Task { payload: payload.into(), timeout: None, label: None }
+        Task { payload: payload.into(), timeout: None, label: None, items: 0 }
+    }
+
+    /// A chunk: one payload standing for `items` items (at least 1) that the worker runs
+    /// in order, answering with [`crate::wire::Kind::Items`] frames (see `PROTOCOL.md`).
+    /// Each item starts at most once: if the worker dies, the item it was running ends
+    /// as *worker lost* (or runs again, with `retries`), items whose outcomes came keep
+    /// them, and the rest run elsewhere as a chunk of their own. The time limit applies
+    /// to each item. Outcomes reach the sink through [`Sink::complete_items`], several
+    /// per chunk, each covering consecutive items.
+    pub fn chunk(payload: impl Into<Vec<u8>>, items: u32) -> Task {
+        Task { items: items.max(1), ..Task::new(payload) }
     }
 
     /// Gives this task its own time limit, overriding the pool's. A limit of
@@ -80,6 +93,16 @@ pub enum TaskState {
 pub trait Sink: Send + Sync + 'static {
     /// Takes the outcome of the task at `index` of its submission.
     fn complete(&self, index: usize, outcome: Outcome);
+
+    /// Takes the outcome of items `first..first + count` of the chunk at `index` (see
+    /// [`Task::chunk`]): a [`Outcome::Value`] with the worker's encoding of their
+    /// outcomes (`raised` of them raised), or one failure shared by all of them. Every
+    /// item is covered exactly once, in order. By default each part is passed to
+    /// [`Sink::complete`].
+    fn complete_items(&self, index: usize, first: u32, count: u32, raised: u32, outcome: Outcome) {
+        let _ = (first, count, raised);
+        self.complete(index, outcome);
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

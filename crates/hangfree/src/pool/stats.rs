@@ -2,7 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// A snapshot of a pool's counters.
+/// A snapshot of a pool's counters. Counts are of tasks, a chunk counting as its items
+/// (see [`crate::Task::chunk`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Tasks accepted by `submit` or `submit_batch`.
@@ -89,4 +90,8 @@ counters!(
 
 pub(crate) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Relaxed);
+}
+
+pub(crate) fn bump_by(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Relaxed);
 }

@@ -23,10 +23,11 @@ use super::epoll_wait;
 use super::events::{EventHook, EventKind, PoolEvent};
 use super::handle::{Sink, Task, TaskState, lock};
 use super::lifecycle::{self, Action, Event, Phase, Timing};
-use super::stats::{Counters, bump};
+use super::stats::{Counters, bump, bump_by};
 use crate::cgroup::WorkerCgroup;
 use crate::fork_server::ForkServer;
 use crate::memory;
+use crate::page::Page;
 use crate::outcome::{Attempt, ExitStatus, LossCause, Outcome, StartupFailure, TaskError, TaskRef, WorkerLost};
 use crate::process::{self, Spawned, WorkerCommand};
 use crate::wire::{self, Decoder, Kind, ProtocolError};
@@ -198,8 +199,19 @@ struct Entry {
     worker: Option<usize>,
     /// Outcome already delivered (cancelled while sent ahead to a worker).
     cancelled: bool,
-    /// Earlier runs whose workers died (with retries).
+    /// Earlier runs whose workers died (with retries); of a chunk, runs of item `from`.
     attempts: Vec<Attempt>,
+    /// A chunk's item count (0: a single task).
+    items: u32,
+    /// A chunk's first item without an outcome: the worker it is sent to starts there.
+    from: u32,
+}
+
+impl Entry {
+    /// Items still without an outcome (1 for a single task).
+    fn left(&self) -> u32 {
+        if self.items == 0 { 1 } else { self.items - self.from }
+    }
 }
 
 struct InFlight {
@@ -240,6 +252,11 @@ struct Worker {
     dumping: Option<u64>,
     /// Its own cgroup, in cgroup mode: killed whole with it, setsid daemons included.
     cgroup: Option<WorkerCgroup>,
+    /// The progress page it passed with its Ready frame (see [`crate::page`]).
+    page: Option<Page>,
+    /// What revoking its page returned: the last task it started (cached, as a second
+    /// revoke would not say).
+    last_claim: Option<crate::page::Revoked>,
 }
 
 impl Worker {
@@ -360,6 +377,27 @@ const WAKER: u64 = u64::MAX;
 const FD_PID: u64 = 0;
 const FD_CHAN: u64 = 1;
 const FD_ERR: u64 = 2;
+
+/// Reads from a starting worker's channel, which passes its progress page (see
+/// [`crate::page`]) with its Ready frame; a descriptor that is not a page is closed.
+fn read_with_page(chan: &UnixStream, dec: &mut Decoder, page: &mut Option<Page>, buf: &mut [u8]) -> io::Result<usize> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let r = recvmsg(chan, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT)?;
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = msg {
+            for fd in fds {
+                if page.is_none() {
+                    *page = Page::from_worker(fd).ok();
+                }
+            }
+        }
+    }
+    dec.feed(&buf[..r.bytes]);
+    Ok(r.bytes)
+}
 
 fn token(slot: usize, generation: u32, kind: u64) -> u64 {
     ((slot as u64) << 34) | ((generation as u64) << 2) | kind
@@ -617,6 +655,8 @@ impl Supervisor {
                                 worker: None,
                                 cancelled: false,
                                 attempts: Vec::new(),
+                                items: t.items,
+                                from: 0,
                             },
                         );
                         chunk.push(id);
@@ -689,11 +729,9 @@ impl Supervisor {
                 } else {
                     // Sent ahead and not started: report it now, drop its result later.
                     let task = self.task_ref(id);
-                    let e = self.tasks.get_mut(&id).expect("present");
-                    e.cancelled = true;
-                    let (sink, index) = (e.sink.clone(), e.index);
-                    bump(&self.shared.stats.cancelled);
-                    sink.complete(index, Outcome::Failed(TaskError::Cancelled(task)));
+                    let e = self.tasks.get(&id).expect("present");
+                    self.deliver(e, e.left(), Outcome::Failed(TaskError::Cancelled(task)));
+                    self.tasks.get_mut(&id).expect("present").cancelled = true;
                 }
             }
         }
@@ -732,14 +770,22 @@ impl Supervisor {
         TaskRef { id, label: self.tasks.get(&id).and_then(|e| e.label.clone()) }
     }
 
-    /// Delivers a task's one outcome and forgets the task.
+    /// Delivers a task's one outcome (a chunk's: for each item without one) and forgets
+    /// the task.
     fn complete(&mut self, id: u64, outcome: Outcome) {
         let Some(e) = self.tasks.remove(&id) else { return };
         if e.cancelled {
             return;
         }
+        let n = e.left();
+        self.deliver(&e, n, outcome);
+    }
+
+    /// Delivers one outcome for the next `n` items of a chunk (or a task's outcome).
+    fn deliver(&self, e: &Entry, n: u32, outcome: Outcome) {
         let s = &self.shared.stats;
-        bump(match &outcome {
+        let raised = if matches!(outcome, Outcome::Raised(_)) { n } else { 0 };
+        bump_by(match &outcome {
             Outcome::Value(_) => &s.values,
             Outcome::Raised(_) => &s.raised,
             Outcome::Failed(TaskError::WorkerLost(_)) => &s.worker_lost,
@@ -750,8 +796,29 @@ impl Supervisor {
             Outcome::Failed(TaskError::Protocol { .. }) => &s.protocol_errors,
             Outcome::Failed(TaskError::MemoryLimit { .. }) => &s.memory_limited,
             Outcome::Failed(TaskError::PoolFailed { .. }) => &s.pool_failed,
-        });
-        e.sink.complete(e.index, outcome);
+        }, u64::from(n));
+        if e.items == 0 {
+            e.sink.complete(e.index, outcome);
+        } else {
+            e.sink.complete_items(e.index, e.from, n, raised, outcome);
+        }
+    }
+
+    /// Delivers `outcome` for the next `n` items of chunk `id` (all of a single task's)
+    /// and forgets the task once every item has one.
+    fn deliver_part(&mut self, id: u64, n: u32, outcome: Outcome) {
+        let Some(e) = self.tasks.get_mut(&id) else { return };
+        if e.items == 0 || e.from + n >= e.items {
+            self.complete(id, outcome);
+            return;
+        }
+        if !e.cancelled {
+            let e = self.tasks.get(&id).expect("present");
+            self.deliver(e, n, outcome);
+        }
+        let e = self.tasks.get_mut(&id).expect("present");
+        e.from += n;
+        e.attempts.clear();
     }
 
     fn fail_queue(&mut self) {
@@ -780,14 +847,18 @@ impl Supervisor {
         Some(f.id)
     }
 
-    /// Puts every task still sent to the worker back at the front of the queue: none of
-    /// them had started.
+    /// Puts every task still sent to the worker back at the front of the queue. The
+    /// caller has ended the task it was running; its page is revoked first, so it starts
+    /// none of them now. One it had already started (it finished the head a moment ago)
+    /// cannot run again: it ends as worker lost ([`LossCause::Stopped`]).
     fn requeue_inflight(&mut self, slot: usize) {
+        let last = self.revoke(slot);
         let Some(w) = self.workers[slot].as_mut() else { return };
         let ids: Vec<u64> = w.inflight.drain(..).map(|f| f.id).collect();
         w.chunks = 0;
         w.head_deadline = None;
         let mut chunk = Vec::with_capacity(ids.len());
+        let mut started = None;
         for id in ids {
             match self.tasks.get_mut(&id) {
                 Some(e) if e.cancelled => {
@@ -795,13 +866,92 @@ impl Supervisor {
                 }
                 Some(e) => {
                     e.worker = None;
-                    chunk.push(id);
+                    if last.is_some_and(|r| r.task == id) {
+                        started = Some(id);
+                    } else {
+                        chunk.push(id);
+                    }
                 }
                 None => {}
             }
         }
         if !chunk.is_empty() {
             self.queue.push_front(chunk);
+        }
+        if let Some(id) = started {
+            let lost = self.loss(slot, id, LossCause::Stopped);
+            self.fail_started(slot, id, lost.clone(), TaskError::WorkerLost(lost));
+        }
+    }
+
+    /// Revokes the worker's page (once: later calls return the first answer), so it
+    /// starts nothing more; says what it started last. None for a worker without a page.
+    fn revoke(&mut self, slot: usize) -> Option<crate::page::Revoked> {
+        let w = self.workers[slot].as_mut()?;
+        if w.last_claim.is_none() {
+            w.last_claim = w.page.as_ref().map(|p| p.revoke());
+        }
+        w.last_claim
+    }
+
+    /// A *worker lost* for task `id` of the worker in `slot`, without earlier attempts.
+    fn loss(&self, slot: usize, id: u64, cause: LossCause) -> WorkerLost {
+        let w = self.workers[slot].as_ref();
+        WorkerLost {
+            task: self.task_ref(id),
+            pid: w.map_or(0, |w| w.pid),
+            cause,
+            stderr_tail: w.map(|w| w.tail_string()).unwrap_or_default(),
+            probably_oom: false,
+            earlier: Vec::new(),
+            finished: false,
+        }
+    }
+
+    /// Ends task `id`, started by the worker in `slot`, which is gone or being stopped:
+    /// `failure` for a single task. A chunk is split where the worker's page says it was
+    /// (see [`Supervisor::settle_finished_items`]): the item it was on gets `failure`
+    /// and the items after it, never started, are queued again as the rest of the chunk.
+    fn fail_started(&mut self, slot: usize, id: u64, lost: WorkerLost, failure: TaskError) {
+        self.settle_finished_items(slot, id, lost);
+        self.deliver_part(id, 1, Outcome::Failed(failure));
+        self.requeue_rest(id);
+    }
+
+    /// For a chunk whose worker is gone or being stopped: items it finished whose
+    /// outcomes never reached the pool end as worker lost (`finished`), so that the
+    /// chunk's next item is the one it was on. That item is the last it started per its
+    /// (revoked) page; the first item without an outcome if the page says nothing of this
+    /// chunk (the worker died loading it), so every loss moves the chunk on.
+    fn settle_finished_items(&mut self, slot: usize, id: u64, lost: WorkerLost) {
+        let last = self.revoke(slot);
+        let Some(e) = self.tasks.get(&id) else { return };
+        if e.items == 0 {
+            return;
+        }
+        let on = match last {
+            Some(r) if r.task == id && r.items > e.from => (r.items - 1).min(e.items - 1),
+            _ => e.from,
+        };
+        if on > e.from {
+            let n = on - e.from;
+            let lost = WorkerLost { finished: true, ..lost };
+            self.deliver_part(id, n, Outcome::Failed(TaskError::WorkerLost(lost)));
+        }
+    }
+
+    /// Queues what is left of chunk `id` again, at the front (nothing, for a finished or
+    /// single task).
+    fn requeue_rest(&mut self, id: u64) {
+        match self.tasks.get_mut(&id) {
+            Some(e) if e.cancelled => {
+                self.tasks.remove(&id);
+            }
+            Some(e) => {
+                e.worker = None;
+                self.queue.push_front(vec![id]);
+            }
+            None => {}
         }
     }
 
@@ -959,6 +1109,8 @@ impl Supervisor {
             peak_rss: 0,
             dumping: None,
             cgroup,
+            page: None,
+            last_claim: None,
         };
         let pid = w.pid;
         self.emit(EventKind::WorkerStarted, Some(pid), None, || format!("started worker {pid}"));
@@ -1162,7 +1314,11 @@ impl Supervisor {
         for (i, id) in chunk.into_iter().enumerate() {
             let e = self.tasks.get_mut(&id).expect("retained");
             e.worker = Some(slot);
-            wire::encode_into(&mut w.out, Kind::Task, id, &e.payload);
+            if e.items == 0 {
+                wire::encode_into(&mut w.out, Kind::Task, id, &e.payload);
+            } else {
+                wire::encode_chunk_into(&mut w.out, id, &e.payload, e.from, e.items);
+            }
             w.inflight.push_back(InFlight { id, ends_chunk: i + 1 == n });
         }
         w.chunks += 1;
@@ -1224,7 +1380,12 @@ impl Supervisor {
             let Some(w) = self.workers[slot].as_mut() else { return ChannelEnd::Drained };
             let Some(chan) = w.chan.as_mut() else { return ChannelEnd::Drained };
             let want = w.dec.wanted().clamp(64 * 1024, 4 << 20);
-            match w.dec.read_from_fd(&*chan, want) {
+            let got = if matches!(w.phase, Phase::Starting { .. }) && w.page.is_none() {
+                read_with_page(chan, &mut w.dec, &mut w.page, &mut self.scratch)
+            } else {
+                w.dec.read_from_fd(&*chan, want)
+            };
+            match got {
                 Ok(0) => {
                     self.drain_frames(slot, now);
                     return ChannelEnd::Closed;
@@ -1285,11 +1446,23 @@ impl Supervisor {
                     self.finish_timeout(slot, f.task_id, Some(text), true, now);
                 }
             }
-            (Phase::Running | Phase::Retiring { .. }, Kind::Value | Kind::Raised) => {
+            (Phase::Running | Phase::Retiring { .. }, Kind::Value | Kind::Raised | Kind::Items) => {
                 if w.inflight.front().map(|h| h.id) != Some(f.task_id) {
                     self.on_protocol_violation(slot, format!("answer for task {} it was not running", f.task_id), now);
                     return;
                 }
+                let items = self.tasks.get(&f.task_id).map_or(0, |e| e.items);
+                if (items > 0) != (f.kind == Kind::Items) && f.kind != Kind::Raised {
+                    let what = if items > 0 { "a single answer for a chunk" } else { "item answers for a single task" };
+                    self.on_protocol_violation(slot, format!("{what} (task {})", f.task_id), now);
+                    return;
+                }
+                let (kind, id) = (f.kind, f.task_id);
+                let mut payload = Some(f.payload);
+                if kind == Kind::Items && !self.on_items(slot, id, payload.take().unwrap_or_default(), now) {
+                    return;
+                }
+                let w = self.workers[slot].as_mut().expect("caller checked");
                 if let Some(t) = w.head_started {
                     let took = now.saturating_duration_since(t);
                     // Mostly the last few tasks: one slow task soon stops the sending ahead.
@@ -1299,15 +1472,49 @@ impl Supervisor {
                     });
                 }
                 self.pop_head(slot);
-                let outcome =
-                    if f.kind == Kind::Value { Outcome::Value(f.payload) } else { Outcome::Raised(f.payload) };
-                self.complete(f.task_id, outcome);
+                let payload = payload.unwrap_or_default();
+                match kind {
+                    Kind::Value => self.complete(id, Outcome::Value(payload)),
+                    // Of a chunk: it could not run at all (its payload did not load), so
+                    // every item left gets the error.
+                    Kind::Raised => self.complete(id, Outcome::Raised(payload)),
+                    _ => {}
+                }
                 self.start_head(slot, now);
             }
             (_, kind) => {
                 self.on_protocol_violation(slot, format!("unexpected {kind:?} frame"), now);
             }
         }
+    }
+
+    /// Takes a chunk's item outcomes; true when they were its last (the caller then ends
+    /// the chunk as it ends a task), false otherwise or if the frame broke the protocol.
+    fn on_items(&mut self, slot: usize, id: u64, mut payload: Vec<u8>, now: Instant) -> bool {
+        let Some(e) = self.tasks.get(&id) else { return false };
+        let trailer = wire::split_items(&mut payload).filter(|&(first, count, raised)| {
+            first == e.from && count > 0 && raised <= count && u64::from(first) + u64::from(count) <= u64::from(e.items)
+        });
+        let Some((_, count, raised)) = trailer else {
+            let what = format!("item answers for task {id} that do not follow on from item {}", e.from);
+            self.on_protocol_violation(slot, what, now);
+            return false;
+        };
+        let last = e.from + count == e.items;
+        if !e.cancelled {
+            let s = &self.shared.stats;
+            bump_by(&s.values, u64::from(count - raised));
+            bump_by(&s.raised, u64::from(raised));
+            e.sink.complete_items(e.index, e.from, count, raised, Outcome::Value(payload));
+        }
+        if last {
+            self.tasks.remove(&id);
+        } else {
+            let e = self.tasks.get_mut(&id).expect("present");
+            e.from += count;
+            e.attempts.clear();
+        }
+        last
     }
 
     fn on_protocol_violation(&mut self, slot: usize, what: String, now: Instant) {
@@ -1329,9 +1536,11 @@ impl Supervisor {
             return;
         }
         bump(&self.shared.stats.workers_lost);
+        self.revoke(slot);
         if let Some(id) = self.pop_head(slot) {
             let task = self.task_ref(id);
-            self.complete(id, Outcome::Failed(TaskError::Protocol { task, pid, error }));
+            let lost = self.loss(slot, id, LossCause::Stopped);
+            self.fail_started(slot, id, lost, TaskError::Protocol { task, pid, error });
         }
         self.stop_worker(slot, now);
     }
@@ -1490,6 +1699,13 @@ impl Supervisor {
                     if !due {
                         continue;
                     }
+                    // A chunk's limit is per item: the clock restarts with each item.
+                    if let Some(at) = self.item_deadline(slot, task).filter(|&at| at > now) {
+                        let w = self.workers[slot].as_mut().expect("checked");
+                        w.head_deadline = Some(at);
+                        self.timers.push(Reverse((at, Timer::TaskDeadline { slot, generation, task })));
+                        continue;
+                    }
                     self.time_out(slot, task, now);
                 }
                 Timer::DumpWait { slot, generation, task } => {
@@ -1521,8 +1737,9 @@ impl Supervisor {
     }
 
     /// The worker running a task is gone. The task runs again while it has retries left;
-    /// otherwise it ends as *worker lost*, listing every earlier attempt. Tasks sent ahead
-    /// to the worker are queued again behind it.
+    /// otherwise it ends as *worker lost*, listing every earlier attempt (a chunk: the
+    /// item it was on, see [`Supervisor::fail_started`]). Tasks sent ahead to the worker,
+    /// and a head it had not started yet (its page says so), are queued again.
     fn lose_head(&mut self, slot: usize, cause: LossCause) {
         let Some(w) = self.workers[slot].as_ref() else { return };
         let pid = w.pid;
@@ -1530,16 +1747,22 @@ impl Supervisor {
         let killed_from_outside = cause == LossCause::Exited(ExitStatus::Signal(9));
         let probably_oom =
             killed_from_outside && w.oom_mark.is_some_and(|m| memory::oom_kills().is_some_and(|n| n > m));
-        let tail = w.tail_string();
-        let head = self.pop_head(slot);
-        self.requeue_inflight(slot);
-        let Some(id) = head else {
+        let head = w.inflight.front().map(|f| f.id);
+        let last = self.revoke(slot);
+        let started = head.is_some() && last.is_none_or(|r| Some(r.task) == head);
+        let Some(id) = head.filter(|_| started) else {
+            self.requeue_inflight(slot);
             self.emit(EventKind::WorkerLost, Some(pid), None, || format!("idle worker {pid} {cause}"));
             return;
         };
+        self.pop_head(slot);
+        self.requeue_inflight(slot);
+        let lost = WorkerLost { probably_oom, ..self.loss(slot, id, cause.clone()) };
+        self.settle_finished_items(slot, id, lost.clone());
         let retries = self.cfg.retries as usize;
         if let Some(e) = self.tasks.get_mut(&id).filter(|e| e.attempts.len() < retries && !e.cancelled) {
             e.attempts.push(Attempt { pid, cause: cause.clone() });
+            e.worker = None;
             let n = e.attempts.len();
             self.queue.push_front(vec![id]);
             bump(&self.shared.stats.retries);
@@ -1550,14 +1773,18 @@ impl Supervisor {
             return;
         }
         let earlier = self.tasks.get_mut(&id).map(|e| std::mem::take(&mut e.attempts)).unwrap_or_default();
-        let lost = WorkerLost { task: self.task_ref(id), pid, cause, stderr_tail: tail, probably_oom, earlier };
+        let lost = WorkerLost { earlier, ..lost };
         self.emit(EventKind::WorkerLost, Some(pid), Some(id), || lost.to_string());
-        self.complete(id, Outcome::Failed(TaskError::WorkerLost(lost)));
+        self.deliver_part(id, 1, Outcome::Failed(TaskError::WorkerLost(lost)));
+        self.requeue_rest(id);
     }
 
     /// A task passed its limit. With a stack-dump signal configured, ask the worker where
     /// it is and give it a short while to answer; otherwise end the task now.
     fn time_out(&mut self, slot: usize, task: u64, now: Instant) {
+        // The worker is stopped whatever it answers: from now on it starts no other item
+        // of a chunk (nor a task sent ahead), so the late item is the last it started.
+        self.revoke(slot);
         if let (Some((sig, wait)), Some(w)) = (self.cfg.stack_dump, self.workers[slot].as_mut()) {
             if w.dumping.is_none() {
                 w.dumping = Some(task);
@@ -1585,12 +1812,22 @@ impl Supervisor {
         self.pop_head(slot);
         let err = TaskError::TimedOut { task: t, limit, pid, stack, stack_requested: self.cfg.stack_dump.is_some() };
         self.emit(EventKind::TaskTimedOut, Some(pid), Some(task), || err.to_string());
-        self.complete(task, Outcome::Failed(err));
+        let lost = self.loss(slot, task, LossCause::Stopped);
+        self.fail_started(slot, task, lost, err);
         if stop {
             self.stop_worker(slot, now);
         } else {
             self.requeue_inflight(slot);
         }
+    }
+
+    /// When the item a chunk's worker is on passes its limit, per the worker's page (None
+    /// for a single task, or a chunk it has not claimed yet).
+    fn item_deadline(&self, slot: usize, id: u64) -> Option<Instant> {
+        let e = self.tasks.get(&id).filter(|e| e.items > 0)?;
+        let limit = e.timeout?;
+        let (task, _, started) = self.workers[slot].as_ref()?.page.as_ref()?.progress();
+        if task == id { started.checked_add(limit) } else { None }
     }
 
     /// Checks every busy worker's resident size against the memory limit.
@@ -1615,10 +1852,12 @@ impl Supervisor {
         for slot in over {
             let Some(w) = self.workers[slot].as_ref() else { continue };
             let (pid, peak) = (w.pid, w.peak_rss);
+            self.revoke(slot);
             if let Some(id) = self.pop_head(slot) {
                 let err = TaskError::MemoryLimit { task: self.task_ref(id), pid, limit, peak };
                 self.emit(EventKind::MemoryLimit, Some(pid), Some(id), || err.to_string());
-                self.complete(id, Outcome::Failed(err));
+                let lost = self.loss(slot, id, LossCause::Stopped);
+                self.fail_started(slot, id, lost, err);
             }
             self.stop_worker(slot, now);
         }
