@@ -91,6 +91,27 @@ def _answer_stack_request(ch: Any) -> None:
     signal.signal(signal.SIGUSR1, handler)
 
 
+def _leave(code: int) -> None:
+    """Ends this worker as multiprocessing ends a forked child: waits for the threads
+    its tasks started, runs the exit handlers (``atexit``, multiprocessing's finalizers),
+    flushes stdout and stderr, then ``os._exit``. Skipping the interpreter's own teardown
+    is what makes ``close(); join()`` quick after tasks imported heavy libraries (with
+    scikit-learn loaded: 10 ms instead of 250-600 ms)."""
+    try:
+        if "threading" in sys.modules:
+            sys.modules["threading"]._shutdown()
+        import atexit
+
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+        os._exit(code)
+
+
 def _send_before_exit() -> None:
     """A task that ends its worker with ``os._exit`` (as tests of crash handling do)
     first lets the chunk's finished items be sent: their results are kept, not lost.
@@ -266,7 +287,7 @@ def main() -> int:
         elif kind == _core.KIND_CHUNK:
             _chunk(ch, task_id, payload, functions)
         elif kind == _core.KIND_SHUTDOWN:
-            return 0
+            _leave(0)
 
 
 def _in_main(fn: Any) -> Any:
