@@ -108,13 +108,22 @@ def preparation() -> Dict[str, Any]:
         if not os.path.isabs(main_path) and process.ORIGINAL_DIR is not None:
             main_path = os.path.join(process.ORIGINAL_DIR, main_path)
         data["init_main_from_path"] = os.path.normpath(main_path)
-    if _library_threads():
-        # The script's imports most likely started threads here (OpenBLAS does, when numpy
-        # is imported), and would in the fork server, which cannot fork then: let each
-        # forked worker import the script instead, rather than have the server import it,
-        # find threads and start over.
+    if _library_threads() > _openblas_threads():
+        # The script's imports most likely started threads here, and would in the fork
+        # server, which cannot fork then: let each forked worker import the script
+        # instead, rather than have the server import it, find threads and start over.
+        # OpenBLAS's threads (numpy's) do not count: the server loads it without threads
+        # (see `hangfree._worker.main`).
         data["main_after_fork"] = True
     return data
+
+
+def _openblas_threads() -> int:
+    """How many threads numpy's OpenBLAS started here, as far as can be told: one fewer
+    than the CPUs (its default), when numpy is loaded and nothing set its thread count."""
+    if "numpy" not in sys.modules or "OPENBLAS_NUM_THREADS" in os.environ or "GOTO_NUM_THREADS" in os.environ:
+        return 0
+    return min(os.cpu_count() or 1, 64) - 1
 
 
 def _library_threads() -> int:

@@ -131,6 +131,10 @@ def _send_before_exit() -> None:
     os._exit = _exit
 
 
+# The variables that make OpenBLAS start without threads of its own (GOTO_NUM_THREADS is
+# its older name).
+_BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS")
+
 # In the fork server, how many workers it has forked; in a forked worker, its number.
 _forks = 0
 
@@ -232,11 +236,22 @@ def main() -> int:
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
+        # OpenBLAS starts its threads when it is loaded (numpy's import), and a process
+        # with threads cannot be forked: loaded with one thread, it lets the server keep
+        # the script's imports, which every worker then inherits instead of paying for
+        # them again (numpy 80 ms, scikit-learn a second). Each worker's BLAS then runs on
+        # one thread, as joblib's workers do: a pool already fills the CPUs. Where the
+        # caller set the variable, its value stands.
+        pinned = [] if main_after_fork else [v for v in _BLAS_THREADS if v not in os.environ]
+        for v in pinned:
+            os.environ[v] = "1"
         try:
             _prepare(preparation, main=not main_after_fork)
         finally:
             os.dup2(channel, 0)
             os.close(channel)
+            for v in pinned:
+                os.environ.pop(v, None)
         if not main_after_fork and _threads() > 1 and hasattr(sys, "orig_argv"):
             # The script's imports started threads (OpenBLAS does, for numpy), and a
             # fork copies only the calling thread. Start over as a server that has not
