@@ -452,7 +452,7 @@ def _chunk(ch: Any, task_id: int, payload: bytes, functions: Dict[bytes, Callabl
         # The loop is the whole cost of a large map: run it in C. list.extend keeps what
         # an iterator gave before it raised, so a failure costs only its own item; the
         # loop resumes after it. `items_left` stops it to send what finished (every
-        # millisecond), and for good once every item has started.
+        # 5 ms), and for good once every item has started.
         while True:
             try:
                 part.values.extend(apply(call, items_left))
