@@ -53,3 +53,12 @@ def test_distributed_crashes_and_hangs_are_task_errors_with_no_worker_restart():
     print(f"\nhangfree executor: {len(mine['values'])} values, {mine['errors']}, no Dask worker replaced "
           f"({took:.0f} s in all); Dask alone on 40 tasks with 1 segfault: {alone}")
     assert alone["replaced"] >= 1 or alone["unfinished"] > 0, alone
+
+
+def test_importing_hangfree_does_not_import_dask():
+    import subprocess
+    import sys
+
+    code = "import sys, hangfree; hangfree.Pool; hangfree.ProcessPoolExecutor; print('dask' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
