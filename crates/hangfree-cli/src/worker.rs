@@ -148,7 +148,15 @@ fn run(spec: &JobSpec) -> Result<JobResult, String> {
     unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let runtime = started.elapsed().as_secs_f64();
     kill_tree();
-    let (exitval, signal) = if libc::WIFSIGNALED(status) { (-1, libc::WTERMSIG(status)) } else { (libc::WEXITSTATUS(status), 0) };
+    // A tree killed for memory may have been reaped by `kill_tree` already, its status
+    // lost to `wait4`: the kill is what ended it.
+    let (exitval, signal) = if over_memory {
+        (-1, libc::SIGKILL)
+    } else if libc::WIFSIGNALED(status) {
+        (-1, libc::WTERMSIG(status))
+    } else {
+        (libc::WEXITSTATUS(status), 0)
+    };
     let reason = if over_memory {
         Reason::Memory
     } else if signal != 0 {
