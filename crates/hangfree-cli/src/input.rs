@@ -125,8 +125,10 @@ mod tests {
 
     #[test]
     fn every_combination_last_fastest() {
-        let c: Vec<Vec<String>> =
-            Combinations::new(vec![args(&["a", "b"]), args(&["1", "2"]), args(&["x"])], b'\n').unwrap().map(Result::unwrap).collect();
+        let c: Vec<Vec<String>> = Combinations::new(vec![args(&["a", "b"]), args(&["1", "2"]), args(&["x"])], b'\n')
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
         let flat: Vec<String> = c.iter().map(|v| v.join(" ")).collect();
         assert_eq!(flat, ["a 1 x", "a 2 x", "b 1 x", "b 2 x"]);
     }
@@ -134,7 +136,8 @@ mod tests {
     #[test]
     fn records_split_at_the_separator() {
         let r = |text: &'static [u8]| Source::Reader { name: "t".into(), reader: Box::new(text) };
-        let c: Vec<String> = Combinations::new(vec![r(b"a b\n\nc\n")], b'\n').unwrap().map(|v| v.unwrap().join("|")).collect();
+        let c: Vec<String> =
+            Combinations::new(vec![r(b"a b\n\nc\n")], b'\n').unwrap().map(|v| v.unwrap().join("|")).collect();
         assert_eq!(c, ["a b", "", "c"]);
         let c: Vec<String> = Combinations::new(vec![r(b"x\ny\0z")], 0).unwrap().map(|v| v.unwrap().join("|")).collect();
         assert_eq!(c, ["x\ny", "z"]);

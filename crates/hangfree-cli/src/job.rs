@@ -42,7 +42,8 @@ pub enum Reason {
 /// What a worker answers for a job.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JobResult {
-    /// Exit code of the shell, or -1 if it was killed.
+    /// Exit code of the shell: 0 if a signal killed it (as GNU parallel logs it), -1 if
+    /// hangfree killed it (memory).
     pub exitval: i32,
     /// The signal that killed the shell, or 0.
     pub signal: i32,

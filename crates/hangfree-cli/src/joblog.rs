@@ -16,7 +16,8 @@ pub struct Entry {
     pub start: f64,
     /// Seconds the job ran.
     pub runtime: f64,
-    /// Exit code, or -1 if the job was killed.
+    /// Exit code; -1 if hangfree killed the job (time limit, memory, halt), 0 if another
+    /// signal killed it.
     pub exitval: i32,
     /// The signal that ended the job, or 0.
     pub signal: i32,
@@ -91,11 +92,16 @@ impl Writer {
     pub fn open(path: &str, append: bool) -> Result<Writer, String> {
         let mut o = std::fs::OpenOptions::new();
         o.create(true);
-        if append { o.append(true) } else { o.write(true).truncate(true) };
+        if append {
+            o.append(true)
+        } else {
+            o.write(true).truncate(true)
+        };
         let mut file = o.open(path).map_err(|e| format!("cannot write job log {path}: {e}"))?;
         let empty = file.metadata().map(|m| m.len() == 0).unwrap_or(true);
         if empty {
-            file.write_all(format!("{HEADER}\n").as_bytes()).map_err(|e| format!("cannot write job log {path}: {e}"))?;
+            file.write_all(format!("{HEADER}\n").as_bytes())
+                .map_err(|e| format!("cannot write job log {path}: {e}"))?;
         }
         Ok(Writer { file })
     }
@@ -112,7 +118,8 @@ mod tests {
 
     #[test]
     fn a_line_reads_back() {
-        let e = Entry { seq: 3, start: 1700000000.123, runtime: 0.5, exitval: 2, signal: 0, command: "echo a\nb".into() };
+        let e =
+            Entry { seq: 3, start: 1700000000.123, runtime: 0.5, exitval: 2, signal: 0, command: "echo a\nb".into() };
         assert_eq!(e.line(), "3\t:\t1700000000.123\t     0.500\t0\t0\t2\t0\techo a\0b\n");
         assert_eq!(Entry::parse(e.line().trim_end_matches('\n')), Some(e));
     }

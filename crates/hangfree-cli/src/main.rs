@@ -107,7 +107,7 @@ pub struct RunArgs {
     #[arg(long)]
     cgroup: bool,
     /// The command, then input sources: `::: ARGS...`, `:::: FILES...`.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     rest: Vec<OsString>,
 }
 

@@ -77,8 +77,11 @@ fn prepare(args: RunArgs) -> Result<Plan, String> {
     };
     let timeout = args.timeout.as_deref().map(spec::parse_timeout).transpose()?;
     let grace = spec::parse_term_seq(&args.term_seq)?.grace;
-    let mem_limit =
-        args.mem_limit.as_deref().map(|m| hangfree::memory::parse_size(m).map_err(|e| format!("--mem-limit: {e}"))).transpose()?;
+    let mem_limit = args
+        .mem_limit
+        .as_deref()
+        .map(|m| hangfree::memory::parse_size(m).map_err(|e| format!("--mem-limit: {e}")))
+        .transpose()?;
     let halt = args.halt.as_deref().map(spec::parse_halt).transpose()?.flatten();
     if args.retries == 0 {
         return Err("--retries must be at least 1 (the number of runs in all)".into());
@@ -135,7 +138,10 @@ fn prepare(args: RunArgs) -> Result<Plan, String> {
     }
     // Everything must be known up front to check a log against the input, to count the
     // jobs for a bar or a percentage; otherwise jobs start as input arrives.
-    let need_all = log.is_some() || args.bar || args.eta || matches!(halt, Some(Halt { threshold: spec::Threshold::Percent(_), .. }));
+    let need_all = log.is_some()
+        || args.bar
+        || args.eta
+        || matches!(halt, Some(Halt { threshold: spec::Threshold::Percent(_), .. }));
     let mut total = None;
     let jobs: Box<dyn Iterator<Item = Result<Job, String>>> = if let Some(combos) = stream {
         let numbered = combos.zip(1u64..).map(|(a, seq)| a.map(|args| Job { seq, args, fixed: None }));
@@ -300,7 +306,11 @@ fn execute(plan: Plan) -> i32 {
             match job {
                 Ok(j) => {
                     let cmd = j.fixed.clone().unwrap_or_else(|| {
-                        template.as_ref().expect("a template without a fixed command").fill(&j.args, j.seq, i % workers + 1)
+                        template.as_ref().expect("a template without a fixed command").fill(
+                            &j.args,
+                            j.seq,
+                            i % workers + 1,
+                        )
                     });
                     let _ = writeln!(out, "{cmd}");
                 }
@@ -423,7 +433,9 @@ fn execute(plan: Plan) -> i32 {
                 r.stopping = true;
             }
         }
-        if r.running.is_empty() && (input_done || r.stopping) && r.retry.is_empty() || r.running.is_empty() && r.stopping {
+        if r.running.is_empty() && (input_done || r.stopping) && r.retry.is_empty()
+            || r.running.is_empty() && r.stopping
+        {
             break;
         }
         match rx.recv_timeout(TICK) {
@@ -505,7 +517,8 @@ impl Runner {
             slot,
             mem_limit: self.mem_limit,
         };
-        let mut task = Task::new(serde_json::to_vec(&spec).expect("a job serializes")).label(format!("job {}", job.seq));
+        let mut task =
+            Task::new(serde_json::to_vec(&spec).expect("a job serializes")).label(format!("job {}", job.seq));
         if let (Some(Timeout::OfMedian(f)), true) = (self.timeout, self.successes.len() >= MEDIAN_MIN) {
             let median = self.successes[self.successes.len() / 2];
             task = task.timeout(Duration::from_secs_f64((median * f).max(0.001)));
@@ -533,7 +546,14 @@ impl Runner {
         let Some(run) = self.running.remove(&key) else { return };
         self.free_slots.insert(run.slot);
         let elapsed = run.submitted.elapsed().as_secs_f64();
-        let entry = |exitval, signal, start, runtime| Entry { seq: run.job.seq, start, runtime, exitval, signal, command: run.cmd.clone() };
+        let entry = |exitval, signal, start, runtime| Entry {
+            seq: run.job.seq,
+            start,
+            runtime,
+            exitval,
+            signal,
+            command: run.cmd.clone(),
+        };
         let (entry, reason, peak_rss, dying_pid) = match outcome {
             Outcome::Value(bytes) => match serde_json::from_slice::<JobResult>(&bytes) {
                 Ok(res) => (entry(res.exitval, res.signal, res.start, res.runtime), res.reason, res.peak_rss, None),
@@ -546,7 +566,13 @@ impl Runner {
                 self.say(&format!("job {}: {}", run.job.seq, String::from_utf8_lossy(&msg)));
                 (entry(-1, 0, run.submitted_wall, elapsed), Reason::Error, 0, None)
             }
-            Outcome::Failed(TaskError::TimedOut { pid, .. }) => {
+            Outcome::Failed(TaskError::TimedOut { pid, limit, .. }) => {
+                self.say(&format!(
+                    "job {} timed out after {:.3} s and is stopped: {}",
+                    run.job.seq,
+                    limit.as_secs_f64(),
+                    run.cmd
+                ));
                 (entry(-1, libc::SIGTERM, run.submitted_wall, elapsed), Reason::Timeout, 0, Some(pid))
             }
             Outcome::Failed(TaskError::Terminated(_)) | Outcome::Failed(TaskError::Cancelled(_)) => {
@@ -650,7 +676,7 @@ impl Runner {
 
     /// Prints a job's output and writes its log and result lines.
     fn emit(&mut self, mut f: Finished) {
-        let tag = self.plan_args.tag.then(|| f.run.job.args.join("\t"));
+        let tag = self.plan_args.tag.then(|| f.run.job.args.join(" "));
         let printed = f.reason != Reason::Halt;
         if printed {
             let (out, err) = (&f.run.out, &f.run.err);
@@ -713,7 +739,7 @@ impl Runner {
             if keep_order && run.ord != next {
                 continue;
             }
-            let tag = tag_on.then(|| run.job.args.join("\t"));
+            let tag = tag_on.then(|| run.job.args.join(" "));
             let _ = bar.suspend(|| -> std::io::Result<()> {
                 output::copy(&run.out, &mut run.out_tail, Stream::Out, tag.as_deref(), true)?;
                 output::copy(&run.err, &mut run.err_tail, Stream::Err, tag.as_deref(), true)?;
@@ -737,6 +763,8 @@ impl Runner {
             };
             if gone || all || Instant::now() > *limit {
                 let (mut fin, _, _, pid) = self.dying.swap_remove(i);
+                // As GNU parallel logs it: the runtime includes the term sequence.
+                fin.entry.runtime = fin.run.submitted.elapsed().as_secs_f64();
                 if self.killed_pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid) {
                     fin.entry.signal = libc::SIGKILL;
                 }

@@ -145,7 +145,9 @@ impl Halt {
 /// Parses `--halt`: `now|soon,fail|success|done=N|P%`, or GNU's older numbers (`0`
 /// never, `1` = `soon,fail=1`, `2` = `now,fail=1`). `Ok(None)` means never.
 pub fn parse_halt(text: &str) -> Result<Option<Halt>, String> {
-    let err = |why: &str| format!("--halt {text:?}: {why}; expected now|soon,fail|success|done=N|P% (for example now,fail=1)");
+    let err = |why: &str| {
+        format!("--halt {text:?}: {why}; expected now|soon,fail|success|done=N|P% (for example now,fail=1)")
+    };
     match text.trim() {
         "0" | "never" => return Ok(None),
         "1" => return Ok(Some(Halt { now: false, on: HaltOn::Fail, threshold: Threshold::Count(1) })),

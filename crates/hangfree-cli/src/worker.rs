@@ -153,7 +153,8 @@ fn run(spec: &JobSpec) -> Result<JobResult, String> {
     let (exitval, signal) = if over_memory {
         (-1, libc::SIGKILL)
     } else if libc::WIFSIGNALED(status) {
-        (-1, libc::WTERMSIG(status))
+        // GNU parallel logs a job that died of a signal it did not send as exit value 0.
+        (0, libc::WTERMSIG(status))
     } else {
         (libc::WEXITSTATUS(status), 0)
     };

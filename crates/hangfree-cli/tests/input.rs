@@ -44,7 +44,10 @@ fn files_standard_input_and_nul_separated_records() {
 fn replacement_strings_edit_each_argument() {
     let r = run(&["run", "-j", "1", "echo {} / {.} / {/} / {//} / {/.} / {#} / {%}", ":::", "d/e/f.tar.gz", "plain"]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
-    assert_eq!(r.sorted_lines(), ["d/e/f.tar.gz / d/e/f.tar / f.tar.gz / d/e / f.tar / 1 / 1", "plain / plain / plain / . / plain / 2 / 1"]);
+    assert_eq!(
+        r.sorted_lines(),
+        ["d/e/f.tar.gz / d/e/f.tar / f.tar.gz / d/e / f.tar / 1 / 1", "plain / plain / plain / . / plain / 2 / 1"]
+    );
     let r = run(&["run", "-k", "echo {2/} {1.}", ":::", "a.txt", ":::", "x/y"]);
     assert_eq!(r.stdout, "y a\n");
 }
@@ -87,7 +90,12 @@ fn hostile_file_names_are_data_never_code() {
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     let want: String = names.iter().map(|n| format!("content of {n}\n")).collect();
     assert_eq!(r.stdout, want);
-    let r = run_in(d, &["run", "-k", "printf '<%s>\\n'", ":::"].iter().copied().chain(names).collect::<Vec<_>>(), b"", Duration::from_secs(30));
+    let r = run_in(
+        d,
+        &["run", "-k", "printf '<%s>\\n'", ":::"].iter().copied().chain(names).collect::<Vec<_>>(),
+        b"",
+        Duration::from_secs(30),
+    );
     let want: String = names.iter().map(|n| format!("<{n}>\n")).collect();
     assert_eq!(r.stdout, want, "appended arguments are quoted too");
     for i in 1..=4 {

@@ -94,7 +94,21 @@ fn results_hold_one_json_record_per_job() {
     let dir = tempdir();
     let d = dir.path();
     let res = at(d, "r.jsonl");
-    let r = run(d, &["run", "-k", "--timeout", "0.5", "--results", &s(&res), "echo out {}; echo err {} >&2; sleep {}", ":::", "0", "5"]);
+    let r = run(
+        d,
+        &[
+            "run",
+            "-k",
+            "--timeout",
+            "0.5",
+            "--results",
+            &s(&res),
+            "echo out {}; echo err {} >&2; sleep {}",
+            ":::",
+            "0",
+            "5",
+        ],
+    );
     assert_eq!(r.code, Some(1));
     let recs: Vec<serde_json::Value> =
         std::fs::read_to_string(&res).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -102,7 +116,10 @@ fn results_hold_one_json_record_per_job() {
     let quick = recs.iter().find(|r| r["seq"] == 1).unwrap();
     assert_eq!(quick["stdout"], "out 0\n");
     assert_eq!(quick["stderr"], "err 0\n");
-    assert_eq!((quick["exitval"].as_i64(), quick["reason"].as_str(), quick["attempt"].as_u64()), (Some(0), Some("exit"), Some(1)));
+    assert_eq!(
+        (quick["exitval"].as_i64(), quick["reason"].as_str(), quick["attempt"].as_u64()),
+        (Some(0), Some("exit"), Some(1))
+    );
     assert_eq!(quick["args"], serde_json::json!(["0"]));
     for field in ["host", "starttime", "jobruntime", "send", "receive", "signal", "command", "peak_rss"] {
         assert!(quick.get(field).is_some(), "{field} missing: {quick}");

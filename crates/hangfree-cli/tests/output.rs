@@ -44,13 +44,14 @@ fn tag_prefixes_every_line_with_the_arguments() {
     assert_eq!(r.stdout, "a\tone\na\ttwo\nb c\tone\nb c\ttwo\n");
     assert_eq!(r.stderr, "a\terr a\nb c\terr b c\n", "the arguments are appended to the last command");
     let r = run(&["run", "-k", "--tag", "echo {1}{2}", ":::", "x", ":::", "1", "2"]);
-    assert_eq!(r.stdout, "x\t1\tx1\nx\t2\tx2\n", "several sources: tab-separated");
+    assert_eq!(r.stdout, "x 1\tx1\nx 2\tx2\n", "several sources: space-separated, as GNU parallel");
 }
 
 #[test]
 fn line_buffer_prints_whole_lines_while_the_job_runs() {
     let dir = tempdir();
-    let mut c = command(dir.path(), &["run", "--line-buffer", "--tag", "echo first {}; sleep 3; echo last {}", ":::", "a"]);
+    let mut c =
+        command(dir.path(), &["run", "--line-buffer", "--tag", "echo first {}; sleep 3; echo last {}", ":::", "a"]);
     c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let t0 = Instant::now();
     let mut child = c.spawn().unwrap();
@@ -65,7 +66,18 @@ fn line_buffer_prints_whole_lines_while_the_job_runs() {
     let rest = wait_bounded(child, Duration::from_secs(30));
     assert_eq!(rest.status.code(), Some(0));
     // Lines of jobs that run together are whole.
-    let r = run(&["run", "--line-buffer", "-j", "4", "for i in 1 2 3 4 5; do printf 'x%s' {}; sleep 0.01; printf 'y\\n'; done", ":::", "1", "2", "3", "4"]);
+    let r = run(&[
+        "run",
+        "--line-buffer",
+        "-j",
+        "4",
+        "for i in 1 2 3 4 5; do printf 'x%s' {}; sleep 0.01; printf 'y\\n'; done",
+        ":::",
+        "1",
+        "2",
+        "3",
+        "4",
+    ]);
     assert_eq!(r.stdout.lines().count(), 20);
     assert!(r.stdout.lines().all(|l| l.len() == 3 && l.starts_with('x') && l.ends_with('y')), "{}", r.stdout);
 }
@@ -74,7 +86,12 @@ fn line_buffer_prints_whole_lines_while_the_job_runs() {
 fn a_job_flooding_stdout_does_not_stall_the_others() {
     let dir = tempdir();
     let job = "if [ {} = flood ]; then head -c 50000000 /dev/zero | tr '\\0' a; echo; else echo small {}; fi";
-    let r = run_in(dir.path(), &["run", "-k", "-j", "2", job, ":::", "s1", "flood", "s2", "s3"], b"", Duration::from_secs(120));
+    let r = run_in(
+        dir.path(),
+        &["run", "-k", "-j", "2", job, ":::", "s1", "flood", "s2", "s3"],
+        b"",
+        Duration::from_secs(120),
+    );
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_eq!(r.stdout.len(), 50_000_001 + 3 * "small sN\n".len());
     assert!(r.stdout.starts_with("small s1\naaaa"));

@@ -34,7 +34,8 @@ fn a_job_past_its_timeout_is_stopped_with_its_grandchildren() {
     let log = at(d, "log");
     let job = "sleep 60 & echo $! >> pids; sh -c 'sleep 60' & echo $! >> pids; echo started {}; wait";
     let t0 = Instant::now();
-    let r = run_in(d, &["run", "--timeout", "0.5", "--joblog", &s(&log), job, ":::", "x"], b"", Duration::from_secs(30));
+    let r =
+        run_in(d, &["run", "--timeout", "0.5", "--joblog", &s(&log), job, ":::", "x"], b"", Duration::from_secs(30));
     assert_eq!(r.code, Some(1), "one job failed: {}", r.stderr);
     assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
     assert_eq!(r.stdout, "started x\n", "a timed-out job's output so far is printed");
@@ -64,13 +65,23 @@ fn term_seq_gives_the_grace_period_then_kills() {
     // A job that cleans up on SIGTERM gets the time to do it.
     let log = at(d, "log1");
     let job = "trap 'echo cleaned up {}; exit 3' TERM; sleep 30 & wait";
-    let r = run_in(d, &["run", "--timeout", "0.3", "--term-seq", "TERM,2000,KILL,25", "--joblog", &s(&log), job, ":::", "a"], b"", Duration::from_secs(30));
+    let r = run_in(
+        d,
+        &["run", "--timeout", "0.3", "--term-seq", "TERM,2000,KILL,25", "--joblog", &s(&log), job, ":::", "a"],
+        b"",
+        Duration::from_secs(30),
+    );
     assert_eq!(r.stdout, "cleaned up a\n", "{}", r.stderr);
     // A job that ignores SIGTERM is SIGKILLed once the grace period is over.
     let log = at(d, "log2");
     let job = "trap '' TERM; echo $$ > pid; echo ignoring {}; while :; do sleep 0.05; done";
     let t0 = Instant::now();
-    let r = run_in(d, &["run", "--timeout", "0.3", "--term-seq", "TERM,500,KILL", "--joblog", &s(&log), job, ":::", "b"], b"", Duration::from_secs(30));
+    let r = run_in(
+        d,
+        &["run", "--timeout", "0.3", "--term-seq", "TERM,500,KILL", "--joblog", &s(&log), job, ":::", "b"],
+        b"",
+        Duration::from_secs(30),
+    );
     assert_eq!((r.code, r.stdout.as_str()), (Some(1), "ignoring b\n"), "{}", r.stderr);
     let took = t0.elapsed();
     assert!(took >= Duration::from_millis(750) && took < Duration::from_secs(6), "took {took:?}");
@@ -114,7 +125,12 @@ fn a_job_tree_over_the_memory_limit_is_killed() {
     let hog = "{ head -c 60000000 /dev/zero; sleep 20; } | tail -c 60000000 > /dev/null";
     let job = format!("echo {{}}; {hog} & {hog} & wait");
     let t0 = Instant::now();
-    let r = run_in(d, &["run", "--mem-limit", "100MiB", "--results", &s(&res), &job, ":::", "big"], b"", Duration::from_secs(60));
+    let r = run_in(
+        d,
+        &["run", "--mem-limit", "100MiB", "--results", &s(&res), &job, ":::", "big"],
+        b"",
+        Duration::from_secs(60),
+    );
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert!(t0.elapsed() < Duration::from_secs(15), "took {:?}", t0.elapsed());
     let rec: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&res).unwrap().trim()).unwrap();
@@ -135,7 +151,8 @@ fn retries_run_a_failing_job_again() {
     assert_eq!((r.code, r.stdout.as_str()), (Some(0), "ok a\n"), "{}", r.stderr);
     let rec: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&res).unwrap().trim()).unwrap();
     assert_eq!(rec["attempt"], 3);
-    let r = run_in(d, &["run", "--retries", "2", "echo {} >> tries.b; exit 1", ":::", "b"], b"", Duration::from_secs(30));
+    let r =
+        run_in(d, &["run", "--retries", "2", "echo {} >> tries.b; exit 1", ":::", "b"], b"", Duration::from_secs(30));
     assert_eq!(r.code, Some(1));
     assert_eq!(std::fs::read_to_string(at(d, "tries.b")).unwrap(), "b\nb\n", "2 runs in all");
 }
@@ -146,7 +163,12 @@ fn halt_now_stops_running_jobs_and_returns_the_failing_status() {
     let d = dir.path();
     let t0 = Instant::now();
     let job = "if [ {} = fail ]; then sleep 0.3; exit 7; fi; echo $$ >> pids; sleep 30";
-    let r = run_in(d, &["run", "-j", "3", "--halt", "now,fail=1", job, ":::", "s1", "fail", "s2", "s3", "s4"], b"", Duration::from_secs(30));
+    let r = run_in(
+        d,
+        &["run", "-j", "3", "--halt", "now,fail=1", job, ":::", "s1", "fail", "s2", "s3", "s4"],
+        b"",
+        Duration::from_secs(30),
+    );
     assert_eq!(r.code, Some(7), "the failing job's status: {}", r.stderr);
     assert!(t0.elapsed() < Duration::from_secs(8), "took {:?}", t0.elapsed());
     for p in pids(&at(d, "pids")) {
@@ -160,7 +182,12 @@ fn halt_soon_lets_running_jobs_finish_and_starts_no_more() {
     let dir = tempdir();
     let d = dir.path();
     let job = "if [ {} = fail ]; then exit 3; fi; sleep 0.5; echo {}";
-    let r = run_in(d, &["run", "-j", "2", "--halt", "soon,fail=1", job, ":::", "slow", "fail", "never1", "never2"], b"", Duration::from_secs(30));
+    let r = run_in(
+        d,
+        &["run", "-j", "2", "--halt", "soon,fail=1", job, ":::", "slow", "fail", "never1", "never2"],
+        b"",
+        Duration::from_secs(30),
+    );
     assert_eq!(r.code, Some(3), "{}", r.stderr);
     assert_eq!(r.stdout, "slow\n", "the running job finished; no new one started");
     let r = run(&["run", "-j", "1", "--halt", "soon,done=2", "echo {}", ":::", "1", "2", "3", "4"]);
