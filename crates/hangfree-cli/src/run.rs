@@ -46,7 +46,7 @@ struct Job {
 struct Plan {
     args: RunArgs,
     template: Option<Template>,
-    jobs: Box<dyn Iterator<Item = Result<Job, String>>>,
+    jobs: Box<dyn Iterator<Item = Result<Job, String>> + Send>,
     total: Option<u64>,
     workers: usize,
     timeout: Option<Timeout>,
@@ -128,6 +128,9 @@ fn prepare(args: RunArgs) -> Result<Plan, String> {
             .collect();
     } else {
         if sources.is_empty() {
+            if std::io::stdin().is_terminal() && !args.dry_run {
+                eprintln!("hangfree: reading arguments from the terminal, one per line (end with Ctrl-D)");
+            }
             sources.push(Source::stdin());
         }
         let t = Template::parse(command, sources.len())?;
@@ -143,7 +146,7 @@ fn prepare(args: RunArgs) -> Result<Plan, String> {
         || args.eta
         || matches!(halt, Some(Halt { threshold: spec::Threshold::Percent(_), .. }));
     let mut total = None;
-    let jobs: Box<dyn Iterator<Item = Result<Job, String>>> = if let Some(combos) = stream {
+    let jobs: Box<dyn Iterator<Item = Result<Job, String>> + Send> = if let Some(combos) = stream {
         let numbered = combos.zip(1u64..).map(|(a, seq)| a.map(|args| Job { seq, args, fixed: None }));
         if need_all {
             jobs = numbered.collect::<Result<Vec<Job>, String>>()?;
@@ -166,10 +169,12 @@ fn prepare(args: RunArgs) -> Result<Plan, String> {
     };
 
     let joblog = match &args.joblog {
+        Some(_) if args.dry_run => None,
         Some(path) => Some(joblog::Writer::open(path, log.is_some())?),
         None => None,
     };
     let results = match &args.results {
+        Some(_) if args.dry_run => None,
         Some(path) => Some(std::fs::File::create(path).map_err(|e| format!("cannot write results file {path}: {e}"))?),
         None => None,
     };
@@ -394,12 +399,27 @@ fn execute(plan: Plan) -> i32 {
         bar,
         stop_bound,
     };
+    // Input is read on a thread of its own: a pipe slow to deliver must not keep the loop
+    // from outcomes, output and Ctrl-C.
+    let (job_tx, job_rx) = mpsc::sync_channel(workers.saturating_mul(2));
+    let reader = std::thread::Builder::new().name("hangfree-input".into()).spawn(move || {
+        for job in jobs {
+            if job_tx.send(job).is_err() {
+                return;
+            }
+        }
+    });
+    if let Err(e) = reader {
+        eprintln!("hangfree: cannot start the input thread: {e}");
+        return EXIT_ERROR;
+    }
     let (tx, rx) = mpsc::channel();
     let mut ord = 0u64;
     let mut input_done = false;
+    let mut terminated = false;
     loop {
-        let sig = SIGNALLED.load(Ordering::SeqCst);
-        if sig != 0 && !r.stopping {
+        if SIGNALLED.load(Ordering::SeqCst) != 0 && !terminated {
+            terminated = true;
             r.stopping = true;
             pool.terminate();
         }
@@ -409,19 +429,20 @@ fn execute(plan: Plan) -> i32 {
             } else if input_done {
                 break;
             } else {
-                match jobs.next() {
-                    Some(Ok(j)) => {
+                match job_rx.try_recv() {
+                    Ok(Ok(j)) => {
                         ord += 1;
                         (j, ord - 1, 1)
                     }
-                    Some(Err(e)) => {
+                    Ok(Err(e)) => {
                         r.say(&e);
                         r.error = true;
                         r.stopping = true;
                         input_done = true;
                         break;
                     }
-                    None => {
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
                         input_done = true;
                         break;
                     }
@@ -433,9 +454,7 @@ fn execute(plan: Plan) -> i32 {
                 r.stopping = true;
             }
         }
-        if r.running.is_empty() && (input_done || r.stopping) && r.retry.is_empty()
-            || r.running.is_empty() && r.stopping
-        {
+        if r.running.is_empty() && (r.stopping || input_done && r.retry.is_empty()) {
             break;
         }
         match rx.recv_timeout(TICK) {

@@ -262,3 +262,26 @@ fn when_hangfree_is_killed_its_jobs_die_within_a_second() {
         assert!(gone_within(pid, Duration::from_secs(1)), "{pid} outlived hangfree's SIGKILL");
     }
 }
+
+#[test]
+fn jobs_start_as_input_arrives_and_ctrl_c_works_while_input_waits() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempdir();
+    let mut c = command(dir.path(), &["run", "echo got"]);
+    c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(b"first\n").unwrap();
+    input.flush().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "got first\n", "the first job ran while its input was still open");
+    // SAFETY: our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let t0 = Instant::now();
+    let done = wait_bounded(child, Duration::from_secs(20));
+    assert_eq!(done.status.code(), Some(130));
+    assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
+    drop(input);
+}
