@@ -102,8 +102,9 @@ pub struct RunArgs {
     /// Records are separated by NUL bytes instead of newlines (for find -print0).
     #[arg(short = '0', long = "null")]
     null: bool,
-    /// Put each worker in a cgroup of its own, so that processes that leave the job's
-    /// process group (setsid daemons) are killed with it.
+    /// Put each worker in a cgroup of its own, so that processes that left the job's
+    /// process group (setsid daemons) die with it even when the job is killed (time-out,
+    /// Ctrl-C, hangfree's own death); without it they die when the job ends normally.
     #[arg(long)]
     cgroup: bool,
     /// The command, then input sources: `::: ARGS...`, `:::: FILES...`.
