@@ -713,7 +713,9 @@ impl Runner {
                 }
             }
         }
-        if let Some(log) = &mut self.joblog {
+        // As GNU parallel, jobs stopped by a halt or a signal are not logged: `--resume`
+        // runs them again.
+        if let (Some(log), true) = (&mut self.joblog, printed) {
             if let Err(e) = log.write(&f.entry) {
                 self.say(&format!("cannot write the job log: {e}"));
             }

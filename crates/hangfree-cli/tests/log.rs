@@ -128,3 +128,21 @@ fn results_hold_one_json_record_per_job() {
     assert_eq!((slow["exitval"].as_i64(), slow["reason"].as_str()), (Some(-1), Some("timeout")));
     assert_eq!(slow["stdout"], "out 5\n", "output until the time-out");
 }
+
+#[test]
+fn jobs_stopped_by_a_halt_are_not_logged_so_resume_runs_them() {
+    let dir = tempdir();
+    let d = dir.path();
+    let log = s(&at(d, "log"));
+    let job = "echo {} >> ran; if [ {} = bad ]; then sleep 0.3; exit 1; fi; sleep 30";
+    let r = run(d, &["run", "-j", "2", "--joblog", &log, "--halt", "now,fail=1", job, ":::", "slow", "bad"]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    let text = std::fs::read_to_string(at(d, "log")).unwrap();
+    assert_eq!(text.lines().count(), 2, "the header and the failed job: {text}");
+    // The same command: only the halted job runs again (a time limit, which is not part
+    // of the command, ends it this time).
+    let r = run(d, &["run", "--joblog", &log, "--resume", "--timeout", "0.3", job, ":::", "slow", "bad"]);
+    assert_eq!(r.code, Some(1));
+    assert_eq!(std::fs::read_to_string(at(d, "ran")).unwrap().lines().filter(|l| *l == "slow").count(), 2);
+    assert_eq!(std::fs::read_to_string(at(d, "ran")).unwrap().lines().filter(|l| *l == "bad").count(), 1);
+}
