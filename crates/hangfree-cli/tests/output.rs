@@ -97,3 +97,30 @@ fn a_job_flooding_stdout_does_not_stall_the_others() {
     assert!(r.stdout.starts_with("small s1\naaaa"));
     assert!(r.stdout.ends_with("a\nsmall s2\nsmall s3\n"));
 }
+
+#[test]
+fn bar_and_eta_draw_on_a_terminal() {
+    // util-linux's `script` gives the run a terminal.
+    if std::process::Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: `script` (util-linux) is not installed, so no terminal can be made");
+        return;
+    }
+    for (flag, says) in [("--bar", "4/4 jobs,"), ("--eta", "4/4 jobs done")] {
+        let cmd = format!("{} run -j 2 {flag} 'sleep 0.2; echo job{{}}' ::: 1 2 3 4", env!("CARGO_BIN_EXE_hangfree"));
+        let mut c = std::process::Command::new("script");
+        c.args(["-qefc", &cmd, "/dev/null"]).stdin(std::process::Stdio::null());
+        c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let out = wait_bounded(c.spawn().unwrap(), Duration::from_secs(30));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(says), "{flag}: {text}");
+        for j in 1..=4 {
+            assert!(text.contains(&format!("job{j}")), "{flag}: {text}");
+        }
+    }
+}
+
+#[test]
+fn keep_order_with_line_buffer_streams_the_oldest_job() {
+    let r = run(&["run", "-k", "--line-buffer", "-j", "3", "echo a{}; sleep {}; echo b{}", ":::", "0.6", "0.1", "0.3"]);
+    assert_eq!(r.stdout, "a0.6\nb0.6\na0.1\nb0.1\na0.3\nb0.3\n", "{}", r.stderr);
+}
