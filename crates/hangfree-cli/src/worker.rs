@@ -17,7 +17,6 @@
 //!   the moment the worker exits.
 
 use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -99,17 +98,6 @@ fn run(spec: &JobSpec) -> Result<JobResult, String> {
         .env("PARALLEL_JOBSLOT", spec.slot.to_string())
         .env_remove("HANGFREE_PARENT_PID")
         .env_remove("HANGFREE_MAX_FRAME");
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            // The job must not inherit the worker's SIGTERM mask or disposition quirks:
-            // handlers are reset by exec, and the mask is emptied here.
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            Ok(())
-        });
-    }
     let child = cmd.spawn().map_err(|e| format!("cannot start sh: {e}"))?;
     let pid = child.id() as i32;
     // The child is reaped below with wait4 (for its resource usage), not through `child`.
@@ -125,7 +113,9 @@ fn run(spec: &JobSpec) -> Result<JobResult, String> {
         if TERM_ASKED.load(Ordering::SeqCst) {
             stop_for_engine();
         }
-        let wait = if spec.mem_limit.is_some() { MEMORY_POLL } else { Duration::from_millis(500) };
+        // SIGTERM interrupts the poll, unless it came just before it: the timeout bounds
+        // how late the worker then notices.
+        let wait = if spec.mem_limit.is_some() { MEMORY_POLL } else { Duration::from_millis(100) };
         let ts = rustix::time::Timespec { tv_sec: wait.as_secs() as i64, tv_nsec: wait.subsec_nanos() as i64 };
         let mut fds = [rustix::event::PollFd::new(&pidfd, rustix::event::PollFlags::IN)];
         let ready = matches!(rustix::event::poll(&mut fds, Some(&ts)), Ok(n) if n > 0);
