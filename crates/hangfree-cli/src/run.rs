@@ -69,7 +69,6 @@ pub fn main(args: RunArgs) -> i32 {
 }
 
 fn prepare(args: RunArgs) -> Result<Plan, String> {
-    let _ = args.will_cite;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let workers = match &args.jobs {
         Some(j) => spec::parse_jobs(j, cores)?,
