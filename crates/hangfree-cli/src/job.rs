@@ -19,6 +19,8 @@ pub struct JobSpec {
     pub slot: usize,
     /// Largest resident memory of the job's whole process tree, in bytes.
     pub mem_limit: Option<u64>,
+    /// The engine's grace period between SIGTERM and SIGKILL, in milliseconds.
+    pub grace_ms: u64,
 }
 
 /// Why a job ended, as the results file names it.

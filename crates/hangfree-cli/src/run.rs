@@ -275,6 +275,7 @@ struct Runner {
     workers: usize,
     timeout: Option<Timeout>,
     mem_limit: Option<u64>,
+    grace: Duration,
     halt: Option<Halt>,
     total: Option<u64>,
     joblog: Option<joblog::Writer>,
@@ -375,6 +376,7 @@ fn execute(plan: Plan) -> i32 {
         workers,
         timeout,
         mem_limit,
+        grace,
         halt,
         total,
         joblog,
@@ -534,6 +536,7 @@ impl Runner {
             seq: job.seq,
             slot,
             mem_limit: self.mem_limit,
+            grace_ms: self.grace.as_millis() as u64,
         };
         let mut task =
             Task::new(serde_json::to_vec(&spec).expect("a job serializes")).label(format!("job {}", job.seq));
@@ -785,7 +788,9 @@ impl Runner {
                 let (mut fin, _, _, pid) = self.dying.swap_remove(i);
                 // As GNU parallel logs it: the runtime includes the term sequence.
                 fin.entry.runtime = fin.run.submitted.elapsed().as_secs_f64();
-                if self.killed_pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid) {
+                let marker = crate::worker::killed_marker(&fin.run.out.to_string_lossy());
+                let worker_killed = std::fs::remove_file(&marker).is_ok();
+                if self.killed_pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid) || worker_killed {
                     fin.entry.signal = libc::SIGKILL;
                 }
                 self.ended(fin);

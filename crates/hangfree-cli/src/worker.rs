@@ -13,8 +13,9 @@
 //!   the tree is killed when the sum passes the limit;
 //! - on the engine's SIGTERM (the job passed its time limit, or the run is stopping) the
 //!   worker forwards it to processes outside its group and waits for the tree to exit, so
-//!   that the job gets the whole grace period: the engine kills what is left of the group
-//!   the moment the worker exits.
+//!   that the job gets the whole grace period (the engine kills what is left of the group
+//!   the moment the worker exits), then SIGKILLs the tree itself just before the engine's
+//!   SIGKILL, which would not reach processes outside the group.
 
 use std::fs::File;
 use std::process::{Command, Stdio};
@@ -111,7 +112,7 @@ fn run(spec: &JobSpec) -> Result<JobResult, String> {
     let mut over_memory = false;
     loop {
         if TERM_ASKED.load(Ordering::SeqCst) {
-            stop_for_engine();
+            stop_for_engine(Duration::from_millis(spec.grace_ms), &spec.stdout);
         }
         // SIGTERM interrupts the poll, unless it came just before it: the timeout bounds
         // how late the worker then notices.
@@ -162,8 +163,12 @@ fn run(spec: &JobSpec) -> Result<JobResult, String> {
 /// The engine sent SIGTERM to this worker's group: the job passed its time limit or the
 /// run is stopping. Processes that left the group (`setsid`) get it too; then the worker
 /// waits for the whole tree to exit, and exits. If the tree outlives the grace period,
-/// the engine's SIGKILL to the group ends the job and this worker together.
-fn stop_for_engine() -> ! {
+/// the engine's SIGKILL to the group ends the job and this worker together — but not
+/// processes outside the group, so the worker SIGKILLs the whole tree itself just before
+/// the grace period ends (a tenth of it, at most 50 ms, before), and says so by creating
+/// the file [`killed_marker`] of the job's stdout, for the job log's Signal column.
+fn stop_for_engine(grace: Duration, stdout: &str) -> ! {
+    let kill_at = Instant::now() + grace - (grace / 10).min(Duration::from_millis(50));
     // SAFETY: getpgrp has no failure mode.
     let group = unsafe { libc::getpgrp() };
     for p in descendants() {
@@ -179,8 +184,19 @@ fn stop_for_engine() -> ! {
         if descendants().is_empty() {
             std::process::exit(143);
         }
+        if Instant::now() >= kill_at {
+            let _ = File::create(killed_marker(stdout));
+            kill_tree();
+            std::process::exit(143);
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The file whose existence says that the worker SIGKILLed a job whose stdout is `stdout`
+/// (the engine never had to: the worker exited before the grace period ended).
+pub fn killed_marker(stdout: &str) -> String {
+    format!("{stdout}.killed")
 }
 
 /// SIGKILLs every process of the tree below this worker and reaps them, for at most a

@@ -285,3 +285,27 @@ fn jobs_start_as_input_arrives_and_ctrl_c_works_while_input_waits() {
     assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
     drop(input);
 }
+
+#[test]
+fn a_timed_out_jobs_setsid_daemon_that_ignores_sigterm_dies_with_or_without_cgroup() {
+    for cgroup in [false, true] {
+        let dir = tempdir();
+        let d = dir.path();
+        // The whole tree ignores SIGTERM, so the job is still running when the grace
+        // period ends, and the daemon has left the job's process group.
+        let job = r#": {}; trap '' TERM; setsid sh -c "echo \$\$ > daemon; exec sleep 60" & sleep 60"#;
+        let mut args = vec!["run", "--timeout", "0.5", "--term-seq", "TERM,300,KILL", job, ":::", "x"];
+        if cgroup {
+            args.insert(1, "--cgroup");
+        }
+        let r = run_in(d, &args, b"", Duration::from_secs(30));
+        if cgroup && r.code == Some(255) && r.stderr.contains("cgroup") {
+            eprintln!("skipped: cgroup mode is not available here: {}", r.stderr.trim());
+            return;
+        }
+        assert_eq!(r.code, Some(1), "{}", r.stderr);
+        let daemon = pids(&at(d, "daemon"));
+        assert_eq!(daemon.len(), 1, "the daemon started");
+        assert!(gone_within(daemon[0], Duration::from_secs(2)), "cgroup {cgroup}: the daemon outlived its job");
+    }
+}
