@@ -103,8 +103,8 @@ pub struct RunArgs {
     #[arg(short = '0', long = "null")]
     null: bool,
     /// Put each worker in a cgroup of its own, so that processes that left the job's
-    /// process group (setsid daemons) die with it even when the job is killed (time-out,
-    /// Ctrl-C, hangfree's own death); without it they die when the job ends normally.
+    /// process group (setsid daemons) die with it even when the worker is killed from
+    /// outside (kill -9, the OOM killer).
     #[arg(long)]
     cgroup: bool,
     /// The command, then input sources: `::: ARGS...`, `:::: FILES...`.
