@@ -222,6 +222,13 @@ struct Running {
     submitted_wall: f64,
     out_tail: Tail,
     err_tail: Tail,
+    /// The task's id in the pool.
+    id: u64,
+    /// Whether the job started with a time limit; with `--timeout N%`, the first jobs
+    /// start before there is a median.
+    limited: bool,
+    /// Cancelled by the loop for passing `--timeout N%` once a median was known.
+    late: bool,
 }
 
 /// A job that has ended, waiting for its turn to print (`-k`) or for its stopped worker
@@ -468,7 +475,7 @@ fn execute(plan: Plan) -> i32 {
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => unreachable!("the loop holds a sender"),
         }
-        r.tick();
+        r.tick(&pool);
     }
     pool.close();
     let joined = pool.join(Some(r.stop_bound));
@@ -540,11 +547,11 @@ impl Runner {
         };
         let mut task =
             Task::new(serde_json::to_vec(&spec).expect("a job serializes")).label(format!("job {}", job.seq));
-        if let (Some(Timeout::OfMedian(f)), true) = (self.timeout, self.successes.len() >= MEDIAN_MIN) {
-            let median = self.successes[self.successes.len() / 2];
-            task = task.timeout(Duration::from_secs_f64((median * f).max(0.001)));
+        let limit = self.relative_limit();
+        if let Some(l) = limit {
+            task = task.timeout(l);
         }
-        pool.submit_to(Arc::new(ToLoop { key, tx: tx.clone() }), vec![task], 1).map_err(|e| e.to_string())?;
+        let ids = pool.submit_to(Arc::new(ToLoop { key, tx: tx.clone() }), vec![task], 1).map_err(|e| e.to_string())?;
         let run = Running {
             job,
             ord,
@@ -557,6 +564,9 @@ impl Runner {
             submitted_wall: now_wall(),
             out_tail: Tail::default(),
             err_tail: Tail::default(),
+            id: ids.start,
+            limited: limit.is_some() || matches!(self.timeout, Some(Timeout::Fixed(_))),
+            late: false,
         };
         self.running.insert(key, run);
         Ok(())
@@ -595,6 +605,11 @@ impl Runner {
                     run.cmd
                 ));
                 (entry(-1, libc::SIGTERM, run.submitted_wall, elapsed), Reason::Timeout, 0, Some(pid))
+            }
+            Outcome::Failed(TaskError::Cancelled(_)) if run.late => {
+                // The worker is being stopped; its pid is not known here, so the output
+                // is copied now, without waiting for the tree to be gone.
+                (entry(-1, libc::SIGTERM, run.submitted_wall, elapsed), Reason::Timeout, 0, None)
             }
             Outcome::Failed(TaskError::Terminated(_)) | Outcome::Failed(TaskError::Cancelled(_)) => {
                 (entry(-1, libc::SIGTERM, run.submitted_wall, elapsed), Reason::Halt, 0, None)
@@ -748,8 +763,36 @@ impl Runner {
         let _ = std::fs::remove_file(&f.run.err);
     }
 
-    /// Work between outcomes: lines of running jobs, stopped jobs whose worker is gone.
-    fn tick(&mut self) {
+    /// `--timeout N%`: the limit for a job starting now, if there is a median yet.
+    fn relative_limit(&self) -> Option<Duration> {
+        match self.timeout {
+            Some(Timeout::OfMedian(f)) if self.successes.len() >= MEDIAN_MIN => {
+                let median = self.successes[self.successes.len() / 2];
+                Some(Duration::from_secs_f64((median * f).max(0.001)))
+            }
+            _ => None,
+        }
+    }
+
+    /// Work between outcomes: jobs that started before `--timeout N%` had a median and
+    /// have passed it since, lines of running jobs, stopped jobs whose worker is gone.
+    fn tick(&mut self, pool: &Pool) {
+        if let Some(limit) = self.relative_limit() {
+            for run in self.running.values_mut().filter(|r| !r.limited && !r.late) {
+                if run.submitted.elapsed() > limit {
+                    run.late = true;
+                    // Cancelling stops the worker with the same escalation as a time limit.
+                    pool.cancel(run.id);
+                    let msg = format!(
+                        "job {} timed out after {:.3} s and is stopped: {}",
+                        run.job.seq,
+                        limit.as_secs_f64(),
+                        run.cmd
+                    );
+                    self.bar.suspend(|| eprintln!("hangfree: {msg}"));
+                }
+            }
+        }
         self.finish_dying(false);
         if !self.plan_args.line_buffer {
             return;

@@ -309,3 +309,14 @@ fn a_timed_out_jobs_setsid_daemon_that_ignores_sigterm_dies_with_or_without_cgro
         assert!(gone_within(daemon[0], Duration::from_secs(2)), "cgroup {cgroup}: the daemon outlived its job");
     }
 }
+
+#[test]
+fn a_relative_timeout_also_stops_jobs_that_started_before_there_was_a_median() {
+    // The slow job starts first, with no median yet; three quick successes make one.
+    let t0 = Instant::now();
+    let r = run(&["run", "-j", "2", "--timeout", "500%", "sleep {}; echo {}", ":::", "30", "0.1", "0.1", "0.1", "0.1"]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.sorted_lines(), ["0.1", "0.1", "0.1", "0.1"]);
+    assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
+    assert!(r.stderr.contains("job 1 timed out"), "{}", r.stderr);
+}
