@@ -138,6 +138,11 @@ fn run(spec: &JobSpec) -> Result<JobResult, String> {
     // SAFETY: as above.
     unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let runtime = started.elapsed().as_secs_f64();
+    if TERM_ASKED.load(Ordering::SeqCst) {
+        // The shell died of the engine's SIGTERM: the rest of the tree gets its grace
+        // period too, rather than the SIGKILL that ends a job's stragglers.
+        stop_for_engine(Duration::from_millis(spec.grace_ms), &spec.stdout);
+    }
     kill_tree();
     // A tree killed for memory may have been reaped by `kill_tree` already, its status
     // lost to `wait4`: the kill is what ended it.

@@ -320,3 +320,19 @@ fn a_relative_timeout_also_stops_jobs_that_started_before_there_was_a_median() {
     assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
     assert!(r.stderr.contains("job 1 timed out"), "{}", r.stderr);
 }
+
+#[test]
+fn on_a_timeout_background_processes_get_the_grace_period_too() {
+    let dir = tempdir();
+    let d = dir.path();
+    // The shell dies of SIGTERM at once; its background child needs 0.5 s to clean up.
+    let job = ": {}; sh -c 'trap \"sleep 0.5; echo cleaned > cleaned; exit\" TERM; sleep 60 & wait' & sleep 60";
+    let r = run_in(
+        d,
+        &["run", "--timeout", "0.5", "--term-seq", "TERM,3000,KILL", job, ":::", "x"],
+        b"",
+        Duration::from_secs(30),
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(at(d, "cleaned")).unwrap_or_default(), "cleaned\n");
+}
