@@ -27,10 +27,11 @@ impl Run {
 }
 
 /// The `hangfree` command, with its own process group (so the watchdog's kill cannot
-/// reach the test runner) and `dir` as working directory.
+/// reach the test runner) and `dir` as working directory and `TMPDIR` (so the output
+/// directory of a run the test kills goes with the test's directory).
 pub fn command(dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hangfree"));
-    c.args(args).current_dir(dir).process_group(0);
+    c.args(args).current_dir(dir).env("TMPDIR", dir).process_group(0);
     c
 }
 
