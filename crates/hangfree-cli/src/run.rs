@@ -271,6 +271,10 @@ fn catch_signals() {
     }
 }
 
+fn jobs(n: u64) -> &'static str {
+    if n == 1 { "job" } else { "jobs" }
+}
+
 fn now_wall() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
 }
@@ -687,10 +691,10 @@ impl Runner {
             HaltOn::Done => "done",
         };
         if h.now {
-            self.say(&format!("halting now: {n} jobs {why}; stopping the {} running", self.running.len()));
+            self.say(&format!("halting now: {n} {} {why}; stopping the {} running", jobs(n), self.running.len()));
             pool.terminate();
         } else {
-            self.say(&format!("halting soon: {n} jobs {why}; waiting for the {} running", self.running.len()));
+            self.say(&format!("halting soon: {n} {} {why}; waiting for the {} running", jobs(n), self.running.len()));
         }
     }
 
