@@ -142,9 +142,12 @@ if F is not None and F.SOURCE is not None:
 
     def test_expectation_lists_name_real_tests():
         """Every entry of DIFFERENT and BUGS names a test of the CPython tests that run
-        (checked against this interpreter's version only: an older copy lacks some)."""
+        (checked against this interpreter's version only: an older copy lacks some; so does
+        the copy of a CPython before 3.11, for which the lists were not written)."""
         if sys.version_info[:2] != H._version_of(F.SOURCE):
             pytest.skip("an older CPython's tests run here")
+        if sys.version_info < (3, 11):
+            pytest.skip("the lists name CPython 3.11's tests; some are not in this version's copy")
         bases = {name: cls.__bases__[0].__bases__[0] for name, cls in _CLASSES.items()}
         assert H.check_lists_name_real_tests(bases, DIFFERENT, BUGS) == []
 
