@@ -26,6 +26,7 @@ thread limit is set for the libraries a task uses (but see README on OpenBLAS).
 
 from __future__ import annotations
 
+import os
 import threading
 
 from joblib._parallel_backends import AutoBatchingMixin, FallbackToBackend, ParallelBackendBase, SequentialBackend
@@ -60,6 +61,21 @@ def _executor(n_jobs: int, options: "Dict[str, Any]") -> "hangfree.ProcessPoolEx
         ex = hangfree.ProcessPoolExecutor(n_jobs, **options)
         _shared = (key, ex)
         return ex
+
+
+def _forget_parents_executor() -> None:
+    """In a forked child (a multiprocessing worker whose task makes a Parallel call):
+    the kept executor is the parent's, which a child cannot use, so the child makes its
+    own. The parent's stays referenced: collecting it here would reach into an engine
+    that belongs to the parent."""
+    global _lock, _shared, _parents
+    _parents, _shared = _shared, None
+    # The parent may have held the lock while forking, and no thread here would release it.
+    _lock = threading.Lock()
+
+
+_parents: "Optional[Tuple[Tuple[Any, ...], hangfree.ProcessPoolExecutor]]" = None
+os.register_at_fork(after_in_child=_forget_parents_executor)
 
 
 def shutdown(wait: bool = True) -> None:

@@ -30,3 +30,12 @@ def nested(n: int) -> list:
     import joblib
 
     return joblib.Parallel(n_jobs=2, backend="hangfree")(joblib.delayed(square)(i) for i in range(n))
+
+
+def nested_then_shutdown(n: int) -> list:
+    import hangfree.joblib
+
+    try:
+        return nested(n)
+    finally:
+        hangfree.joblib.shutdown()
