@@ -338,16 +338,13 @@ fn execute(plan: Plan) -> i32 {
         }
         return 0;
     }
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("hangfree: cannot find its own program to start workers: {e}");
-            return EXIT_ERROR;
-        }
+    let Some((exe, exe_args)) = crate::worker_command().and_then(|w| w.split_first()) else {
+        eprintln!("hangfree: no command to start its workers with");
+        return EXIT_ERROR;
     };
     let killed_pids: Arc<Mutex<HashSet<i32>>> = Arc::default();
     let seen = killed_pids.clone();
-    let mut builder = Pool::builder(WorkerCommand::new(exe).arg("__worker"))
+    let mut builder = Pool::builder(WorkerCommand::new(exe).args(exe_args).arg("__worker"))
         .workers(workers)
         // A job is sent only to an idle worker: jobs vary in length, and one must not
         // wait behind a long one while another worker is free.

@@ -6,6 +6,8 @@
 //! that queue. Every blocking call here releases the GIL and wakes at least every 50 ms
 //! to let Python run its signal handlers (Ctrl-C).
 
+mod cli;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
@@ -890,6 +892,7 @@ fn parse_size(text: &str) -> PyResult<u64> {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_size, m)?)?;
     m.add_function(wrap_pyfunction!(kill_own_group, m)?)?;
+    m.add_function(wrap_pyfunction!(cli::cli_main, m)?)?;
     m.add_class::<Engine>()?;
     m.add_class::<WorkerChannel>()?;
     m.add_class::<ChunkItems>()?;
