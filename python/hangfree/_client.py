@@ -95,7 +95,9 @@ def preparation() -> Dict[str, Any]:
     if util._logger is not None:
         data["log_level"] = util._logger.getEffectiveLevel()
     method = context._default_context.get_start_method(allow_none=True)
-    if method is not None:
+    # A start method of another library's context (loky's, in a loky worker) means
+    # nothing to the stdlib a worker prepares with.
+    if method is not None and method in context._default_context.get_all_start_methods():
         data["start_method"] = method
     if not main_is_imported():
         return data
