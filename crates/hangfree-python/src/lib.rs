@@ -179,33 +179,30 @@ struct Engine {
 #[pymethods]
 impl Engine {
     #[new]
-    #[pyo3(signature = (argv, *, workers, task_timeout=None, grace=1.0, kill_wait=1.0,
-        startup_timeout=60.0, max_tasks_per_worker=None, max_startup_failures=3,
-        init_payload=Vec::new(), prefetch=2, forward_stderr=true, env=Vec::new(),
-        max_memory=None, retries=None, stack_dump_wait=None, events=false, prefetch_below=None, cgroup=false,
-        fork_server=false))]
+    #[pyo3(signature = (argv, *, workers=None, task_timeout=None, grace=None, kill_wait=None,
+        startup_timeout=None, max_tasks_per_worker=None, max_startup_failures=None,
+        init_payload=Vec::new(), prefetch=None, forward_stderr=None, env=Vec::new(),
+        max_memory=None, retries=None, events=false, cgroup=None, fork_server=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         argv: Vec<String>,
-        workers: usize,
+        workers: Option<usize>,
         task_timeout: Option<f64>,
-        grace: f64,
-        kill_wait: f64,
-        startup_timeout: f64,
+        grace: Option<f64>,
+        kill_wait: Option<f64>,
+        startup_timeout: Option<f64>,
         max_tasks_per_worker: Option<u64>,
-        max_startup_failures: u32,
+        max_startup_failures: Option<u32>,
         init_payload: Vec<u8>,
-        prefetch: usize,
-        forward_stderr: bool,
+        prefetch: Option<usize>,
+        forward_stderr: Option<bool>,
         env: Vec<(String, String)>,
         max_memory: Option<u64>,
         retries: Option<Bound<'_, PyAny>>,
-        stack_dump_wait: Option<f64>,
         events: bool,
-        prefetch_below: Option<f64>,
-        cgroup: bool,
-        fork_server: bool,
+        cgroup: Option<bool>,
+        fork_server: Option<bool>,
     ) -> PyResult<Engine> {
         let Some((program, args)) = argv.split_first() else {
             return Err(PyValueError::new_err("argv must name the worker program"));
@@ -214,34 +211,47 @@ impl Engine {
         for (k, v) in env {
             cmd = cmd.env(k, v);
         }
-        let mut b = Pool::builder(cmd)
-            .workers(workers)
-            .grace(secs(Some(grace), "grace")?.unwrap_or_default())
-            .kill_wait(secs(Some(kill_wait), "kill_wait")?.unwrap_or_default())
-            .startup_timeout(secs(Some(startup_timeout), "startup_timeout")?.unwrap_or_default())
-            .max_startup_failures(max_startup_failures)
-            .init_payload(init_payload)
-            .prefetch(prefetch)
-            .forward_stderr(forward_stderr);
+        // The Python worker supports the fork server and answers the stack signal. Every
+        // setting not given (None) keeps the engine's default.
+        let mut b = Pool::builder(cmd).front_defaults().init_payload(init_payload);
+        if let Some(n) = workers {
+            b = b.workers(n);
+        }
         if let Some(t) = secs(task_timeout, "task_timeout")? {
             b = b.task_timeout(t);
+        }
+        if let Some(g) = secs(grace, "grace")? {
+            b = b.grace(g);
+        }
+        if let Some(w) = secs(kill_wait, "kill_wait")? {
+            b = b.kill_wait(w);
+        }
+        if let Some(t) = secs(startup_timeout, "startup_timeout")? {
+            b = b.startup_timeout(t);
         }
         if let Some(n) = max_tasks_per_worker {
             b = b.max_tasks_per_worker(n);
         }
+        if let Some(n) = max_startup_failures {
+            b = b.max_startup_failures(n);
+        }
+        if let Some(n) = prefetch {
+            b = b.prefetch(n);
+        }
+        if let Some(on) = forward_stderr {
+            b = b.forward_stderr(on);
+        }
         if let Some(m) = max_memory {
             b = b.max_memory(m);
         }
-        b = b
-            .retries(retries.as_ref().map(retries_count).transpose()?.unwrap_or(0))
-            .cgroup(cgroup)
-            .fork_server(fork_server);
-        if let Some(d) = secs(prefetch_below, "prefetch_below")? {
-            b = b.prefetch_below(d);
+        if let Some(n) = retries.as_ref().map(retries_count).transpose()? {
+            b = b.retries(n);
         }
-        if let Some(w) = secs(stack_dump_wait, "stack_dump_wait")? {
-            // The Python worker answers SIGUSR1 with the running task's stack.
-            b = b.stack_dump(STACK_SIGNAL, w);
+        if let Some(on) = cgroup {
+            b = b.cgroup(on);
+        }
+        if let Some(on) = fork_server {
+            b = b.fork_server(on);
         }
         let queue = Arc::new(Queue::default());
         if events {
@@ -484,6 +494,12 @@ impl Engine {
         }
     }
 
+    /// The number of workers the engine keeps.
+    #[getter]
+    fn workers(&self) -> usize {
+        self.pool.workers()
+    }
+
     /// Seconds `join` may take after `terminate`, at most (the engine's bound).
     #[getter]
     fn shutdown_bound(&self) -> f64 {
@@ -537,9 +553,6 @@ impl Engine {
 
 /// A pool event as Python sees it: `(kind, trouble, pid, task_id, message)`.
 type EventTuple = (String, bool, Option<i32>, Option<u64>, String);
-
-/// The signal the Python worker answers with the running task's stack.
-const STACK_SIGNAL: i32 = 10; // SIGUSR1
 
 fn loss_fields(d: &Bound<'_, PyDict>, cause: &LossCause) -> PyResult<()> {
     match cause {
@@ -880,6 +893,32 @@ fn kill_own_group() {
     hangfree::worker::kill_own_group()
 }
 
+/// The engine's default for every `Engine` setting left at None, as Python values
+/// (seconds as floats; None for "no limit"), for the package's docstrings to be checked
+/// against.
+#[pyfunction]
+fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    use hangfree::pool::defaults as d;
+    let out = PyDict::new(py);
+    out.set_item("workers", d::workers())?;
+    out.set_item("task_timeout", py.None())?;
+    out.set_item("grace", d::GRACE.as_secs_f64())?;
+    out.set_item("kill_wait", d::KILL_WAIT.as_secs_f64())?;
+    out.set_item("startup_timeout", d::STARTUP_TIMEOUT.as_secs_f64())?;
+    out.set_item("max_tasks_per_worker", py.None())?;
+    out.set_item("max_startup_failures", d::MAX_STARTUP_FAILURES)?;
+    out.set_item("prefetch", d::PREFETCH)?;
+    out.set_item("prefetch_below", d::FRONT_PREFETCH_BELOW.as_secs_f64())?;
+    out.set_item("forward_stderr", d::FORWARD_STDERR)?;
+    out.set_item("max_memory", py.None())?;
+    out.set_item("retries", d::RETRIES)?;
+    out.set_item("cgroup", d::CGROUP)?;
+    out.set_item("fork_server", d::FRONT_FORK_SERVER)?;
+    out.set_item("stack_dump_signal", d::STACK_DUMP_SIGNAL)?;
+    out.set_item("stack_dump_wait", d::STACK_DUMP_WAIT.as_secs_f64())?;
+    Ok(out)
+}
+
 /// Parses a memory size such as "2GiB" or "512MB" into bytes (the engine's rules).
 #[pyfunction]
 fn parse_size(text: &str) -> PyResult<u64> {
@@ -889,6 +928,8 @@ fn parse_size(text: &str) -> PyResult<u64> {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_size, m)?)?;
+    m.add_function(wrap_pyfunction!(defaults, m)?)?;
+    m.add("STACK_DUMP_SIGNAL", hangfree::pool::defaults::STACK_DUMP_SIGNAL)?;
     m.add_function(wrap_pyfunction!(kill_own_group, m)?)?;
     m.add_class::<Engine>()?;
     m.add_class::<WorkerChannel>()?;
