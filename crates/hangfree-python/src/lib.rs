@@ -1,21 +1,20 @@
 //! `hangfree._core`: the engine as seen from Python.
 //!
-//! Deliberately thin. Payloads are bytes (the Python package pickles); outcomes go to one
-//! queue per engine, which the package's result thread drains. The engine's supervisor
-//! thread never touches Python objects or the GIL: it only pushes plain Rust values into
-//! that queue. Every blocking call here releases the GIL and wakes at least every 50 ms
-//! to let Python run its signal handlers (Ctrl-C).
+//! Deliberately thin. Payloads are bytes (the Python package pickles); outcomes go to the
+//! engine's [`Mailbox`], one per engine, which the package's result thread drains. The
+//! engine's supervisor thread never touches Python objects or the GIL: it only pushes
+//! plain Rust values into that mailbox. Every blocking call here releases the GIL and
+//! wakes at least every 50 ms to let Python run its signal handlers (Ctrl-C).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hangfree::fork_server::ForkHooks;
+use hangfree::mailbox::{Delivery, Mailbox};
 use hangfree::wire::Kind;
 use hangfree::worker::WorkerChannel as RawChannel;
 use hangfree::{
-    ExitStatus, LossCause, Outcome, Pool, Sink, StartupFailure, SubmitError, Task, TaskError, TaskState, WorkerCommand,
+    ExitStatus, LossCause, Outcome, Pool, StartupFailure, SubmitError, Task, TaskError, TaskState, WorkerCommand,
 };
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -24,101 +23,7 @@ use pyo3::types::{PyBytes, PyDict};
 /// How often blocking calls come back to check for signals.
 const SLICE: Duration = Duration::from_millis(50);
 
-/// How long the result thread polls for the next outcome before it sleeps. Shorter than
-/// a caller's poll: this thread competes with the workers for the CPUs in a large map
-/// (chunksize-1 map of 20,000: 224 ms with no poll, 140-155 ms with 20-100 µs).
-const RESULT_POLL: Duration = Duration::from_micros(30);
-
 pyo3::create_exception!(_core, SubmitRefused, PyRuntimeError, "The engine refused a submission.");
-
-struct Done {
-    key: u64,
-    index: usize,
-    outcome: Outcome,
-    /// Of a chunk's part: its first item and how many items.
-    items: (u32, u32),
-}
-
-#[derive(Default)]
-struct Queue {
-    items: Mutex<VecDeque<Done>>,
-    /// Result threads asleep on `cv`, counted under the `items` lock: an outcome wakes
-    /// one only then (a futex call per outcome otherwise, mostly for nobody).
-    sleepers: std::sync::atomic::AtomicUsize,
-    /// Whether `items` holds anything, for the result thread to poll without taking the
-    /// lock (polling the lock itself made the supervisor's every push contend for it).
-    nonempty: std::sync::atomic::AtomicBool,
-    events: Mutex<VecDeque<hangfree::PoolEvent>>,
-    cv: Condvar,
-    /// Claimable submissions (one call each): outcomes a waiting caller takes itself.
-    claims: Mutex<Claims>,
-    claims_cv: Condvar,
-}
-
-/// A poisoned lock only means a panic elsewhere; these small states stay consistent.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-#[derive(Default)]
-struct Claims {
-    /// Outcomes taken out of the stream for a waiting caller, not yet picked up.
-    ready: HashMap<u64, Outcome>,
-    /// Claimable submissions someone is waiting for now (`wait_claim`), with how many
-    /// threads wait: their outcome goes to `ready` instead of the result thread.
-    waiting: HashMap<u64, usize>,
-    /// The claimable keys finished lately by someone else than their waiter
-    /// (`completed`), oldest first. A waiter that saw its call not done and then
-    /// registered may have missed that moment: it finds the key here.
-    finished: std::collections::HashSet<u64>,
-    finished_order: VecDeque<u64>,
-}
-
-/// How many finished claimable keys are remembered; the race they cover lasts
-/// microseconds, so this bounds memory without ever mattering.
-const FINISHED_KEPT: usize = 4096;
-
-impl Queue {
-    /// Hands an outcome to the result thread.
-    fn push(&self, done: Done) {
-        let mut q = lock(&self.items);
-        q.push_back(done);
-        self.nonempty.store(true, Ordering::Release);
-        let asleep = self.sleepers.load(Ordering::Relaxed) > 0;
-        drop(q);
-        if asleep {
-            self.cv.notify_one();
-        }
-    }
-}
-
-/// Where a submission's outcomes go: the result thread, tagged with the submission's key
-/// and each task's index; for a claimable one (a single call), straight to a thread
-/// waiting for it in `wait_claim` if there is one — one wake-up fewer on a round trip.
-struct KeyedSink {
-    key: u64,
-    queue: Arc<Queue>,
-    claimable: bool,
-}
-
-impl Sink for KeyedSink {
-    fn complete(&self, index: usize, outcome: Outcome) {
-        if self.claimable {
-            let mut c = lock(&self.queue.claims);
-            if c.waiting.contains_key(&self.key) {
-                c.ready.insert(self.key, outcome);
-                drop(c);
-                self.queue.claims_cv.notify_all();
-                return;
-            }
-        }
-        self.queue.push(Done { key: self.key, index, outcome, items: (0, 1) });
-    }
-
-    fn complete_items(&self, index: usize, first: u32, count: u32, _raised: u32, outcome: Outcome) {
-        self.queue.push(Done { key: self.key, index, outcome, items: (first, count) });
-    }
-}
 
 /// Seconds given from Python as a duration for the engine. NaN and negative values are a
 /// ValueError naming `what`; any value past [`hangfree::MAX_DURATION`], infinity
@@ -173,7 +78,7 @@ fn engine_call<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> PyResul
 #[pyclass(module = "hangfree._core")]
 struct Engine {
     pool: Pool,
-    queue: Arc<Queue>,
+    mailbox: Arc<Mailbox>,
 }
 
 #[pymethods]
@@ -253,19 +158,16 @@ impl Engine {
         if let Some(on) = fork_server {
             b = b.fork_server(on);
         }
-        let queue = Arc::new(Queue::default());
+        let mailbox = Arc::new(Mailbox::default());
         if events {
-            let q = queue.clone();
-            b = b.on_event(move |e| {
-                lock(&q.events).push_back(e.clone());
-                q.cv.notify_one();
-            });
+            let m = mailbox.clone();
+            b = b.on_event(move |e| m.push_event(e.clone()));
         }
         let pool = engine_call(py, || b.build())?.map_err(|e| match e {
             hangfree::BuildError::Invalid(m) => PyValueError::new_err(m),
             other => PyRuntimeError::new_err(other.to_string()),
         })?;
-        Ok(Engine { pool, queue })
+        Ok(Engine { pool, mailbox })
     }
 
     /// Submits payloads as one submission; outcomes arrive tagged with `key` and each
@@ -308,7 +210,7 @@ impl Engine {
         if claim && tasks.len() != 1 {
             return Err(PyValueError::new_err("a claimable submission is one task"));
         }
-        let sink: Arc<dyn Sink> = Arc::new(KeyedSink { key, queue: self.queue.clone(), claimable: claim });
+        let sink = self.mailbox.sink(key, claim);
         let r = engine_call(py, || self.pool.submit_to(sink, tasks, chunksize))?;
         match r {
             Ok(ids) => Ok(ids.start),
@@ -337,23 +239,12 @@ impl Engine {
     /// kind is "value" or "raised" (data: bytes) or a failure kind (data: a dict).
     fn next_outcomes<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Vec<Bound<'py, PyAny>>> {
         let deadline = Instant::now() + wait_limit(timeout);
-        let items: Vec<Done> = loop {
+        let items: Vec<Delivery> = loop {
             let got = engine_call(py, || {
-                let left = deadline.saturating_duration_since(Instant::now()).min(SLICE);
-                // In a stream of outcomes the next one is microseconds away: poll for it
-                // before sleeping, so the supervisor need not wake this thread for each.
-                hangfree::spin::poll_for(RESULT_POLL.min(left), || self.queue.nonempty.load(Ordering::Acquire));
-                let mut q = lock(&self.queue.items);
-                if q.is_empty() && !left.is_zero() && !self.has_events() {
-                    self.queue.sleepers.fetch_add(1, Ordering::Relaxed);
-                    q = self.queue.cv.wait_timeout(q, left).unwrap_or_else(|e| e.into_inner()).0;
-                    self.queue.sleepers.fetch_sub(1, Ordering::Relaxed);
-                }
-                self.queue.nonempty.store(false, Ordering::Release);
-                q.drain(..).collect::<Vec<_>>()
+                self.mailbox.take(deadline.saturating_duration_since(Instant::now()).min(SLICE))
             })?;
             // A finished pool has nothing more to say: let the result thread go at once.
-            if !got.is_empty() || Instant::now() >= deadline || self.has_events() || self.pool.is_finished() {
+            if !got.is_empty() || Instant::now() >= deadline || self.mailbox.has_events() || self.pool.is_finished() {
                 break got;
             }
             py.check_signals()?;
@@ -367,70 +258,21 @@ impl Engine {
     /// the caller then finds it done. Polls briefly before sleeping: the answer usually
     /// comes sooner than a cross-CPU wake-up would take.
     fn wait_claim<'py>(&self, py: Python<'py>, key: u64, timeout: f64) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let deadline = Instant::now() + wait_limit(timeout);
-        let q = &self.queue;
-        let got = engine_call(py, || {
-            let mut c = lock(&q.claims);
-            if let Some(o) = c.ready.remove(&key) {
-                return Some(o);
-            }
-            *c.waiting.entry(key).or_insert(0) += 1;
-            drop(c);
-            let mut got = None;
-            let limit = hangfree::spin::WAIT.min(deadline.saturating_duration_since(Instant::now()));
-            hangfree::spin::poll_for(limit, || {
-                let mut c = lock(&q.claims);
-                got = c.ready.remove(&key);
-                got.is_some() || c.finished.contains(&key)
-            });
-            let mut c = lock(&q.claims);
-            while got.is_none() && !c.finished.contains(&key) {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                c = q.claims_cv.wait_timeout(c, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
-                got = c.ready.remove(&key);
-            }
-            // Leave: an outcome that came meanwhile is taken now, never stranded.
-            if got.is_none() {
-                got = c.ready.remove(&key);
-            }
-            if let Some(n) = c.waiting.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    c.waiting.remove(&key);
-                }
-            }
-            got
-        })?;
+        let got = engine_call(py, || self.mailbox.wait_claim(key, wait_limit(timeout)))?;
         got.map(|o| kind_and_data(py, key, o)).transpose()
     }
 
     /// Says that the claimable submission `key` is finished (its future is done); the
     /// threads waiting for it in `wait_claim` return.
     fn completed(&self, key: u64) {
-        let mut c = lock(&self.queue.claims);
-        if c.finished.insert(key) {
-            c.finished_order.push_back(key);
-            if c.finished_order.len() > FINISHED_KEPT
-                && let Some(old) = c.finished_order.pop_front()
-            {
-                c.finished.remove(&old);
-            }
-        }
-        let wake = c.waiting.contains_key(&key);
-        drop(c);
-        if wake {
-            self.queue.claims_cv.notify_all();
-        }
+        self.mailbox.completed(key)
     }
 
     /// The pool events since the last call, as `(kind, trouble, pid, task_id, message)`
     /// tuples (only with `events=True`).
     fn take_events(&self) -> Vec<EventTuple> {
-        let mut q = lock(&self.queue.events);
-        q.drain(..).map(|e| (format!("{:?}", e.kind), e.kind.is_trouble(), e.pid, e.task_id, e.message)).collect()
+        let events = self.mailbox.take_events();
+        events.into_iter().map(|e| (format!("{:?}", e.kind), e.kind.is_trouble(), e.pid, e.task_id, e.message)).collect()
     }
 
     /// Cancels a task by id (a running one has its worker stopped).
@@ -479,7 +321,7 @@ impl Engine {
             match engine_call(py, || self.pool.join(Some(slice)))? {
                 Ok(()) => {
                     // Wake the result thread from its wait: it sees the pool finished.
-                    self.queue.cv.notify_all();
+                    self.mailbox.wake();
                     return Ok(true);
                 }
                 Err(hangfree::JoinError::StillOpen) => {
@@ -545,12 +387,6 @@ impl Engine {
     }
 }
 
-impl Engine {
-    fn has_events(&self) -> bool {
-        !lock(&self.queue.events).is_empty()
-    }
-}
-
 /// A pool event as Python sees it: `(kind, trouble, pid, task_id, message)`.
 type EventTuple = (String, bool, Option<i32>, Option<u64>, String);
 
@@ -600,11 +436,11 @@ fn failure_details(py: Python<'_>, f: &StartupFailure) -> PyResult<Py<PyAny>> {
 
 /// One outcome as `(kind, data)` (see `next_outcomes`).
 fn kind_and_data<'py>(py: Python<'py>, key: u64, outcome: Outcome) -> PyResult<Bound<'py, PyAny>> {
-    let t = outcome_tuple(py, Done { key, index: 0, outcome, items: (0, 1) })?;
+    let t = outcome_tuple(py, Delivery { key, index: 0, outcome, items: (0, 1) })?;
     (t.get_item(2)?, t.get_item(3)?).into_pyobject(py).map(|t| t.into_any())
 }
 
-fn outcome_tuple<'py>(py: Python<'py>, done: Done) -> PyResult<Bound<'py, PyAny>> {
+fn outcome_tuple<'py>(py: Python<'py>, done: Delivery) -> PyResult<Bound<'py, PyAny>> {
     let (kind, data): (&str, Bound<'py, PyAny>) = match done.outcome {
         Outcome::Value(v) => ("value", value_data(py, &v)?),
         Outcome::Raised(v) => ("raised", PyBytes::new(py, &v).into_any()),
