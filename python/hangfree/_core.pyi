@@ -19,6 +19,18 @@ def kill_own_group() -> None:
     """Ends this worker and its whole process group with SIGKILL (never returns)."""
 
 STACK_DUMP_SIGNAL: int
+OOB_MARKER: int
+
+def oob_head(stream_len: int, buffers: Sequence[Tuple[int, bool]]) -> bytes:
+    """The head of a payload with out-of-band buffers (PROTOCOL.md): for a pickle stream
+    of ``stream_len`` bytes and buffers of these ``(length, writable)``."""
+
+def oob_layout(
+    data: bytes, end: Optional[int] = None
+) -> Optional[Tuple[Tuple[int, int], List[Tuple[int, int, bool]]]]:
+    """Where the pickle stream and the buffers of ``data[:end]`` are, as ``((start, end),
+    [(start, end, writable), ...])``; None without out-of-band buffers. Raises ValueError
+    for a payload whose lengths do not add up."""
 
 def defaults() -> Dict[str, Any]:
     """The engine's default for every ``Engine`` setting left at None (seconds as floats,

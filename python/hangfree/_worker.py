@@ -437,7 +437,7 @@ def _chunk(ch: Any, task_id: int, payload: bytes, functions: Dict[bytes, Callabl
     global _current_task, _part
     start, count = struct.unpack_from("<II", payload, len(payload) - 8)
     try:
-        fn_bytes, items, kwargs, star = loads(memoryview(payload)[:-8])
+        fn_bytes, items, kwargs, star = loads(payload, len(payload) - 8)
         fn = _function(fn_bytes, functions)
         if len(items) != count:
             raise ValueError(f"the chunk has {len(items)} items, the engine says {count}")

@@ -18,7 +18,7 @@ use hangfree::{
 };
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyByteArray, PyBytes, PyDict};
 
 /// How often blocking calls come back to check for signals.
 const SLICE: Duration = Duration::from_millis(50);
@@ -496,45 +496,51 @@ fn outcome_tuple<'py>(py: Python<'py>, done: Delivery) -> PyResult<Bound<'py, Py
 }
 
 /// A value's payload as `hangfree._pickling.loads` takes it: one `bytes`, or, for a large
-/// payload with out-of-band buffers, a list of `bytes`: the head and pickle stream, then
-/// each buffer. A large `bytes` result is then copied once, here, and the unpickler takes
-/// that very object (copying it out of one joined `bytes` would be a second copy).
+/// payload with out-of-band buffers, a list: the pickle stream (`bytes`), then each
+/// buffer (`bytes`, or `bytearray` where it was writable). A large `bytes` result is then
+/// copied once, here, and the unpickler takes that very object (copying it out of one
+/// joined `bytes` would be a second copy).
 fn value_data<'py>(py: Python<'py>, v: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-    match oob_parts(v) {
-        Some(parts) => Ok(pyo3::types::PyList::new(py, parts.into_iter().map(|r| PyBytes::new(py, &v[r])))?.into_any()),
-        None => Ok(PyBytes::new(py, v).into_any()),
+    // A layout whose lengths do not add up goes to `loads` whole, which says what is wrong.
+    let layout = if v.len() < SPLIT_MIN { None } else { hangfree::oob::parse(v).ok().flatten() };
+    let Some(layout) = layout else {
+        return Ok(PyBytes::new(py, v).into_any());
+    };
+    let parts = pyo3::types::PyList::new(py, [PyBytes::new(py, &v[layout.stream])])?;
+    for (r, writable) in layout.buffers {
+        if writable {
+            parts.append(PyByteArray::new(py, &v[r]))?;
+        } else {
+            parts.append(PyBytes::new(py, &v[r]))?;
+        }
     }
+    Ok(parts.into_any())
 }
 
 /// Below this a payload is not worth splitting (`_pickling.OOB_MIN`, the smallest buffer
 /// sent out of band).
 const SPLIT_MIN: usize = 64 * 1024;
 
-/// Where the parts of an out-of-band payload are, in `hangfree._pickling`'s layout
-/// (PROTOCOL.md): `0x01`, a u32 buffer count, a u64 stream length, a u64 length per
-/// buffer (top bit: writable), the stream, the buffers. `None` for anything else, or a
-/// layout whose lengths do not add up (then `loads` gets the bytes and says what is wrong).
-fn oob_parts(v: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
-    if v.len() < SPLIT_MIN || v[0] != 0x01 {
-        return None;
-    }
-    let u64_at = |at: usize| Some(u64::from_le_bytes(v.get(at..at + 8)?.try_into().ok()?));
-    let count = u32::from_le_bytes(v.get(1..5)?.try_into().ok()?) as usize;
-    let stream_len = usize::try_from(u64_at(5)?).ok()?;
-    let mut at = 13usize.checked_add(count.checked_mul(8)?)?.checked_add(stream_len)?;
-    // Checked before anything is allocated for `count`, which comes from the payload.
-    if at > v.len() {
-        return None;
-    }
-    let mut parts = Vec::with_capacity(count + 1);
-    parts.push(0..at);
-    for i in 0..count {
-        let n = usize::try_from(u64_at(13 + 8 * i)? & !(1 << 63)).ok()?;
-        let end = at.checked_add(n)?;
-        parts.push(at..end);
-        at = end;
-    }
-    (at == v.len()).then_some(parts)
+/// The head of a payload with out-of-band buffers (PROTOCOL.md): for a pickle stream of
+/// `stream_len` bytes and buffers of these `(length, writable)`.
+#[pyfunction]
+fn oob_head<'py>(py: Python<'py>, stream_len: usize, buffers: Vec<(usize, bool)>) -> Bound<'py, PyBytes> {
+    PyBytes::new(py, &hangfree::oob::head(stream_len, &buffers))
+}
+
+/// Where the pickle stream and the buffers of `data[:end]` are, as `((start, end),
+/// [(start, end, writable), ...])`, or None for a payload without out-of-band buffers.
+/// Raises ValueError for one whose lengths do not add up.
+#[pyfunction]
+#[pyo3(signature = (data, end=None))]
+#[allow(clippy::type_complexity)]
+fn oob_layout(data: &[u8], end: Option<usize>) -> PyResult<Option<((usize, usize), Vec<(usize, usize, bool)>)>> {
+    let data = &data[..end.unwrap_or(data.len()).min(data.len())];
+    let layout = hangfree::oob::parse(data).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(layout.map(|l| {
+        let buffers = l.buffers.into_iter().map(|(r, w)| (r.start, r.end, w)).collect();
+        ((l.stream.start, l.stream.end), buffers)
+    }))
 }
 
 /// A payload given as bytes or as a list (or tuple) of bytes, as its parts.
@@ -765,6 +771,9 @@ fn parse_size(text: &str) -> PyResult<u64> {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_size, m)?)?;
     m.add_function(wrap_pyfunction!(defaults, m)?)?;
+    m.add_function(wrap_pyfunction!(oob_head, m)?)?;
+    m.add_function(wrap_pyfunction!(oob_layout, m)?)?;
+    m.add("OOB_MARKER", hangfree::oob::MARKER)?;
     m.add("STACK_DUMP_SIGNAL", hangfree::pool::defaults::STACK_DUMP_SIGNAL)?;
     m.add_function(wrap_pyfunction!(kill_own_group, m)?)?;
     m.add_class::<Engine>()?;

@@ -22,7 +22,7 @@
 //! started, shared without a message),
 //! [`pool`] (the supervisor and its handles) and [`worker`] (the worker side of the
 //! channel, for worker programs written in Rust). A language front collects outcomes in
-//! a [`mailbox`].
+//! a [`mailbox`] and reads its payloads' buffers with [`oob`].
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -49,6 +49,7 @@ pub mod cgroup;
 pub mod fork_server;
 pub mod mailbox;
 pub mod memory;
+pub mod oob;
 pub mod outcome;
 pub mod page;
 pub mod pool;
