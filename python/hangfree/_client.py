@@ -236,24 +236,23 @@ class EngineClient:
     def __init__(
         self,
         *,
-        workers: int,
+        workers: Optional[int],
         initializer: Optional[Callable[..., Any]],
         initargs: Iterable[Any],
         max_tasks_per_worker: Optional[int],
         task_timeout: Optional[float],
-        grace: float,
-        startup_timeout: float,
-        max_startup_failures: int,
+        grace: Optional[float],
+        startup_timeout: Optional[float],
+        max_startup_failures: Optional[int],
         owner: str,
         closed_error: Callable[[], BaseException],
         front: Any = None,
         max_memory: Union[int, str, None] = None,
-        retries: int = 0,
-        stack_wait: float = 0.5,
-        prefetch: int = 2,
-        cgroup: bool = False,
-        fork_server: bool = True,
+        retries: Optional[int] = None,
+        cgroup: Optional[bool] = None,
+        fork_server: Optional[bool] = None,
     ):
+        """Every setting left at None takes the engine's default (``_core.defaults()``)."""
         from multiprocessing.spawn import _check_not_importing_main
 
         # A worker importing a main script that makes a pool at its top level (no
@@ -264,8 +263,6 @@ class EngineClient:
         made_by_unguarded_main_code()
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        if not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be a non-negative int, not {retries!r}")
         # What keeps the engine open after close(): imap feeders still reading their input.
         self._holds = 0
         self._close_deferred = False
@@ -274,7 +271,6 @@ class EngineClient:
         self._not_deferred.set()
         # The engine counts a packed chunk as one task; these turn its counts into items.
         self.pid = os.getpid()
-        self.workers = workers
         self.owner = owner
         # The Pool or executor this serves, weakly: should it be dropped without being
         # stopped, even before its constructor could hold this client (Ctrl-C landing in
@@ -287,7 +283,6 @@ class EngineClient:
 
             self.tb_class = _RemoteTraceback
         self.closed_error = closed_error
-        self.grace = float(grace)
         # By-value pickles of functions, for this pool only (see dumps_function).
         self._functions: "weakref.WeakKeyDictionary[Any, bytes]" = weakref.WeakKeyDictionary()
         # Descriptors this process serves to the workers for what initargs hold.
@@ -313,32 +308,27 @@ class EngineClient:
             "init_call": init_call,
             "for_executor": owner == "ProcessPoolExecutor",
         }
-        self.engine = _core.Engine(
-            worker_command(),
-            workers=workers,
-            task_timeout=task_timeout,
-            grace=self.grace,
-            startup_timeout=startup_timeout,
-            max_tasks_per_worker=max_tasks_per_worker,
-            max_startup_failures=max_startup_failures,
-            init_payload=dumps(init),
-            # A call sent ahead to a busy worker cannot be taken back: behind a long call
-            # it would wait while another worker idles (where the stdlib's shared queue
-            # lets any idle worker take it). So send ahead only behind short calls, where
-            # it saves the round trip between them.
-            prefetch=prefetch,
-            prefetch_below=0.002,
-            max_memory=memory_bytes(max_memory),
-            retries=retries,
-            # The worker answers SIGUSR1 with the late task's stack (see _worker.py).
-            stack_dump_wait=stack_wait if stack_wait > 0 else None,
-            events=True,
-            cgroup=cgroup,
-            # Workers are forked from an idle template worker (started by exec, so no
-            # thread of this process is ever forked): a replacement is up in ~1 ms
-            # instead of an interpreter start.
-            fork_server=fork_server,
-        )
+        try:
+            self.engine = _core.Engine(
+                worker_command(),
+                workers=workers,
+                task_timeout=task_timeout,
+                grace=grace,
+                startup_timeout=startup_timeout,
+                max_tasks_per_worker=max_tasks_per_worker,
+                max_startup_failures=max_startup_failures,
+                init_payload=dumps(init),
+                max_memory=memory_bytes(max_memory),
+                retries=retries,
+                events=True,
+                cgroup=cgroup,
+                fork_server=fork_server,
+            )
+        except BaseException:
+            # The engine refused a setting or could not start: no worker will ask for these.
+            release(self._inherited)
+            raise
+        self.workers: int = self.engine.workers
         # key -> [on_outcome, engine index -> caller's index, caller's index -> label, outcomes due]
         self._jobs: Dict[int, list] = {}
         self._lock = threading.Lock()

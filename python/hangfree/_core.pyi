@@ -18,6 +18,24 @@ class SubmitRefused(RuntimeError):
 def kill_own_group() -> None:
     """Ends this worker and its whole process group with SIGKILL (never returns)."""
 
+STACK_DUMP_SIGNAL: int
+OOB_MARKER: int
+
+def oob_head(stream_len: int, buffers: Sequence[Tuple[int, bool]]) -> bytes:
+    """The head of a payload with out-of-band buffers (PROTOCOL.md): for a pickle stream
+    of ``stream_len`` bytes and buffers of these ``(length, writable)``."""
+
+def oob_layout(
+    data: bytes, end: Optional[int] = None
+) -> Optional[Tuple[Tuple[int, int], List[Tuple[int, int, bool]]]]:
+    """Where the pickle stream and the buffers of ``data[:end]`` are, as ``((start, end),
+    [(start, end, writable), ...])``; None without out-of-band buffers. Raises ValueError
+    for a payload whose lengths do not add up."""
+
+def defaults() -> Dict[str, Any]:
+    """The engine's default for every ``Engine`` setting left at None (seconds as floats,
+    None for no limit), and the stack dump's ``stack_dump_signal`` and ``stack_dump_wait``."""
+
 def parse_size(text: str) -> int:
     """A memory size such as "2GiB" or "512MB", in bytes."""
 
@@ -28,25 +46,24 @@ class Engine:
         self,
         argv: Sequence[str],
         *,
-        workers: int,
+        workers: Optional[int] = None,
         task_timeout: Optional[float] = None,
-        grace: float = 1.0,
-        kill_wait: float = 1.0,
-        startup_timeout: float = 60.0,
+        grace: Optional[float] = None,
+        kill_wait: Optional[float] = None,
+        startup_timeout: Optional[float] = None,
         max_tasks_per_worker: Optional[int] = None,
-        max_startup_failures: int = 3,
+        max_startup_failures: Optional[int] = None,
         init_payload: bytes = b"",
-        prefetch: int = 2,
-        forward_stderr: bool = True,
+        prefetch: Optional[int] = None,
+        forward_stderr: Optional[bool] = None,
         env: Sequence[Tuple[str, str]] = (),
         max_memory: Optional[int] = None,
         retries: Optional[int] = None,
-        stack_dump_wait: Optional[float] = None,
         events: bool = False,
-        prefetch_below: Optional[float] = None,
-        cgroup: bool = False,
-        fork_server: bool = False,
-    ) -> None: ...
+        cgroup: Optional[bool] = None,
+        fork_server: Optional[bool] = None,
+    ) -> None:
+        """Each setting left at None takes the engine's default (see ``defaults()``)."""
     def submit(
         self,
         key: int,
@@ -77,6 +94,8 @@ class Engine:
     def close(self) -> None: ...
     def terminate(self) -> None: ...
     def join(self, timeout: Optional[float] = None) -> bool: ...
+    @property
+    def workers(self) -> int: ...
     @property
     def shutdown_bound(self) -> float: ...
     def is_finished(self) -> bool: ...

@@ -11,17 +11,19 @@ session, a notebook).
 from __future__ import annotations
 
 import pickle
-import struct
 import sys
 import types
+
+from hangfree import _core
+
 # Annotations only (strings here); importing typing would cost every worker start ~9 ms.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, List, Union
+    from typing import Any, Dict, List, Optional, Union
 
     # What the engine sends: one bytes object, or parts sent end to end.
     Payload = Union[bytes, List[bytes]]
-    from typing import FrozenSet, MutableMapping, Optional, Tuple
+    from typing import FrozenSet, MutableMapping, Tuple
 
     # Per script: the names it binds when imported, and the line ranges of its main guards.
     MainFacts = Tuple[FrozenSet[str], List[Tuple[int, int]]]
@@ -32,11 +34,10 @@ PROTOCOL = pickle.HIGHEST_PROTOCOL
 # they go, and they are appended to it raw. Pickling a 1 MiB bytes object in band costs
 # about twenty times a plain copy of it, and so does scanning it for "__main__".
 OOB_MIN = 64 * 1024
-# A payload with out-of-band buffers starts with this byte; a plain pickle starts with
-# the PROTO opcode (0x80). Then: u32 buffer count, u64 stream length, one u64 per buffer
-# (its length, with the top bit set when the buffer was writable), the stream, the buffers.
-_OOB = 0x01
-_WRITABLE = 1 << 63
+# A payload with out-of-band buffers starts with this byte (a plain pickle starts with
+# the PROTO opcode, 0x80). Its layout (PROTOCOL.md) is written and read by the engine
+# alone: `_core.oob_head` and `_core.oob_layout`.
+_OOB = _core.OOB_MARKER
 
 
 class _LargeBytes:
@@ -83,10 +84,7 @@ def dumps_payload(obj: Any) -> Payload:
     if not buffers:
         return data
     raws = [b.raw() for b in buffers]
-    head = struct.pack(
-        f"<BIQ{len(raws)}Q", _OOB, len(raws), len(data), *(r.nbytes | (0 if r.readonly else _WRITABLE) for r in raws)
-    )
-    parts = [head, data]
+    parts = [_core.oob_head(len(data), [(r.nbytes, not r.readonly) for r in raws]), data]
     for r in raws:
         # A whole bytes object goes as it is; anything else (bytearray, an array) as a copy.
         parts.append(r.obj if type(r.obj) is bytes and r.nbytes == len(r.obj) else r.tobytes())
@@ -115,30 +113,20 @@ def dumps_result(value: Any) -> Payload:
     return dumps_payload(_wrap(value))
 
 
-def loads(data: Payload) -> Any:
-    """Unpickles what ``dumps`` made: one bytes object, or its parts as the engine splits
-    a large value (head and stream, then each buffer as a bytes object of its own, which
-    is then used as it is). Buffers that were writable come back writable (a copy);
+def loads(data: Payload, end: Optional[int] = None) -> Any:
+    """Unpickles what ``dumps`` made: one bytes object (its first ``end`` bytes, if
+    given), or its parts as the engine splits a large value: the pickle stream, then each
+    buffer, a bytes object used as it is or, where the buffer was writable, a bytearray.
+    From one bytes object, buffers that were writable come back writable (a copy);
     read-only ones are views of ``data``."""
     if type(data) is list:
-        head, parts = data[0], data[1:]
-    elif not data or data[0] != _OOB:
-        return pickle.loads(data)
-    else:
-        head, parts = data, None
-    count, stream_len = struct.unpack_from("<IQ", head, 1)
-    sizes = struct.unpack_from(f"<{count}Q", head, 13)
-    view = memoryview(head)
-    at = 13 + 8 * count
-    stream = view[at : at + stream_len]
-    at += stream_len
-    buffers: List[Any] = []
-    for k, size in enumerate(sizes):
-        n = size & ~_WRITABLE
-        part = parts[k] if parts is not None else view[at : at + n]
-        buffers.append(bytearray(part) if size & _WRITABLE else part)
-        at += n
-    return pickle.loads(stream, buffers=buffers)
+        return pickle.loads(data[0], buffers=data[1:])
+    if not data or data[0] != _OOB:
+        return pickle.loads(data if end is None else memoryview(data)[:end])
+    (start, stop), layout = _core.oob_layout(data, end)
+    view = memoryview(data)
+    buffers = [bytearray(view[a:b]) if writable else view[a:b] for a, b, writable in layout]
+    return pickle.loads(view[start:stop], buffers=buffers)
 
 
 # Set once a pool is made by the main script's own top-level code, outside an

@@ -69,7 +69,8 @@ _for_executor = False
 
 
 def _answer_stack_request(ch: Any) -> None:
-    """On SIGUSR1 (sent by the pool when a task passes its time limit) send where the
+    """On the engine's stack signal (SIGUSR1, sent by the pool when a task passes its
+    time limit) send where the
     running task is. Python runs the handler between bytecodes, so a task stuck inside a
     C call cannot answer; the pool then says so and stops the worker on time anyway."""
 
@@ -88,7 +89,7 @@ def _answer_stack_request(ch: Any) -> None:
             text = "".join(traceback.format_list(stack))
             ch.send(_core.KIND_STACK, _current_task, text.encode("utf-8", "replace"))
 
-    signal.signal(signal.SIGUSR1, handler)
+    signal.signal(_core.STACK_DUMP_SIGNAL, handler)
 
 
 def _leave(code: int) -> None:
@@ -436,7 +437,7 @@ def _chunk(ch: Any, task_id: int, payload: bytes, functions: Dict[bytes, Callabl
     global _current_task, _part
     start, count = struct.unpack_from("<II", payload, len(payload) - 8)
     try:
-        fn_bytes, items, kwargs, star = loads(memoryview(payload)[:-8])
+        fn_bytes, items, kwargs, star = loads(payload, len(payload) - 8)
         fn = _function(fn_bytes, functions)
         if len(items) != count:
             raise ValueError(f"the chunk has {len(items)} items, the engine says {count}")

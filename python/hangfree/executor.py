@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 
-from hangfree._client import SLICE, EngineClient, as_items, cpu_count
+from hangfree._client import SLICE, EngineClient, as_items
 from hangfree._errors import TaskCancelledError
 
 __all__ = ["ProcessPoolExecutor"]
@@ -255,6 +255,12 @@ class ProcessPoolExecutor(Executor):
     negative value, a zero limit) is a ``ValueError`` that names it. A value past what
     the clock can hold (over 100 years, ``float("inf")``) means no limit. ``retries``
     over ``2**32 - 1`` is taken as that many.
+
+    Defaults, for each setting left at None: ``max_workers`` the number of CPUs this process
+    may use (its affinity mask and cgroup CPU quota), ``grace`` 1.0 s, ``startup_timeout``
+    60.0 s, ``max_startup_failures`` 3, ``retries`` 0, ``fork_server`` True, ``cgroup``
+    False; no ``task_timeout``, ``max_memory`` or ``max_tasks_per_child``. A task past its
+    time limit is asked where it is with SIGUSR1, and given 0.5 s to answer.
     """
 
     def __init__(
@@ -266,24 +272,21 @@ class ProcessPoolExecutor(Executor):
         *,
         max_tasks_per_child: Optional[int] = None,
         task_timeout: Optional[float] = None,
-        grace: float = 1.0,
+        grace: Optional[float] = None,
         max_memory: Union[int, str, None] = None,
-        retries: int = 0,
-        cgroup: bool = False,
-        fork_server: bool = True,
-        startup_timeout: float = 60.0,
-        max_startup_failures: int = 3,
+        retries: Optional[int] = None,
+        cgroup: Optional[bool] = None,
+        fork_server: Optional[bool] = None,
+        startup_timeout: Optional[float] = None,
+        max_startup_failures: Optional[int] = None,
     ):
-        if max_workers is None:
-            max_workers = cpu_count()
-        elif max_workers <= 0:
+        if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if max_tasks_per_child is not None:
             if not isinstance(max_tasks_per_child, int):
                 raise TypeError("max_tasks_per_child must be an integer")
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
-        self._max_workers = max_workers
         self._client = EngineClient(
             workers=max_workers,
             initializer=initializer,
@@ -301,6 +304,7 @@ class ProcessPoolExecutor(Executor):
             cgroup=cgroup,
             fork_server=fork_server,
         )
+        self._max_workers = self._client.workers
         self._lock = threading.Lock()
         self._shutdown = False
         # Futures not finished yet, by task id (for cancel_futures and stop).

@@ -345,6 +345,12 @@ class Pool:
     limit) is a ``ValueError`` that names it. A value past what the clock can hold (over
     100 years, ``float("inf")``) means no limit. ``retries`` over ``2**32 - 1`` is taken
     as that many.
+
+    Defaults, for each setting left at None: ``processes`` the number of CPUs this process
+    may use (its affinity mask and cgroup CPU quota), ``grace`` 1.0 s, ``startup_timeout``
+    60.0 s, ``max_startup_failures`` 3, ``retries`` 0, ``fork_server`` True, ``cgroup``
+    False; no ``task_timeout``, ``max_memory`` or ``maxtasksperchild``. A task past its
+    time limit is asked where it is with SIGUSR1, and given 0.5 s to answer.
     """
 
     def __init__(
@@ -356,22 +362,19 @@ class Pool:
         context: Any = None,
         *,
         task_timeout: Optional[float] = None,
-        grace: float = 1.0,
+        grace: Optional[float] = None,
         max_memory: Union[int, str, None] = None,
-        retries: int = 0,
-        cgroup: bool = False,
-        fork_server: bool = True,
-        startup_timeout: float = 60.0,
-        max_startup_failures: int = 3,
+        retries: Optional[int] = None,
+        cgroup: Optional[bool] = None,
+        fork_server: Optional[bool] = None,
+        startup_timeout: Optional[float] = None,
+        max_startup_failures: Optional[int] = None,
     ):
         self._state = "INIT"
-        if processes is None:
-            processes = cpu_count()
-        if processes < 1:
+        if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0):
             raise ValueError("maxtasksperchild must be a positive int or None")
-        self._processes = processes
         self._client = EngineClient(
             workers=processes,
             initializer=initializer,
@@ -389,6 +392,7 @@ class Pool:
             cgroup=cgroup,
             fork_server=fork_server,
         )
+        self._processes = self._client.workers
         self._state = "RUN"
 
     # ----- submission ---------------------------------------------------------------

@@ -1,126 +1,31 @@
 //! `hangfree._core`: the engine as seen from Python.
 //!
-//! Deliberately thin. Payloads are bytes (the Python package pickles); outcomes go to one
-//! queue per engine, which the package's result thread drains. The engine's supervisor
-//! thread never touches Python objects or the GIL: it only pushes plain Rust values into
-//! that queue. Every blocking call here releases the GIL and wakes at least every 50 ms
-//! to let Python run its signal handlers (Ctrl-C).
+//! Deliberately thin. Payloads are bytes (the Python package pickles); outcomes go to the
+//! engine's [`Mailbox`], one per engine, which the package's result thread drains. The
+//! engine's supervisor thread never touches Python objects or the GIL: it only pushes
+//! plain Rust values into that mailbox. Every blocking call here releases the GIL and
+//! wakes at least every 50 ms to let Python run its signal handlers (Ctrl-C).
 
 mod cli;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hangfree::fork_server::ForkHooks;
+use hangfree::mailbox::{Delivery, Mailbox};
 use hangfree::wire::Kind;
 use hangfree::worker::WorkerChannel as RawChannel;
 use hangfree::{
-    ExitStatus, LossCause, Outcome, Pool, Sink, StartupFailure, SubmitError, Task, TaskError, TaskState, WorkerCommand,
+    ExitStatus, LossCause, Outcome, Pool, StartupFailure, SubmitError, Task, TaskError, TaskState, WorkerCommand,
 };
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyByteArray, PyBytes, PyDict};
 
 /// How often blocking calls come back to check for signals.
 const SLICE: Duration = Duration::from_millis(50);
 
-/// How long the result thread polls for the next outcome before it sleeps. Shorter than
-/// a caller's poll: this thread competes with the workers for the CPUs in a large map
-/// (chunksize-1 map of 20,000: 224 ms with no poll, 140-155 ms with 20-100 µs).
-const RESULT_POLL: Duration = Duration::from_micros(30);
-
 pyo3::create_exception!(_core, SubmitRefused, PyRuntimeError, "The engine refused a submission.");
-
-struct Done {
-    key: u64,
-    index: usize,
-    outcome: Outcome,
-    /// Of a chunk's part: its first item and how many items.
-    items: (u32, u32),
-}
-
-#[derive(Default)]
-struct Queue {
-    items: Mutex<VecDeque<Done>>,
-    /// Result threads asleep on `cv`, counted under the `items` lock: an outcome wakes
-    /// one only then (a futex call per outcome otherwise, mostly for nobody).
-    sleepers: std::sync::atomic::AtomicUsize,
-    /// Whether `items` holds anything, for the result thread to poll without taking the
-    /// lock (polling the lock itself made the supervisor's every push contend for it).
-    nonempty: std::sync::atomic::AtomicBool,
-    events: Mutex<VecDeque<hangfree::PoolEvent>>,
-    cv: Condvar,
-    /// Claimable submissions (one call each): outcomes a waiting caller takes itself.
-    claims: Mutex<Claims>,
-    claims_cv: Condvar,
-}
-
-/// A poisoned lock only means a panic elsewhere; these small states stay consistent.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-#[derive(Default)]
-struct Claims {
-    /// Outcomes taken out of the stream for a waiting caller, not yet picked up.
-    ready: HashMap<u64, Outcome>,
-    /// Claimable submissions someone is waiting for now (`wait_claim`), with how many
-    /// threads wait: their outcome goes to `ready` instead of the result thread.
-    waiting: HashMap<u64, usize>,
-    /// The claimable keys finished lately by someone else than their waiter
-    /// (`completed`), oldest first. A waiter that saw its call not done and then
-    /// registered may have missed that moment: it finds the key here.
-    finished: std::collections::HashSet<u64>,
-    finished_order: VecDeque<u64>,
-}
-
-/// How many finished claimable keys are remembered; the race they cover lasts
-/// microseconds, so this bounds memory without ever mattering.
-const FINISHED_KEPT: usize = 4096;
-
-impl Queue {
-    /// Hands an outcome to the result thread.
-    fn push(&self, done: Done) {
-        let mut q = lock(&self.items);
-        q.push_back(done);
-        self.nonempty.store(true, Ordering::Release);
-        let asleep = self.sleepers.load(Ordering::Relaxed) > 0;
-        drop(q);
-        if asleep {
-            self.cv.notify_one();
-        }
-    }
-}
-
-/// Where a submission's outcomes go: the result thread, tagged with the submission's key
-/// and each task's index; for a claimable one (a single call), straight to a thread
-/// waiting for it in `wait_claim` if there is one — one wake-up fewer on a round trip.
-struct KeyedSink {
-    key: u64,
-    queue: Arc<Queue>,
-    claimable: bool,
-}
-
-impl Sink for KeyedSink {
-    fn complete(&self, index: usize, outcome: Outcome) {
-        if self.claimable {
-            let mut c = lock(&self.queue.claims);
-            if c.waiting.contains_key(&self.key) {
-                c.ready.insert(self.key, outcome);
-                drop(c);
-                self.queue.claims_cv.notify_all();
-                return;
-            }
-        }
-        self.queue.push(Done { key: self.key, index, outcome, items: (0, 1) });
-    }
-
-    fn complete_items(&self, index: usize, first: u32, count: u32, _raised: u32, outcome: Outcome) {
-        self.queue.push(Done { key: self.key, index, outcome, items: (first, count) });
-    }
-}
 
 /// Seconds given from Python as a duration for the engine. NaN and negative values are a
 /// ValueError naming `what`; any value past [`hangfree::MAX_DURATION`], infinity
@@ -175,39 +80,36 @@ fn engine_call<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> PyResul
 #[pyclass(module = "hangfree._core")]
 struct Engine {
     pool: Pool,
-    queue: Arc<Queue>,
+    mailbox: Arc<Mailbox>,
 }
 
 #[pymethods]
 impl Engine {
     #[new]
-    #[pyo3(signature = (argv, *, workers, task_timeout=None, grace=1.0, kill_wait=1.0,
-        startup_timeout=60.0, max_tasks_per_worker=None, max_startup_failures=3,
-        init_payload=Vec::new(), prefetch=2, forward_stderr=true, env=Vec::new(),
-        max_memory=None, retries=None, stack_dump_wait=None, events=false, prefetch_below=None, cgroup=false,
-        fork_server=false))]
+    #[pyo3(signature = (argv, *, workers=None, task_timeout=None, grace=None, kill_wait=None,
+        startup_timeout=None, max_tasks_per_worker=None, max_startup_failures=None,
+        init_payload=Vec::new(), prefetch=None, forward_stderr=None, env=Vec::new(),
+        max_memory=None, retries=None, events=false, cgroup=None, fork_server=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         argv: Vec<String>,
-        workers: usize,
+        workers: Option<usize>,
         task_timeout: Option<f64>,
-        grace: f64,
-        kill_wait: f64,
-        startup_timeout: f64,
+        grace: Option<f64>,
+        kill_wait: Option<f64>,
+        startup_timeout: Option<f64>,
         max_tasks_per_worker: Option<u64>,
-        max_startup_failures: u32,
+        max_startup_failures: Option<u32>,
         init_payload: Vec<u8>,
-        prefetch: usize,
-        forward_stderr: bool,
+        prefetch: Option<usize>,
+        forward_stderr: Option<bool>,
         env: Vec<(String, String)>,
         max_memory: Option<u64>,
         retries: Option<Bound<'_, PyAny>>,
-        stack_dump_wait: Option<f64>,
         events: bool,
-        prefetch_below: Option<f64>,
-        cgroup: bool,
-        fork_server: bool,
+        cgroup: Option<bool>,
+        fork_server: Option<bool>,
     ) -> PyResult<Engine> {
         let Some((program, args)) = argv.split_first() else {
             return Err(PyValueError::new_err("argv must name the worker program"));
@@ -216,48 +118,58 @@ impl Engine {
         for (k, v) in env {
             cmd = cmd.env(k, v);
         }
-        let mut b = Pool::builder(cmd)
-            .workers(workers)
-            .grace(secs(Some(grace), "grace")?.unwrap_or_default())
-            .kill_wait(secs(Some(kill_wait), "kill_wait")?.unwrap_or_default())
-            .startup_timeout(secs(Some(startup_timeout), "startup_timeout")?.unwrap_or_default())
-            .max_startup_failures(max_startup_failures)
-            .init_payload(init_payload)
-            .prefetch(prefetch)
-            .forward_stderr(forward_stderr);
+        // The Python worker supports the fork server and answers the stack signal. Every
+        // setting not given (None) keeps the engine's default.
+        let mut b = Pool::builder(cmd).front_defaults().init_payload(init_payload);
+        if let Some(n) = workers {
+            b = b.workers(n);
+        }
         if let Some(t) = secs(task_timeout, "task_timeout")? {
             b = b.task_timeout(t);
+        }
+        if let Some(g) = secs(grace, "grace")? {
+            b = b.grace(g);
+        }
+        if let Some(w) = secs(kill_wait, "kill_wait")? {
+            b = b.kill_wait(w);
+        }
+        if let Some(t) = secs(startup_timeout, "startup_timeout")? {
+            b = b.startup_timeout(t);
         }
         if let Some(n) = max_tasks_per_worker {
             b = b.max_tasks_per_worker(n);
         }
+        if let Some(n) = max_startup_failures {
+            b = b.max_startup_failures(n);
+        }
+        if let Some(n) = prefetch {
+            b = b.prefetch(n);
+        }
+        if let Some(on) = forward_stderr {
+            b = b.forward_stderr(on);
+        }
         if let Some(m) = max_memory {
             b = b.max_memory(m);
         }
-        b = b
-            .retries(retries.as_ref().map(retries_count).transpose()?.unwrap_or(0))
-            .cgroup(cgroup)
-            .fork_server(fork_server);
-        if let Some(d) = secs(prefetch_below, "prefetch_below")? {
-            b = b.prefetch_below(d);
+        if let Some(n) = retries.as_ref().map(retries_count).transpose()? {
+            b = b.retries(n);
         }
-        if let Some(w) = secs(stack_dump_wait, "stack_dump_wait")? {
-            // The Python worker answers SIGUSR1 with the running task's stack.
-            b = b.stack_dump(STACK_SIGNAL, w);
+        if let Some(on) = cgroup {
+            b = b.cgroup(on);
         }
-        let queue = Arc::new(Queue::default());
+        if let Some(on) = fork_server {
+            b = b.fork_server(on);
+        }
+        let mailbox = Arc::new(Mailbox::default());
         if events {
-            let q = queue.clone();
-            b = b.on_event(move |e| {
-                lock(&q.events).push_back(e.clone());
-                q.cv.notify_one();
-            });
+            let m = mailbox.clone();
+            b = b.on_event(move |e| m.push_event(e.clone()));
         }
         let pool = engine_call(py, || b.build())?.map_err(|e| match e {
             hangfree::BuildError::Invalid(m) => PyValueError::new_err(m),
             other => PyRuntimeError::new_err(other.to_string()),
         })?;
-        Ok(Engine { pool, queue })
+        Ok(Engine { pool, mailbox })
     }
 
     /// Submits payloads as one submission; outcomes arrive tagged with `key` and each
@@ -300,7 +212,7 @@ impl Engine {
         if claim && tasks.len() != 1 {
             return Err(PyValueError::new_err("a claimable submission is one task"));
         }
-        let sink: Arc<dyn Sink> = Arc::new(KeyedSink { key, queue: self.queue.clone(), claimable: claim });
+        let sink = self.mailbox.sink(key, claim);
         let r = engine_call(py, || self.pool.submit_to(sink, tasks, chunksize))?;
         match r {
             Ok(ids) => Ok(ids.start),
@@ -329,23 +241,12 @@ impl Engine {
     /// kind is "value" or "raised" (data: bytes) or a failure kind (data: a dict).
     fn next_outcomes<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Vec<Bound<'py, PyAny>>> {
         let deadline = Instant::now() + wait_limit(timeout);
-        let items: Vec<Done> = loop {
+        let items: Vec<Delivery> = loop {
             let got = engine_call(py, || {
-                let left = deadline.saturating_duration_since(Instant::now()).min(SLICE);
-                // In a stream of outcomes the next one is microseconds away: poll for it
-                // before sleeping, so the supervisor need not wake this thread for each.
-                hangfree::spin::poll_for(RESULT_POLL.min(left), || self.queue.nonempty.load(Ordering::Acquire));
-                let mut q = lock(&self.queue.items);
-                if q.is_empty() && !left.is_zero() && !self.has_events() {
-                    self.queue.sleepers.fetch_add(1, Ordering::Relaxed);
-                    q = self.queue.cv.wait_timeout(q, left).unwrap_or_else(|e| e.into_inner()).0;
-                    self.queue.sleepers.fetch_sub(1, Ordering::Relaxed);
-                }
-                self.queue.nonempty.store(false, Ordering::Release);
-                q.drain(..).collect::<Vec<_>>()
+                self.mailbox.take(deadline.saturating_duration_since(Instant::now()).min(SLICE))
             })?;
             // A finished pool has nothing more to say: let the result thread go at once.
-            if !got.is_empty() || Instant::now() >= deadline || self.has_events() || self.pool.is_finished() {
+            if !got.is_empty() || Instant::now() >= deadline || self.mailbox.has_events() || self.pool.is_finished() {
                 break got;
             }
             py.check_signals()?;
@@ -359,70 +260,21 @@ impl Engine {
     /// the caller then finds it done. Polls briefly before sleeping: the answer usually
     /// comes sooner than a cross-CPU wake-up would take.
     fn wait_claim<'py>(&self, py: Python<'py>, key: u64, timeout: f64) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let deadline = Instant::now() + wait_limit(timeout);
-        let q = &self.queue;
-        let got = engine_call(py, || {
-            let mut c = lock(&q.claims);
-            if let Some(o) = c.ready.remove(&key) {
-                return Some(o);
-            }
-            *c.waiting.entry(key).or_insert(0) += 1;
-            drop(c);
-            let mut got = None;
-            let limit = hangfree::spin::WAIT.min(deadline.saturating_duration_since(Instant::now()));
-            hangfree::spin::poll_for(limit, || {
-                let mut c = lock(&q.claims);
-                got = c.ready.remove(&key);
-                got.is_some() || c.finished.contains(&key)
-            });
-            let mut c = lock(&q.claims);
-            while got.is_none() && !c.finished.contains(&key) {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                c = q.claims_cv.wait_timeout(c, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
-                got = c.ready.remove(&key);
-            }
-            // Leave: an outcome that came meanwhile is taken now, never stranded.
-            if got.is_none() {
-                got = c.ready.remove(&key);
-            }
-            if let Some(n) = c.waiting.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    c.waiting.remove(&key);
-                }
-            }
-            got
-        })?;
+        let got = engine_call(py, || self.mailbox.wait_claim(key, wait_limit(timeout)))?;
         got.map(|o| kind_and_data(py, key, o)).transpose()
     }
 
     /// Says that the claimable submission `key` is finished (its future is done); the
     /// threads waiting for it in `wait_claim` return.
     fn completed(&self, key: u64) {
-        let mut c = lock(&self.queue.claims);
-        if c.finished.insert(key) {
-            c.finished_order.push_back(key);
-            if c.finished_order.len() > FINISHED_KEPT
-                && let Some(old) = c.finished_order.pop_front()
-            {
-                c.finished.remove(&old);
-            }
-        }
-        let wake = c.waiting.contains_key(&key);
-        drop(c);
-        if wake {
-            self.queue.claims_cv.notify_all();
-        }
+        self.mailbox.completed(key)
     }
 
     /// The pool events since the last call, as `(kind, trouble, pid, task_id, message)`
     /// tuples (only with `events=True`).
     fn take_events(&self) -> Vec<EventTuple> {
-        let mut q = lock(&self.queue.events);
-        q.drain(..).map(|e| (format!("{:?}", e.kind), e.kind.is_trouble(), e.pid, e.task_id, e.message)).collect()
+        let events = self.mailbox.take_events();
+        events.into_iter().map(|e| (format!("{:?}", e.kind), e.kind.is_trouble(), e.pid, e.task_id, e.message)).collect()
     }
 
     /// Cancels a task by id (a running one has its worker stopped).
@@ -471,7 +323,7 @@ impl Engine {
             match engine_call(py, || self.pool.join(Some(slice)))? {
                 Ok(()) => {
                     // Wake the result thread from its wait: it sees the pool finished.
-                    self.queue.cv.notify_all();
+                    self.mailbox.wake();
                     return Ok(true);
                 }
                 Err(hangfree::JoinError::StillOpen) => {
@@ -484,6 +336,12 @@ impl Engine {
             }
             py.check_signals()?;
         }
+    }
+
+    /// The number of workers the engine keeps.
+    #[getter]
+    fn workers(&self) -> usize {
+        self.pool.workers()
     }
 
     /// Seconds `join` may take after `terminate`, at most (the engine's bound).
@@ -531,17 +389,8 @@ impl Engine {
     }
 }
 
-impl Engine {
-    fn has_events(&self) -> bool {
-        !lock(&self.queue.events).is_empty()
-    }
-}
-
 /// A pool event as Python sees it: `(kind, trouble, pid, task_id, message)`.
 type EventTuple = (String, bool, Option<i32>, Option<u64>, String);
-
-/// The signal the Python worker answers with the running task's stack.
-const STACK_SIGNAL: i32 = 10; // SIGUSR1
 
 fn loss_fields(d: &Bound<'_, PyDict>, cause: &LossCause) -> PyResult<()> {
     match cause {
@@ -589,11 +438,11 @@ fn failure_details(py: Python<'_>, f: &StartupFailure) -> PyResult<Py<PyAny>> {
 
 /// One outcome as `(kind, data)` (see `next_outcomes`).
 fn kind_and_data<'py>(py: Python<'py>, key: u64, outcome: Outcome) -> PyResult<Bound<'py, PyAny>> {
-    let t = outcome_tuple(py, Done { key, index: 0, outcome, items: (0, 1) })?;
+    let t = outcome_tuple(py, Delivery { key, index: 0, outcome, items: (0, 1) })?;
     (t.get_item(2)?, t.get_item(3)?).into_pyobject(py).map(|t| t.into_any())
 }
 
-fn outcome_tuple<'py>(py: Python<'py>, done: Done) -> PyResult<Bound<'py, PyAny>> {
+fn outcome_tuple<'py>(py: Python<'py>, done: Delivery) -> PyResult<Bound<'py, PyAny>> {
     let (kind, data): (&str, Bound<'py, PyAny>) = match done.outcome {
         Outcome::Value(v) => ("value", value_data(py, &v)?),
         Outcome::Raised(v) => ("raised", PyBytes::new(py, &v).into_any()),
@@ -649,45 +498,51 @@ fn outcome_tuple<'py>(py: Python<'py>, done: Done) -> PyResult<Bound<'py, PyAny>
 }
 
 /// A value's payload as `hangfree._pickling.loads` takes it: one `bytes`, or, for a large
-/// payload with out-of-band buffers, a list of `bytes`: the head and pickle stream, then
-/// each buffer. A large `bytes` result is then copied once, here, and the unpickler takes
-/// that very object (copying it out of one joined `bytes` would be a second copy).
+/// payload with out-of-band buffers, a list: the pickle stream (`bytes`), then each
+/// buffer (`bytes`, or `bytearray` where it was writable). A large `bytes` result is then
+/// copied once, here, and the unpickler takes that very object (copying it out of one
+/// joined `bytes` would be a second copy).
 fn value_data<'py>(py: Python<'py>, v: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-    match oob_parts(v) {
-        Some(parts) => Ok(pyo3::types::PyList::new(py, parts.into_iter().map(|r| PyBytes::new(py, &v[r])))?.into_any()),
-        None => Ok(PyBytes::new(py, v).into_any()),
+    // A layout whose lengths do not add up goes to `loads` whole, which says what is wrong.
+    let layout = if v.len() < SPLIT_MIN { None } else { hangfree::oob::parse(v).ok().flatten() };
+    let Some(layout) = layout else {
+        return Ok(PyBytes::new(py, v).into_any());
+    };
+    let parts = pyo3::types::PyList::new(py, [PyBytes::new(py, &v[layout.stream])])?;
+    for (r, writable) in layout.buffers {
+        if writable {
+            parts.append(PyByteArray::new(py, &v[r]))?;
+        } else {
+            parts.append(PyBytes::new(py, &v[r]))?;
+        }
     }
+    Ok(parts.into_any())
 }
 
 /// Below this a payload is not worth splitting (`_pickling.OOB_MIN`, the smallest buffer
 /// sent out of band).
 const SPLIT_MIN: usize = 64 * 1024;
 
-/// Where the parts of an out-of-band payload are, in `hangfree._pickling`'s layout
-/// (PROTOCOL.md): `0x01`, a u32 buffer count, a u64 stream length, a u64 length per
-/// buffer (top bit: writable), the stream, the buffers. `None` for anything else, or a
-/// layout whose lengths do not add up (then `loads` gets the bytes and says what is wrong).
-fn oob_parts(v: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
-    if v.len() < SPLIT_MIN || v[0] != 0x01 {
-        return None;
-    }
-    let u64_at = |at: usize| Some(u64::from_le_bytes(v.get(at..at + 8)?.try_into().ok()?));
-    let count = u32::from_le_bytes(v.get(1..5)?.try_into().ok()?) as usize;
-    let stream_len = usize::try_from(u64_at(5)?).ok()?;
-    let mut at = 13usize.checked_add(count.checked_mul(8)?)?.checked_add(stream_len)?;
-    // Checked before anything is allocated for `count`, which comes from the payload.
-    if at > v.len() {
-        return None;
-    }
-    let mut parts = Vec::with_capacity(count + 1);
-    parts.push(0..at);
-    for i in 0..count {
-        let n = usize::try_from(u64_at(13 + 8 * i)? & !(1 << 63)).ok()?;
-        let end = at.checked_add(n)?;
-        parts.push(at..end);
-        at = end;
-    }
-    (at == v.len()).then_some(parts)
+/// The head of a payload with out-of-band buffers (PROTOCOL.md): for a pickle stream of
+/// `stream_len` bytes and buffers of these `(length, writable)`.
+#[pyfunction]
+fn oob_head<'py>(py: Python<'py>, stream_len: usize, buffers: Vec<(usize, bool)>) -> Bound<'py, PyBytes> {
+    PyBytes::new(py, &hangfree::oob::head(stream_len, &buffers))
+}
+
+/// Where the pickle stream and the buffers of `data[:end]` are, as `((start, end),
+/// [(start, end, writable), ...])`, or None for a payload without out-of-band buffers.
+/// Raises ValueError for one whose lengths do not add up.
+#[pyfunction]
+#[pyo3(signature = (data, end=None))]
+#[allow(clippy::type_complexity)]
+fn oob_layout(data: &[u8], end: Option<usize>) -> PyResult<Option<((usize, usize), Vec<(usize, usize, bool)>)>> {
+    let data = &data[..end.unwrap_or(data.len()).min(data.len())];
+    let layout = hangfree::oob::parse(data).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(layout.map(|l| {
+        let buffers = l.buffers.into_iter().map(|(r, w)| (r.start, r.end, w)).collect();
+        ((l.stream.start, l.stream.end), buffers)
+    }))
 }
 
 /// A payload given as bytes or as a list (or tuple) of bytes, as its parts.
@@ -882,6 +737,32 @@ fn kill_own_group() {
     hangfree::worker::kill_own_group()
 }
 
+/// The engine's default for every `Engine` setting left at None, as Python values
+/// (seconds as floats; None for "no limit"), for the package's docstrings to be checked
+/// against.
+#[pyfunction]
+fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    use hangfree::pool::defaults as d;
+    let out = PyDict::new(py);
+    out.set_item("workers", d::workers())?;
+    out.set_item("task_timeout", py.None())?;
+    out.set_item("grace", d::GRACE.as_secs_f64())?;
+    out.set_item("kill_wait", d::KILL_WAIT.as_secs_f64())?;
+    out.set_item("startup_timeout", d::STARTUP_TIMEOUT.as_secs_f64())?;
+    out.set_item("max_tasks_per_worker", py.None())?;
+    out.set_item("max_startup_failures", d::MAX_STARTUP_FAILURES)?;
+    out.set_item("prefetch", d::PREFETCH)?;
+    out.set_item("prefetch_below", d::FRONT_PREFETCH_BELOW.as_secs_f64())?;
+    out.set_item("forward_stderr", d::FORWARD_STDERR)?;
+    out.set_item("max_memory", py.None())?;
+    out.set_item("retries", d::RETRIES)?;
+    out.set_item("cgroup", d::CGROUP)?;
+    out.set_item("fork_server", d::FRONT_FORK_SERVER)?;
+    out.set_item("stack_dump_signal", d::STACK_DUMP_SIGNAL)?;
+    out.set_item("stack_dump_wait", d::STACK_DUMP_WAIT.as_secs_f64())?;
+    Ok(out)
+}
+
 /// Parses a memory size such as "2GiB" or "512MB" into bytes (the engine's rules).
 #[pyfunction]
 fn parse_size(text: &str) -> PyResult<u64> {
@@ -891,6 +772,11 @@ fn parse_size(text: &str) -> PyResult<u64> {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_size, m)?)?;
+    m.add_function(wrap_pyfunction!(defaults, m)?)?;
+    m.add_function(wrap_pyfunction!(oob_head, m)?)?;
+    m.add_function(wrap_pyfunction!(oob_layout, m)?)?;
+    m.add("OOB_MARKER", hangfree::oob::MARKER)?;
+    m.add("STACK_DUMP_SIGNAL", hangfree::pool::defaults::STACK_DUMP_SIGNAL)?;
     m.add_function(wrap_pyfunction!(kill_own_group, m)?)?;
     m.add_function(wrap_pyfunction!(cli::cli_main, m)?)?;
     m.add_class::<Engine>()?;

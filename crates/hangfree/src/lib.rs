@@ -21,7 +21,8 @@
 //! workers forked from a ready template), [`wire`] (frames), [`page`] (what a worker
 //! started, shared without a message),
 //! [`pool`] (the supervisor and its handles) and [`worker`] (the worker side of the
-//! channel, for worker programs written in Rust).
+//! channel, for worker programs written in Rust). A language front collects outcomes in
+//! a [`mailbox`] and reads its payloads' buffers with [`oob`].
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -46,7 +47,9 @@
 
 pub mod cgroup;
 pub mod fork_server;
+pub mod mailbox;
 pub mod memory;
+pub mod oob;
 pub mod outcome;
 pub mod page;
 pub mod pool;

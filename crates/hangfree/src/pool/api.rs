@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::defaults;
 use super::duration::{MAX_DURATION, saturate};
 use super::handle::{BatchHandle, BatchSink, Sink, Slot, Task, TaskHandle, TaskState, lock};
 use super::lifecycle::Timing;
@@ -11,7 +12,6 @@ use super::stats::Stats;
 use super::supervisor::{Command, Config, Gate, Reply, Shared, Supervisor};
 use crate::outcome::StartupFailure;
 use crate::process::WorkerCommand;
-use crate::wire::DEFAULT_MAX_FRAME;
 
 /// Why a pool could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -81,8 +81,9 @@ pub enum JoinError {
     Timeout(Duration),
 }
 
-/// Builds a [`Pool`]. Every setting has a default; see each method. Durations longer
-/// than [`MAX_DURATION`] are taken as [`MAX_DURATION`] (see there).
+/// Builds a [`Pool`]. Every setting has a default, given in [`defaults`] (a language front
+/// starts from [`PoolBuilder::front_defaults`]). Durations longer than [`MAX_DURATION`]
+/// are taken as [`MAX_DURATION`] (see there).
 #[derive(Clone, Debug)]
 pub struct PoolBuilder {
     cfg: Config,
@@ -91,7 +92,8 @@ pub struct PoolBuilder {
 }
 
 impl PoolBuilder {
-    /// Number of worker processes (default: the number of CPUs).
+    /// Number of worker processes (default: [`defaults::workers`], the CPUs this process may
+    /// use).
     pub fn workers(mut self, n: usize) -> Self {
         self.cfg.workers = n;
         self
@@ -106,7 +108,7 @@ impl PoolBuilder {
         self
     }
 
-    /// Time between SIGTERM and SIGKILL when a worker is stopped (default: 1 s). Zero
+    /// Time between SIGTERM and SIGKILL when a worker is stopped (default: [`defaults::GRACE`]). Zero
     /// sends SIGKILL at once. A grace of [`MAX_DURATION`] (or more) never sends it in
     /// practice, and `terminate` + `join` may then wait for workers that ignore SIGTERM.
     pub fn grace(mut self, grace: Duration) -> Self {
@@ -115,14 +117,15 @@ impl PoolBuilder {
     }
 
     /// Time after SIGKILL before a process that has still not exited is abandoned:
-    /// reported in [`Stats::workers_abandoned`] and never waited for again (default: 1 s).
+    /// reported in [`Stats::workers_abandoned`] and never waited for again (default:
+    /// [`defaults::KILL_WAIT`]).
     pub fn kill_wait(mut self, wait: Duration) -> Self {
         self.cfg.timing.kill_wait = saturate(wait);
         self
     }
 
     /// How long a new worker may take to send `Ready`, initializer included (default:
-    /// 60 s). A worker past it is stopped and counts as a start-up failure. A limit of
+    /// [`defaults::STARTUP_TIMEOUT`]). A worker past it is stopped and counts as a start-up failure. A limit of
     /// [`MAX_DURATION`] or more never passes in practice; zero is refused by
     /// [`PoolBuilder::build`] (no worker could ever start).
     pub fn startup_timeout(mut self, limit: Duration) -> Self {
@@ -137,7 +140,8 @@ impl PoolBuilder {
         self
     }
 
-    /// After this many start-up failures in a row (default: 3), the pool stops trying:
+    /// After this many start-up failures in a row (default: [`defaults::MAX_STARTUP_FAILURES`]),
+    /// the pool stops trying:
     /// every waiting task and every later submission fails with the last failure,
     /// instead of the pool respawning forever.
     pub fn max_startup_failures(mut self, n: u32) -> Self {
@@ -151,16 +155,17 @@ impl PoolBuilder {
         self
     }
 
-    /// Largest frame payload accepted in either direction (default: any a frame can
-    /// carry, [`crate::wire::MAX_LEN`]: payloads are limited by memory only).
+    /// Largest frame payload accepted in either direction (default:
+    /// [`defaults::MAX_FRAME`], any a frame can carry: payloads are limited by memory
+    /// only).
     pub fn max_frame(mut self, bytes: u64) -> Self {
         self.cfg.max_frame = bytes;
         self
     }
 
-    /// Chunks a worker may hold at once: 1 sends work only to idle workers; 2 (the
-    /// default) keeps the next chunk waiting in the worker's channel, which hides the
-    /// round trip between tasks. Tasks sent ahead to a worker that dies are run elsewhere.
+    /// Chunks a worker may hold at once (default: [`defaults::PREFETCH`]): 1 sends work
+    /// only to idle workers; 2 keeps the next chunk waiting in the worker's channel, which
+    /// hides the round trip between tasks. Tasks sent ahead to a worker that dies are run elsewhere.
     pub fn prefetch(mut self, chunks: usize) -> Self {
         self.cfg.prefetch = chunks;
         self
@@ -169,20 +174,21 @@ impl PoolBuilder {
     /// Sends work ahead (see [`PoolBuilder::prefetch`]) only to workers whose recent tasks
     /// took less than `limit` and whose current task has run less than it, so a task never
     /// waits long behind a slow one while another worker is idle (default: always send
-    /// ahead).
+    /// ahead; a front's: [`defaults::FRONT_PREFETCH_BELOW`]).
     pub fn prefetch_below(mut self, limit: Duration) -> Self {
         self.cfg.prefetch_below = Some(saturate(limit));
         self
     }
 
-    /// Bytes of each worker's stderr kept for *worker lost* reports (default: 4 KiB).
+    /// Bytes of each worker's stderr kept for *worker lost* reports (default:
+    /// [`defaults::STDERR_TAIL`]).
     pub fn stderr_tail(mut self, bytes: usize) -> Self {
         self.cfg.stderr_tail = bytes;
         self
     }
 
     /// Whether worker stderr is copied to this process's stderr as it arrives (default:
-    /// true).
+    /// [`defaults::FORWARD_STDERR`]).
     pub fn forward_stderr(mut self, on: bool) -> Self {
         self.cfg.forward_stderr = on;
         self
@@ -197,14 +203,15 @@ impl PoolBuilder {
         self
     }
 
-    /// How often busy workers' memory is sampled against `max_memory` (default: 50 ms).
+    /// How often busy workers' memory is sampled against `max_memory` (default:
+    /// [`defaults::MEMORY_POLL`]).
     pub fn memory_poll(mut self, every: Duration) -> Self {
         self.cfg.memory_poll = saturate(every);
         self
     }
 
     /// Runs a task again, on another worker, when its worker dies under it — at most `n`
-    /// times (default: 0). A task that kills `n + 1` workers is quarantined: it ends as
+    /// times (default: [`defaults::RETRIES`]). A task that kills `n + 1` workers is quarantined: it ends as
     /// *worker lost* listing every attempt. A task that raised is never retried.
     pub fn retries(mut self, n: u32) -> Self {
         self.cfg.retries = n;
@@ -215,6 +222,8 @@ impl PoolBuilder {
     /// group) and wait up to `wait` for a `Stack` frame saying where the task is; the
     /// text goes into [`crate::TaskError::TimedOut`]. Then the worker is stopped as usual.
     /// Only for workers that answer the signal (the Python worker does, for SIGUSR1).
+    /// Default: off; a front's: [`defaults::STACK_DUMP_SIGNAL`], waiting
+    /// [`defaults::STACK_DUMP_WAIT`].
     pub fn stack_dump(mut self, signal: i32, wait: Duration) -> Self {
         self.stack_dump = Some((signal, saturate(wait)));
         self
@@ -232,7 +241,7 @@ impl PoolBuilder {
     /// kills that cgroup whole whenever the worker is killed or exits: descendants that
     /// left the worker's process group (`setsid` daemons) die too. Needs a writable
     /// cgroup v2 hierarchy and `cgroup.kill` (Linux ≥ 5.14); `build` fails otherwise.
-    /// Default: off (process groups only).
+    /// Default: [`defaults::CGROUP`] (process groups only).
     pub fn cgroup(mut self, on: bool) -> Self {
         self.cgroup = on;
         self
@@ -246,10 +255,23 @@ impl PoolBuilder {
     /// children of this process like exec'd ones, and keep the whole contract. If the
     /// server fails, the pool says so (an event) and goes on starting workers by exec.
     /// Workers see the environment and working directory of the server's start, not of
-    /// their own. Cgroup mode always starts workers by exec. Default: off.
+    /// their own. Cgroup mode always starts workers by exec. Default:
+    /// [`defaults::FORK_SERVER`]; a front's: [`defaults::FRONT_FORK_SERVER`].
     pub fn fork_server(mut self, on: bool) -> Self {
         self.cfg.fork_server = on;
         self
+    }
+
+    /// The defaults of a language front, on top of the builder's: workers forked from a
+    /// fork server ([`defaults::FRONT_FORK_SERVER`]), a late task's stack asked for
+    /// ([`defaults::STACK_DUMP_SIGNAL`], [`defaults::STACK_DUMP_WAIT`]), and work sent
+    /// ahead only behind short tasks ([`defaults::FRONT_PREFETCH_BELOW`]). Only for a
+    /// worker program that supports the fork server and answers the signal, as the
+    /// Python worker does; later calls override each setting.
+    pub fn front_defaults(self) -> Self {
+        self.fork_server(defaults::FRONT_FORK_SERVER)
+            .stack_dump(defaults::STACK_DUMP_SIGNAL, defaults::STACK_DUMP_WAIT)
+            .prefetch_below(defaults::FRONT_PREFETCH_BELOW)
     }
 
     /// Starts the supervisor thread and the first worker. Fails if the first worker cannot
@@ -291,6 +313,7 @@ impl PoolBuilder {
             return Err(BuildError::Invalid("init payload is larger than max_frame"));
         }
         let max_frame = cfg.max_frame;
+        let workers = cfg.workers;
         let grace = cfg.timing.grace.saturating_add(cfg.timing.kill_wait);
         let shared = Arc::new(Shared::new().map_err(BuildError::Resources)?);
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -325,6 +348,7 @@ impl PoolBuilder {
             thread: Mutex::new(Some(thread)),
             owner: std::process::id(),
             max_frame,
+            workers,
             shutdown_bound: grace,
         })
     }
@@ -344,6 +368,7 @@ pub struct Pool {
     thread: Mutex<Option<JoinHandle<()>>>,
     owner: u32,
     max_frame: u64,
+    workers: usize,
     shutdown_bound: Duration,
 }
 
@@ -359,28 +384,28 @@ impl Pool {
         PoolBuilder {
             cfg: Config {
                 cmd,
-                workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                workers: defaults::workers(),
                 task_timeout: None,
-                timing: Timing { grace: Duration::from_secs(1), kill_wait: Duration::from_secs(1) },
-                startup_timeout: Duration::from_secs(60),
+                timing: Timing { grace: defaults::GRACE, kill_wait: defaults::KILL_WAIT },
+                startup_timeout: defaults::STARTUP_TIMEOUT,
                 max_tasks_per_worker: None,
-                max_startup_failures: 3,
+                max_startup_failures: defaults::MAX_STARTUP_FAILURES,
                 init_payload: Vec::new(),
-                max_frame: DEFAULT_MAX_FRAME,
-                prefetch: 2,
+                max_frame: defaults::MAX_FRAME,
+                prefetch: defaults::PREFETCH,
                 prefetch_below: None,
-                stderr_tail: 4096,
-                forward_stderr: true,
+                stderr_tail: defaults::STDERR_TAIL,
+                forward_stderr: defaults::FORWARD_STDERR,
                 max_memory: None,
-                memory_poll: Duration::from_millis(50),
-                retries: 0,
+                memory_poll: defaults::MEMORY_POLL,
+                retries: defaults::RETRIES,
                 stack_dump: None,
                 on_event: None,
                 cgroup_parent: None,
-                fork_server: false,
+                fork_server: defaults::FORK_SERVER,
             },
             stack_dump: None,
-            cgroup: false,
+            cgroup: defaults::CGROUP,
         }
     }
 
@@ -542,6 +567,11 @@ impl Pool {
         self.shared.stats.snapshot()
     }
 
+    /// The number of workers the pool keeps (its [`PoolBuilder::workers`]).
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
     /// The start-up failure that broke the pool, if workers keep failing to start.
     pub fn startup_failure(&self) -> Option<StartupFailure> {
         match &lock(&self.shared.inbox).gate {
@@ -572,5 +602,25 @@ impl Drop for Pool {
         }
         self.terminate();
         let _ = self.join(Some(self.shutdown_bound()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_builder_starts_from_the_defaults_and_a_front_adds_its_own() {
+        let plain = Pool::builder(WorkerCommand::new("w"));
+        assert_eq!(plain.cfg.timing.grace, defaults::GRACE);
+        assert_eq!(plain.cfg.fork_server, defaults::FORK_SERVER);
+        assert_eq!(plain.cfg.prefetch_below, None);
+        assert_eq!(plain.stack_dump, None);
+        let front = plain.front_defaults();
+        assert_eq!(front.cfg.fork_server, defaults::FRONT_FORK_SERVER);
+        assert_eq!(front.cfg.prefetch_below, Some(defaults::FRONT_PREFETCH_BELOW));
+        assert_eq!(front.stack_dump, Some((defaults::STACK_DUMP_SIGNAL, defaults::STACK_DUMP_WAIT)));
+        // A setting given after the front's defaults wins.
+        assert!(!front.fork_server(false).cfg.fork_server);
     }
 }

@@ -2,6 +2,7 @@
 //! handles callers hold.
 
 mod api;
+pub mod defaults;
 mod duration;
 mod epoll_wait;
 mod events;
