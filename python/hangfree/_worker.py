@@ -253,7 +253,8 @@ def main() -> int:
             os.close(channel)
             for v in pinned:
                 os.environ.pop(v, None)
-        if not main_after_fork and _threads() > 1 and hasattr(sys, "orig_argv"):
+        argv = _own_argv()
+        if not main_after_fork and _threads() > 1 and argv:
             # The script's imports started threads (OpenBLAS does, for numpy), and a
             # fork copies only the calling thread. Start over as a server that has not
             # imported the script, whose workers import it after the fork (as the
@@ -261,7 +262,7 @@ def main() -> int:
             preparation["main_after_fork"] = True
             sys.stdout.flush()
             sys.stderr.flush()
-            os.execv(sys.executable, [*sys.orig_argv[:-1], json.dumps(preparation)])
+            os.execv(sys.executable, [*argv[:-1], json.dumps(preparation)])
         # Counted before each fork (the binding runs Python's fork hooks around it), so
         # each forked worker has a number of its own: 1, 2, 3, ... for the pool's life.
         os.register_at_fork(before=_count_fork)
@@ -279,6 +280,33 @@ def main() -> int:
         _prepare(preparation, setup=False)
     _answer_stack_request(ch)
     _send_before_exit()
+    try:
+        return _serve(ch, preparation)
+    except SystemExit as e:
+        # sys.exit() in a Pool task ends this worker (see `_task`): at once, as a forked
+        # child ends, so the pool sees the exit with its code rather than a channel that
+        # closed while the interpreter was still tearing itself down.
+        code = e.code
+        if code is not None and not isinstance(code, int):
+            print(code, file=sys.stderr)
+        _leave(1 if code is not None and not isinstance(code, int) else (code or 0) & 0xFF)
+        raise
+
+
+def _own_argv() -> list:
+    """This interpreter's command line (``sys.orig_argv`` from 3.10; /proc before)."""
+    argv = getattr(sys, "orig_argv", None)
+    if argv:
+        return list(argv)
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            return [os.fsdecode(a) for a in f.read().split(b"\0")[:-1]]
+    except OSError:
+        return []
+
+
+def _serve(ch: Any, preparation: Dict[str, Any]) -> int:
+    """Answers the pool's frames until it says to stop; returns the exit status."""
     functions: Dict[bytes, Callable[..., Any]] = {}
     while True:
         frame = ch.recv()

@@ -7,7 +7,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-py="$repo/.venv/bin/python"
+py="${PYTHON:-$repo/.venv/bin/python}"
 
 # Every process of the run inherits this marker; the check below finds survivors by it.
 tag="joblib-suite-$$-$RANDOM"

@@ -136,8 +136,9 @@ def test_joblibs_own_parallel_tests_pass_on_hangfree():
     there), through tests/joblib/run.sh --hangfree-subset: its DESELECTED.md lists the
     tests left out and the known failures; the whole module runs with run.sh alone."""
     run_sh = Path(__file__).resolve().parent.parent / "joblib" / "run.sh"
+    # This interpreter: outside the source tree (a wheel's venv) there is no .venv.
     proc = subprocess.Popen([str(run_sh), "--hangfree-subset"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, env={**os.environ, "PYTHON": sys.executable})
     try:
         # run.sh bounds its pytest to 30 minutes; this bounds run.sh.
         out, _ = proc.communicate(timeout=1900)
