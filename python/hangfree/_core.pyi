@@ -1,6 +1,6 @@
 """Type stubs for ``hangfree._core``, the Rust extension (crates/hangfree-python)."""
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 KIND_INIT: int
 KIND_TASK: int
@@ -10,6 +10,8 @@ KIND_INIT_FAILED: int
 KIND_VALUE: int
 KIND_RAISED: int
 KIND_STACK: int
+KIND_CHUNK: int
+KIND_ITEMS: int
 
 class SubmitRefused(RuntimeError):
     """The engine refused a submission: ``args`` is ``(kind, message, detail)`` with kind
@@ -73,11 +75,14 @@ class Engine:
         timeout: Optional[float] = None,
         labels: Optional[Sequence[str]] = None,
         claim: bool = False,
+        items: Optional[Sequence[int]] = None,
     ) -> int:
         """Submits payloads (bytes, or parts sent end to end); returns the first task id
-        (ids are consecutive)."""
-    def next_outcomes(self, timeout: float) -> List[Tuple[int, int, str, Any]]:
-        """``(key, index, kind, data)`` for every outcome ready within ``timeout``."""
+        (ids are consecutive). With ``items``, each payload is a chunk of that many items,
+        whose outcomes come a few items at a time."""
+    def next_outcomes(self, timeout: float) -> List[Tuple[int, int, str, Any, int, int]]:
+        """``(key, index, kind, data, first, count)`` for every outcome ready within
+        ``timeout``: items ``first .. first + count`` of a chunk (0, 1 for a task)."""
     def wait_claim(self, key: int, timeout: float) -> Optional[Tuple[str, Any]]:
         """``(kind, data)`` of a claimable submission taken by this waiter, or None on
         time-out or once it is ``completed`` elsewhere."""
@@ -110,3 +115,23 @@ class WorkerChannel:
     def recv(self) -> Optional[Tuple[int, int, bytes]]: ...
     def send(self, kind: int, task_id: int, payload: Union[bytes, Sequence[bytes]]) -> None: ...
     def close(self) -> None: ...
+    def items(self, items: Sequence[Any], start: int) -> "ChunkItems":
+        """Items ``start..`` of a chunk, each marked on the progress page as it starts."""
+
+class ChunkItems(Iterator[Any]):
+    """A chunk's items for the worker's loop: stops early (to be resumed) when finished
+    items should be sent, and for good once every item started or the pool revoked the
+    worker."""
+
+    def __next__(self) -> Any: ...
+    @property
+    def next_index(self) -> int: ...
+    @property
+    def done(self) -> bool: ...
+    @property
+    def revoked(self) -> bool: ...
+    def flushed(self) -> None: ...
+
+def cli_main(args: Sequence[str], worker: Sequence[str]) -> int:
+    """Runs the ``hangfree`` command line (``args`` with the program name first); its
+    workers are started as ``worker... __worker``."""
