@@ -2,7 +2,7 @@
 //!
 //! Tasks run in worker processes started by exec (or forked from an idle worker that
 //! was, see [`PoolBuilder::fork_server`]), each leading its own process group.
-//! The pool keeps one contract (see `DESIGN.md`):
+//! The pool keeps one contract (the README's "The contract" states it too):
 //!
 //! 1. every submitted task ends in exactly one [`Outcome`];
 //! 2. a worker's death is seen at once through its pidfd and pinned on the one task it
