@@ -145,14 +145,18 @@ def _library_threads() -> int:
     return max(0, len(tids) - engines - threading.active_count())
 
 
-def worker_command() -> List[str]:
+def worker_command(preload: Sequence[str] = ()) -> List[str]:
     """The worker's command line: this interpreter (or ``set_executable``'s) with this
-    interpreter's flags (-O, -X dev, -W ...), as multiprocessing starts its children."""
+    interpreter's flags (-O, -X dev, -W ...), as multiprocessing starts its children;
+    ``preload``: modules it imports after the main script (in the fork server, once)."""
     import json
     from multiprocessing import spawn, util
 
+    data = preparation()
+    if preload:
+        data["preload"] = list(preload)
     return [os.fsdecode(spawn.get_executable()), *util._args_from_interpreter_flags(), "-c",
-            "import sys; from hangfree._worker import main; sys.exit(main())", json.dumps(preparation())]
+            "import sys; from hangfree._worker import main; sys.exit(main())", json.dumps(data)]
 
 
 def as_items(iterable: Iterable[Any]) -> Sequence[Any]:
@@ -251,6 +255,7 @@ class EngineClient:
         retries: Optional[int] = None,
         cgroup: Optional[bool] = None,
         fork_server: Optional[bool] = None,
+        preload: Iterable[str] = (),
     ):
         """Every setting left at None takes the engine's default (``_core.defaults()``)."""
         from multiprocessing.spawn import _check_not_importing_main
@@ -263,6 +268,9 @@ class EngineClient:
         made_by_unguarded_main_code()
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
+        if isinstance(preload, str) or not all(isinstance(m, str) for m in preload):
+            raise TypeError("preload must be an iterable of module names")
+        preload = list(preload)
         # What keeps the engine open after close(): imap feeders still reading their input.
         self._holds = 0
         self._close_deferred = False
@@ -310,7 +318,7 @@ class EngineClient:
         }
         try:
             self.engine = _core.Engine(
-                worker_command(),
+                worker_command(preload),
                 workers=workers,
                 task_timeout=task_timeout,
                 grace=grace,

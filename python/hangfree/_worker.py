@@ -147,6 +147,8 @@ def _count_fork() -> None:
 
 # What importing the main script raised, if it did: every worker then reports it at Init.
 _prepare_error: Any = None
+# What the worker was doing when that happened (for the error's message).
+_prepare_during: Any = None
 
 
 def _prepare(data: Dict[str, Any], setup: bool = True, main: bool = True) -> None:
@@ -155,16 +157,23 @@ def _prepare(data: Dict[str, Any], setup: bool = True, main: bool = True) -> Non
     script as ``__mp_main__`` (``main``), with ``current_process()._inheriting`` set
     meanwhile, so a script without an ``if __name__ == "__main__":`` guard that makes a
     pool gets multiprocessing's error instead of a pool of pools."""
-    global _prepare_error
+    global _prepare_error, _prepare_during
     from multiprocessing import process, spawn
 
     me = process.current_process()
     me._inheriting = True
     try:
         if setup:
-            spawn.prepare({k: v for k, v in data.items() if not k.startswith("init_main_")})
+            spawn.prepare({k: v for k, v in data.items() if not k.startswith("init_main_") and k != "preload"})
         if main:
+            main_name = data.get("init_main_from_path") or data.get("init_main_from_name")
+            _prepare_during = f"importing the main script {main_name} in the worker"
             _import_main(data.get("init_main_from_name"), data.get("init_main_from_path"))
+            # The pool's `preload`: imported with the script, so that a fork server
+            # imports them once for all its workers.
+            for name in data.get("preload", ()):
+                _prepare_during = f"importing {name} (preload) in the worker"
+                __import__(name)
     except BaseException as e:  # reported as the pool's start-up failure, at Init
         _prepare_error = e
     finally:
@@ -321,8 +330,7 @@ def _serve(ch: Any, preparation: Dict[str, Any]) -> int:
             except BaseException as e:  # the initializer's failure is the pool's to report
                 during = None
                 if e is _prepare_error:
-                    main = preparation.get("init_main_from_path") or preparation.get("init_main_from_name")
-                    during = f"importing the main script {main} in the worker"
+                    during = _prepare_during
                 ch.send(_core.KIND_INIT_FAILED, 0, _describe(e, during=during))
                 return 1
             ch.send(_core.KIND_READY, 0, b"")

@@ -248,7 +248,9 @@ class ProcessPoolExecutor(Executor):
     as ``__mp_main__``, its functions by reference) and are forked from a fork server, an
     idle worker interpreter started by exec with the executor (no thread of this process
     is ever forked), as :class:`hangfree.Pool` describes (``fork_server=False`` starts
-    each by exec); ``mp_context`` (any multiprocessing context) is accepted.
+    each by exec); ``mp_context`` (any multiprocessing context) is accepted. ``preload``
+    names modules the fork server imports once, before it forks any worker, as
+    :class:`hangfree.Pool` describes.
 
     Durations are in seconds. ``task_timeout`` and :meth:`submit_with`'s ``timeout``
     must be > 0 or None, ``startup_timeout`` > 0, ``grace`` ≥ 0; anything else (NaN, a
@@ -279,6 +281,7 @@ class ProcessPoolExecutor(Executor):
         fork_server: Optional[bool] = None,
         startup_timeout: Optional[float] = None,
         max_startup_failures: Optional[int] = None,
+        preload: Iterable[str] = (),
     ):
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
@@ -303,6 +306,7 @@ class ProcessPoolExecutor(Executor):
             retries=retries,
             cgroup=cgroup,
             fork_server=fork_server,
+            preload=preload,
         )
         self._max_workers = self._client.workers
         self._lock = threading.Lock()

@@ -150,3 +150,33 @@ def test_workers_inherit_a_script_that_imports_numpy(tmp_path):
     workers, caller = proc.stdout.splitlines()
     assert workers == repr([(True, 1, None)] * 4)
     assert caller == "caller None"
+
+
+def imported_elsewhere(_):
+    import preload_probe
+
+    return preload_probe.IMPORTED_BY != os.getpid()
+
+
+@pytest.mark.parametrize("front", ["Pool", "ProcessPoolExecutor"])
+def test_preload_imports_modules_once_in_the_fork_server(front):
+    """``preload`` modules are imported by the fork server before it forks: every worker
+    has them already (imported by another process, the server), none imports them."""
+    if front == "Pool":
+        with hangfree.Pool(2, preload=["preload_probe"]) as pool:
+            got = pool.map(imported_elsewhere, range(4), chunksize=1)
+    else:
+        with hangfree.ProcessPoolExecutor(2, preload=["preload_probe"]) as ex:
+            got = list(ex.map(imported_elsewhere, range(4)))
+    assert got == [True] * 4
+
+
+def test_a_preload_module_that_cannot_be_imported_is_an_initializer_error_naming_it():
+    with hangfree.Pool(1, preload=["no_such_module_here"]) as pool:
+        with pytest.raises(hangfree.InitializerError, match=r"importing no_such_module_here \(preload\)"):
+            pool.apply(abs, (-1,))
+
+
+def test_preload_takes_module_names():
+    with pytest.raises(TypeError, match="preload"):
+        hangfree.Pool(1, preload="numpy")
