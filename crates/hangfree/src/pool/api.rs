@@ -5,10 +5,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::duration::{MAX_DURATION, saturate};
-use super::handle::{BatchHandle, BatchSink, Sink, Slot, Task, TaskHandle, TaskState, lock};
+use super::handle::{BatchHandle, BatchSink, Slot, TaskHandle};
 use super::lifecycle::Timing;
 use super::stats::Stats;
-use super::supervisor::{Command, Config, Gate, Reply, Shared, Supervisor};
+use super::shared::{Command, Gate, Reply, Shared, lock};
+use super::supervisor::{Config, Supervisor};
+use super::task::{Sink, Task, TaskState};
 use crate::outcome::StartupFailure;
 use crate::process::WorkerCommand;
 use crate::wire::DEFAULT_MAX_FRAME;
