@@ -2,6 +2,8 @@
 //! handles callers hold.
 
 mod api;
+mod config;
+mod core;
 mod duration;
 mod epoll_wait;
 mod events;
