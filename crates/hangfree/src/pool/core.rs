@@ -1378,3 +1378,7 @@ pub(crate) fn fail_one(shared: &Shared, sink: &Arc<dyn Sink>, index: usize, task
     let outcome = Outcome::Failed(TaskError::PoolFailed { task, reason: why.clone() });
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.complete(index, outcome)));
 }
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;
