@@ -252,6 +252,9 @@ pub(crate) struct Core {
     startup_failures: u32,
     memory_timer: bool,
     effects: VecDeque<Effect>,
+    /// Emptied output buffers the shell gave back ([`Core::recycle`]), reused for the
+    /// next frames so a busy pool does not grow a fresh buffer for every dispatch.
+    spare: Vec<Vec<u8>>,
 }
 
 impl Core {
@@ -269,6 +272,7 @@ impl Core {
             startup_failures: 0,
             memory_timer: false,
             effects: VecDeque::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -279,6 +283,14 @@ impl Core {
     /// The next effect to carry out, oldest first.
     pub fn next_effect(&mut self) -> Option<Effect> {
         self.effects.pop_front()
+    }
+
+    /// Takes back a buffer of an [`Effect::Send`] once its bytes are written or copied.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() > 0 && self.spare.len() < 2 * self.cfg.workers.max(1) {
+            buf.clear();
+            self.spare.push(buf);
+        }
     }
 
     /// Takes one event.
@@ -933,14 +945,17 @@ impl Core {
                     if out.len() <= slot {
                         out.resize_with(slot + 1, || None);
                     }
-                    let buf = out[slot].get_or_insert_with(Vec::new);
-                    self.send_chunk(slot, buf, now);
+                    let mut buf = out[slot].take().unwrap_or_else(|| self.spare.pop().unwrap_or_default());
+                    self.send_chunk(slot, &mut buf, now);
+                    out[slot] = Some(buf);
                 }
             }
         }
         for (slot, buf) in out.into_iter().enumerate() {
-            if let (Some(buf), Some(w)) = (buf.filter(|b| !b.is_empty()), self.workers[slot].as_ref()) {
-                self.effects.push_back(Effect::Send(w.id, buf));
+            let Some(buf) = buf else { continue };
+            match self.workers[slot].as_ref() {
+                Some(w) if !buf.is_empty() => self.effects.push_back(Effect::Send(w.id, buf)),
+                _ => self.recycle(buf),
             }
         }
     }

@@ -326,12 +326,15 @@ impl Supervisor {
                     if c.chan.is_none() {
                         continue;
                     }
-                    if c.out.is_empty() {
-                        c.out = bytes;
+                    let spent = if c.out.is_empty() {
                         c.out_pos = 0;
+                        std::mem::replace(&mut c.out, bytes)
                     } else {
                         c.out.extend_from_slice(&bytes);
-                    }
+                        bytes
+                    };
+                    self.core.recycle(spent);
+                    let Some(c) = self.conn_mut(id) else { continue };
                     // A worker already waiting for EPOLLOUT is flushed when the socket
                     // has room.
                     if !c.want_out {
