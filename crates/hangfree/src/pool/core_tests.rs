@@ -661,6 +661,53 @@ fn a_worker_over_the_memory_limit_fails_its_task_and_is_stopped() {
     assert!(!h.timers().iter().any(|e| matches!(e, Effect::PollMemory(_))), "no busy worker, no polling");
 }
 
+#[test]
+fn the_memory_limit_mid_chunk_fails_only_the_item_it_was_on() {
+    let mut h = H::new(Config { max_memory: Some(1000), ..config() });
+    let w = h.worker(10);
+    let t = h.submit(vec![Task::chunk(b"c".to_vec(), 4)], 1)[0];
+    h.turn();
+    h.claim(w, t);
+    h.start_item(w, t, 0);
+    h.items(w, t, 0, 1);
+    h.start_item(w, t, 1);
+    h.at(100);
+    h.timers();
+    h.handle(Event::Memory(vec![(w, Some(5000))]));
+    let got = h.outcomes();
+    assert!(matches!(&got[..], [a, b] if is_value(&a.outcome) && (b.first, b.count) == (1, 1)
+        && matches!(b.outcome, Outcome::Failed(TaskError::MemoryLimit { .. }))), "{got:?}");
+    h.worker(11);
+    h.turn();
+    assert_eq!(h.sent.last().map(|s| (s.task, s.from)), Some((t, 2)));
+}
+
+#[test]
+fn a_retried_chunk_runs_again_from_the_item_its_worker_died_on() {
+    let mut h = H::new(Config { retries: 1, ..config() });
+    let w = h.worker(10);
+    let t = h.submit(vec![Task::chunk(b"c".to_vec(), 3)], 1)[0];
+    h.turn();
+    h.claim(w, t);
+    h.start_item(w, t, 0);
+    h.items(w, t, 0, 1);
+    h.start_item(w, t, 1);
+    h.exit(w, ExitStatus::Signal(9));
+    assert_eq!(h.outcomes().len(), 1, "item 0 keeps its value; item 1 is retried, not failed");
+    let w2 = h.worker(11);
+    h.turn();
+    assert_eq!(h.sent.last().map(|s| (s.worker, s.task, s.from)), Some((w2, t, 1)));
+    h.claim(w2, t);
+    h.start_item(w2, t, 1);
+    h.exit(w2, ExitStatus::Signal(9));
+    let got = h.outcomes();
+    assert!(matches!(&got[..], [g] if (g.first, g.count) == (1, 1) && lost(&g.outcome).earlier.len() == 1), "{got:?}");
+    h.worker(12);
+    h.turn();
+    assert_eq!(h.sent.last().map(|s| (s.task, s.from)), Some((t, 2)), "item 2 never started: it runs next");
+    assert_eq!(h.started.get(&(t, 2)), None);
+}
+
 // ----- cancel ---------------------------------------------------------------------------
 
 #[test]

@@ -1,5 +1,11 @@
 //! The pool: a supervisor thread per pool, workers as small state machines, and the
 //! handles callers hold.
+//!
+//! From the bottom up: `task` (what is submitted and where outcomes go) and `shared` (the
+//! inbox, gate and counters that callers and the supervisor share); `lifecycle` (one
+//! worker's phases and the escalation) and `core` (the pool's rules over every task and
+//! worker, events in and effects out, no system calls); `supervisor` (the I/O shell that
+//! feeds the core and carries out its effects); `api` and `handle` (what callers use).
 
 mod api;
 mod config;
