@@ -4,12 +4,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::config::Config;
 use super::duration::{MAX_DURATION, saturate};
 use super::handle::{BatchHandle, BatchSink, Slot, TaskHandle};
 use super::lifecycle::Timing;
-use super::stats::Stats;
 use super::shared::{Command, Gate, Reply, Shared, lock};
-use super::config::Config;
+use super::stats::Stats;
 use super::supervisor::Supervisor;
 use super::task::{Sink, Task, TaskState};
 use crate::outcome::StartupFailure;

@@ -266,7 +266,11 @@ impl H {
     }
 
     fn sent_to(&self, w: WorkerId) -> Vec<TaskId> {
-        self.sent.iter().filter(|s| s.worker == w && matches!(s.kind, Kind::Task | Kind::Chunk)).map(|s| s.task).collect()
+        self.sent
+            .iter()
+            .filter(|s| s.worker == w && matches!(s.kind, Kind::Task | Kind::Chunk))
+            .map(|s| s.task)
+            .collect()
     }
 
     fn events(&self) -> Vec<EventKind> {
@@ -629,8 +633,11 @@ fn a_chunks_time_limit_is_per_item() {
     let effects = h.timers();
     assert!(has(&effects, &Effect::SignalGroup(w, Signal::TERM)), "{effects:?}");
     let got = h.outcomes();
-    assert!(matches!(&got[..], [g] if (g.first, g.count) == (1, 1)
-        && matches!(g.outcome, Outcome::Failed(TaskError::TimedOut { .. }))), "{got:?}");
+    assert!(
+        matches!(&got[..], [g] if (g.first, g.count) == (1, 1)
+        && matches!(g.outcome, Outcome::Failed(TaskError::TimedOut { .. }))),
+        "{got:?}"
+    );
     assert!(!h.pages[&w].start_item(2), "the late worker starts no other item");
     h.worker(11);
     h.turn();
@@ -654,7 +661,9 @@ fn a_worker_over_the_memory_limit_fails_its_task_and_is_stopped() {
     let effects = h.handle(Event::Memory(vec![(w, Some(1500))]));
     assert!(has(&effects, &Effect::SignalGroup(w, Signal::TERM)));
     match &h.outcomes()[0].outcome {
-        Outcome::Failed(TaskError::MemoryLimit { limit, peak, pid, .. }) => assert_eq!((*limit, *peak, *pid), (1000, 1500, 10)),
+        Outcome::Failed(TaskError::MemoryLimit { limit, peak, pid, .. }) => {
+            assert_eq!((*limit, *peak, *pid), (1000, 1500, 10))
+        }
         other => panic!("{other:?}"),
     }
     h.at(300);
@@ -675,8 +684,11 @@ fn the_memory_limit_mid_chunk_fails_only_the_item_it_was_on() {
     h.timers();
     h.handle(Event::Memory(vec![(w, Some(5000))]));
     let got = h.outcomes();
-    assert!(matches!(&got[..], [a, b] if is_value(&a.outcome) && (b.first, b.count) == (1, 1)
-        && matches!(b.outcome, Outcome::Failed(TaskError::MemoryLimit { .. }))), "{got:?}");
+    assert!(
+        matches!(&got[..], [a, b] if is_value(&a.outcome) && (b.first, b.count) == (1, 1)
+        && matches!(b.outcome, Outcome::Failed(TaskError::MemoryLimit { .. }))),
+        "{got:?}"
+    );
     h.worker(11);
     h.turn();
     assert_eq!(h.sent.last().map(|s| (s.task, s.from)), Some((t, 2)));
@@ -853,7 +865,10 @@ fn start_up_failures_break_the_pool_after_the_limit() {
     assert_eq!(got.len(), 2);
     for g in &got {
         match &g.outcome {
-            Outcome::Failed(TaskError::StartupFailed { failure: StartupFailure::ExitedEarly { stderr_tail, .. }, .. }) => {
+            Outcome::Failed(TaskError::StartupFailed {
+                failure: StartupFailure::ExitedEarly { stderr_tail, .. },
+                ..
+            }) => {
                 assert_eq!(stderr_tail, "Traceback...\nno module named x\n");
             }
             other => panic!("{other:?}"),
@@ -894,8 +909,11 @@ fn an_initializer_failure_and_a_start_up_timeout_count_as_start_up_failures() {
     let effects = h.timers();
     assert!(has(&effects, &Effect::SignalGroup(b, Signal::TERM)), "{effects:?}");
     let got = h.outcomes();
-    assert!(matches!(&got[..], [g] if g.task == t && matches!(&g.outcome,
-        Outcome::Failed(TaskError::StartupFailed { failure: StartupFailure::Timeout(_), .. }))), "{got:?}");
+    assert!(
+        matches!(&got[..], [g] if g.task == t && matches!(&g.outcome,
+        Outcome::Failed(TaskError::StartupFailed { failure: StartupFailure::Timeout(_), .. }))),
+        "{got:?}"
+    );
 }
 
 #[test]
