@@ -20,7 +20,7 @@ use rustix::event::epoll;
 use rustix::process::Signal;
 
 use super::config::Config;
-use super::core::{Core, Effect, Event, Pid, WorkerId, fail_one};
+use super::core::{Core, Effect, Event, WorkerId, fail_one};
 use super::epoll_wait;
 use super::events::{EventKind, PoolEvent};
 use super::shared::{Command, Gate, Shared, lock};
@@ -30,7 +30,7 @@ use crate::fork_server::ForkServer;
 use crate::memory;
 use crate::outcome::{ExitStatus, Outcome, TaskError, TaskRef};
 use crate::page::Page;
-use crate::process::{self, Spawned};
+use crate::process::{self, Child, Spawned};
 use crate::wire::Decoder;
 
 /// Copies worker output to this process's stderr without ever blocking: the supervisor
@@ -97,8 +97,7 @@ enum ChannelEnd {
 /// reap it. What it was sent and where it is in its life is the core's.
 struct Conn {
     id: WorkerId,
-    pid: Pid,
-    pidfd: OwnedFd,
+    child: Child,
     chan: Option<UnixStream>,
     stderr: Option<OwnedFd>,
     dec: Decoder,
@@ -186,14 +185,14 @@ impl Supervisor {
             }
         }
         for c in self.conns.iter().flatten() {
-            process::signal_worker(c.pid, &c.pidfd, Signal::KILL);
+            c.child.signal(Signal::KILL);
             if let Some(cg) = &c.cgroup {
                 cg.kill();
             }
         }
         let deadline = Instant::now() + self.cfg().timing.kill_wait;
         for c in std::mem::take(&mut self.conns).into_iter().flatten() {
-            if !process::kill_and_reap(c.pid, &c.pidfd, deadline.saturating_duration_since(Instant::now())) {
+            if !c.child.kill_and_reap(deadline.saturating_duration_since(Instant::now())) {
                 bump(&self.shared.stats.workers_abandoned);
             }
         }
@@ -343,12 +342,12 @@ impl Supervisor {
                 }
                 Effect::SignalGroup(id, sig) => {
                     if let Some(c) = self.conn(id) {
-                        process::signal_worker(c.pid, &c.pidfd, sig);
+                        c.child.signal(sig);
                     }
                 }
                 Effect::Kill(id) => {
                     if let Some(c) = self.conn(id) {
-                        process::signal_worker(c.pid, &c.pidfd, Signal::KILL);
+                        c.child.signal(Signal::KILL);
                         if let Some(cg) = &c.cgroup {
                             cg.kill();
                         }
@@ -356,13 +355,13 @@ impl Supervisor {
                 }
                 Effect::SignalWorker(id, sig) => {
                     if let Some(c) = self.conn(id) {
-                        let _ = rustix::process::kill_process(process::to_pid(c.pid), sig);
+                        c.child.signal_alone(sig);
                     }
                 }
                 Effect::CloseChannel(id) => self.close_channel(id),
                 Effect::Forget(id) => self.remove_conn(id),
                 Effect::CheckExit(id) => {
-                    if self.conn(id).is_some_and(|c| process::peek_exit(&c.pidfd).is_some()) {
+                    if self.conn(id).is_some_and(|c| c.child.exit_status().is_some()) {
                         self.on_exit(id, now);
                     } else {
                         self.core.handle(Event::StillAlive(id), now);
@@ -457,33 +456,34 @@ impl Supervisor {
         // it starts can be outside.
         let cgroup = match &self.cfg().cgroup_parent {
             None => None,
-            Some(parent) => match WorkerCgroup::create(parent, s.pid) {
+            Some(parent) => match WorkerCgroup::create(parent, s.child.pid()) {
                 Ok(cg) => Some(cg),
                 Err(e) => {
-                    process::signal_worker(s.pid, &s.pidfd, Signal::KILL);
-                    return Err(io::Error::new(e.kind(), format!("cannot put worker {} in a cgroup: {e}", s.pid)));
+                    s.child.signal(Signal::KILL);
+                    let pid = s.child.pid();
+                    return Err(io::Error::new(e.kind(), format!("cannot put worker {pid} in a cgroup: {e}")));
                 }
             },
         };
         let id = self.core.next_worker_id();
         let ep = &self.epoll;
-        let regs = [(s.pidfd.as_fd(), FD_PID), (s.channel.as_fd(), FD_CHAN), (s.stderr.as_fd(), FD_ERR)]
+        let regs = [(s.child.pidfd().as_fd(), FD_PID), (s.channel.as_fd(), FD_CHAN), (s.stderr.as_fd(), FD_ERR)]
             .into_iter()
             .try_for_each(|(fd, kind)| {
                 epoll::add(ep, fd, epoll::EventData::new_u64(id.token(kind)), epoll::EventFlags::IN)
             });
         if let Err(e) = regs {
             // Bounded: SIGKILL lands within milliseconds; a stuck one is left as a zombie.
-            process::kill_and_reap(s.pid, &s.pidfd, Duration::from_secs(1));
+            s.child.kill_and_reap(Duration::from_secs(1));
             return Err(e.into());
         }
+        let pid = s.child.pid();
         if self.conns.len() <= id.slot() {
             self.conns.resize_with(id.slot() + 1, || None);
         }
         self.conns[id.slot()] = Some(Conn {
             id,
-            pid: s.pid,
-            pidfd: s.pidfd,
+            child: s.child,
             chan: Some(s.channel),
             stderr: Some(s.stderr),
             dec: Decoder::new(self.cfg().max_frame),
@@ -493,7 +493,7 @@ impl Supervisor {
             oom_mark: memory::oom_kills(),
             cgroup,
         });
-        let started = self.core.worker_started(s.pid, now);
+        let started = self.core.worker_started(pid, now);
         debug_assert_eq!(started, id);
         self.apply(now);
         Ok(())
@@ -516,7 +516,7 @@ impl Supervisor {
             return;
         }
         if let Some(c) = self.conns[id.slot()].take() {
-            let _ = epoll::delete(&self.epoll, &c.pidfd);
+            let _ = epoll::delete(&self.epoll, c.child.pidfd());
             if let Some(ch) = &c.chan {
                 let _ = epoll::delete(&self.epoll, ch);
             }
@@ -638,7 +638,7 @@ impl Supervisor {
         self.drain_channel(id, now);
         self.close_channel(id);
         // Most often the process is exiting: if it has, its exit is handled now.
-        let exited = self.core.is_serving(id) && self.conn(id).is_some_and(|c| process::peek_exit(&c.pidfd).is_some());
+        let exited = self.core.is_serving(id) && self.conn(id).is_some_and(|c| c.child.exit_status().is_some());
         if exited {
             self.on_exit(id, now);
         } else {
@@ -677,7 +677,7 @@ impl Supervisor {
 
     fn on_exit(&mut self, id: WorkerId, now: Instant) {
         let Some(c) = self.conn(id) else { return };
-        let Some(status) = process::peek_exit(&c.pidfd) else { return };
+        let Some(status) = c.child.exit_status() else { return };
         // Answers the worker sent before it died may still sit unread in its channel: the
         // pidfd and the channel can be reported in one epoll batch, pidfd first. Handle
         // them before pinning the death, or a task that already finished would be blamed
@@ -690,7 +690,7 @@ impl Supervisor {
             // Descendants that left the group (setsid) are still in the cgroup.
             cg.kill();
         }
-        process::sweep_and_reap(c.pid, &c.pidfd);
+        c.child.sweep_and_reap();
         let killed_from_outside = status == ExitStatus::Signal(9);
         let oom = killed_from_outside && c.oom_mark.is_some_and(|m| memory::oom_kills().is_some_and(|n| n > m));
         self.handle(Event::Exited { worker: id, status, oom }, now);
