@@ -48,8 +48,8 @@ impl Splits {
     }
 }
 
-fn check(f: &Frame, max: u32, stream: &[u8], at: usize) -> usize {
-    assert!(f.payload.len() <= max as usize);
+fn check(f: &Frame, max: u64, stream: &[u8], at: usize) -> usize {
+    assert!(f.payload.len() as u64 <= max);
     let mut again = Vec::new();
     wire::encode_into(&mut again, f.kind, f.task_id, &f.payload);
     assert_eq!(&stream[at..at + again.len()], &again[..], "frame does not re-encode to its bytes");
@@ -61,9 +61,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     // Small limits make the too-large path reachable; 0 allows only empty payloads.
-    let max: u32 = match data[0] % 4 {
+    let max: u64 = match data[0] % 4 {
         0 => 0,
-        1 => (data[0] as u32) * 4,
+        1 => u64::from(data[0]) * 4,
         2 => 4096,
         _ => wire::DEFAULT_MAX_FRAME,
     };

@@ -12,6 +12,13 @@ from __future__ import annotations
 import importlib
 import sys
 
+if not sys.platform.startswith("linux"):
+    raise ImportError(
+        f"hangfree runs on Linux only (kernel 5.4 or newer), not on {sys.platform!r}: its engine "
+        "supervises workers with pidfds, process groups and PR_SET_PDEATHSIG, which only Linux "
+        "has. multiprocessing and concurrent.futures are the stdlib's pools for this platform."
+    )
+
 # Not typing.TYPE_CHECKING: importing typing costs a worker about 9 ms of its start.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -82,6 +89,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(_default_context, name)
     elif name in _STDLIB_SUBMODULES:
         value = importlib.import_module(f"hangfree.{name}")
+    elif name == "__version__":
+        value = _version()
     else:
         raise AttributeError(f"module 'hangfree' has no attribute {name!r}")
     globals()[name] = value
@@ -89,7 +98,20 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> List[str]:
-    return sorted(set(globals()) | set(_LAZY) | _MULTIPROCESSING)
+    return sorted(set(globals()) | set(_LAZY) | _MULTIPROCESSING | {"__version__"})
+
+
+def _version() -> str:
+    """The installed distribution's version. Its one source is the Cargo workspace's
+    ``version`` (Cargo.toml): maturin writes it into the package metadata, as
+    pyproject.toml declares the version dynamic. Read on first use of ``__version__``, not
+    on import: importing importlib.metadata would add milliseconds to every worker's start."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hangfree")
+    except PackageNotFoundError:  # python/ put on sys.path by hand, nothing installed
+        return "0+unknown"
 
 
 class _StdlibSubmodules:
@@ -133,8 +155,6 @@ if TYPE_CHECKING:
     )
     from hangfree.executor import ProcessPoolExecutor
     from hangfree.pool import ApplyResult, AsyncResult, IMapIterator, MapResult, Pool
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ProcessPoolExecutor",

@@ -20,7 +20,14 @@ import threading
 import time
 import weakref
 from multiprocessing.pool import RemoteTraceback
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+# Annotations only (strings here): importing typing costs a pool's creation ~4 ms.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+    # (caller's index, ok, value or exception). It may have an attribute
+    # `many(first, values)` taking the values of consecutive items that all succeeded.
+    OnOutcome = Callable[[int, bool, Any], None]
 
 from hangfree import _core
 from hangfree._errors import HangfreeError, failure, initializer_error
@@ -33,10 +40,6 @@ if TYPE_CHECKING:
 
 # How long the result thread sleeps between checks for shutdown.
 SLICE = 0.05
-
-# (caller's index, ok, value or exception). It may have an attribute `many(first, values)`
-# taking the values of consecutive items that all succeeded, in one call.
-OnOutcome = Callable[[int, bool, Any], None]
 
 log = logging.getLogger("hangfree")
 # A library logs; the application decides where records go (nowhere by default).
@@ -105,13 +108,22 @@ def preparation() -> Dict[str, Any]:
         if not os.path.isabs(main_path) and process.ORIGINAL_DIR is not None:
             main_path = os.path.join(process.ORIGINAL_DIR, main_path)
         data["init_main_from_path"] = os.path.normpath(main_path)
-    if _library_threads():
-        # The script's imports most likely started threads here (OpenBLAS does, when numpy
-        # is imported), and would in the fork server, which cannot fork then: let each
-        # forked worker import the script instead, rather than have the server import it,
-        # find threads and start over.
+    if _library_threads() > _openblas_threads():
+        # The script's imports most likely started threads here, and would in the fork
+        # server, which cannot fork then: let each forked worker import the script
+        # instead, rather than have the server import it, find threads and start over.
+        # OpenBLAS's threads (numpy's) do not count: the server loads it without threads
+        # (see `hangfree._worker.main`).
         data["main_after_fork"] = True
     return data
+
+
+def _openblas_threads() -> int:
+    """How many threads numpy's OpenBLAS started here, as far as can be told: one fewer
+    than the CPUs (its default), when numpy is loaded and nothing set its thread count."""
+    if "numpy" not in sys.modules or "OPENBLAS_NUM_THREADS" in os.environ or "GOTO_NUM_THREADS" in os.environ:
+        return 0
+    return min(os.cpu_count() or 1, 64) - 1
 
 
 def _library_threads() -> int:

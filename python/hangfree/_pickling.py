@@ -75,8 +75,9 @@ def dumps_payload(obj: Any) -> Payload:
         data = _dumps_by_value(obj, buffers)
     else:
         # A reference to a __main__ that the other side does not import would not
-        # resolve there: send such objects by value.
-        if b"__main__" in data and not main_is_imported():
+        # resolve there: send such objects by value. Asked first, as the scan of a large
+        # pickle costs a fifth of pickling it.
+        if not main_is_imported() and b"__main__" in data:
             buffers.clear()
             data = _dumps_by_value(obj, buffers)
     if not buffers:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Any, Callable, Optional, Union
+# Annotations only (strings here): importing typing costs a pool's creation ~4 ms.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional, Union
+
+    ProgressArg = Union[bool, Callable[[int, int, int], Any], None]
 
 # progress=True for a tqdm bar, or a callable progress(done, failed, total).
-ProgressArg = Union[bool, Callable[[int, int, int], Any], None]
 
 
 class Progress:

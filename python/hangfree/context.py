@@ -17,7 +17,10 @@ start method, and hangfree's workers through ``initargs``, can share.
 from __future__ import annotations
 
 import multiprocessing.context as _mp_context
-from typing import Any, Callable, Iterable, List, Optional
+# Annotations only (strings here): importing typing costs a pool's creation ~4 ms.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable, List, Optional
 
 __all__ = ["HangfreeContext", "DefaultContext", "get_context"]
 

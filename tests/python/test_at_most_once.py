@@ -36,7 +36,7 @@ def outcomes(pool, fn, n=N, chunksize=10):
 
 def _finished_or_kept(got):
     """Items that finished before their worker was killed: each keeps its value, or, if
-    it finished within the last millisecond (its result had not left the worker), ends as
+    it finished within the last 5 ms (its result had not left the worker), ends as
     worker lost with ``finished`` set. Either way it ran once."""
     for i, (kind, v) in enumerate(got):
         if kind == "error":

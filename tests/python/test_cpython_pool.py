@@ -81,7 +81,10 @@ def _set_up_class_then_wait(cls) -> None:
 
 def _build() -> dict:
     ns = {"__name__": __name__}
-    M.install_tests_in_module_dict(ns, "spawn", only_type="processes")
+    try:
+        M.install_tests_in_module_dict(ns, "spawn", only_type="processes")
+    except TypeError:  # CPython < 3.11: no only_type; the classes for threads and managers go unused
+        M.install_tests_in_module_dict(ns, "spawn")
     classes = {}
     hangfree_pool = staticmethod(hangfree.Pool)
     for base_name, only in POOL_CLASSES.items():

@@ -116,3 +116,37 @@ def test_fork_server_false_starts_every_worker_by_exec():
         pid, ppid, _ = ex.submit(ft.origin).result(timeout=30)
         assert ppid == os.getpid() and not was_forked(pid)
         assert not fork_servers()
+
+
+NUMPY_SCRIPT = """
+    import os
+    import numpy
+    import hangfree
+
+    IMPORTED_BY = os.getpid()
+
+    def where(_):
+        threads = len(os.listdir("/proc/self/task"))
+        return IMPORTED_BY != os.getpid(), threads, os.environ.get("OPENBLAS_NUM_THREADS")
+
+    if __name__ == "__main__":
+        with hangfree.Pool(2) as pool:
+            print(pool.map(where, range(4), chunksize=1))
+        print("caller", os.environ.get("OPENBLAS_NUM_THREADS"))
+"""
+
+
+def test_workers_inherit_a_script_that_imports_numpy(tmp_path):
+    """The fork server loads numpy's OpenBLAS without threads, so it can keep the script's
+    imports: workers are forked with them (the script was imported once, in the server,
+    not in each worker), run one thread, and see the caller's environment unchanged."""
+    pytest.importorskip("numpy")
+    script = helpers.write_script(tmp_path, NUMPY_SCRIPT)
+    env = helpers.script_env()
+    env.pop("OPENBLAS_NUM_THREADS", None)
+    env.pop("GOTO_NUM_THREADS", None)
+    proc, _ = helpers.run_python([str(script)], timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    workers, caller = proc.stdout.splitlines()
+    assert workers == repr([(True, 1, None)] * 4)
+    assert caller == "caller None"

@@ -179,3 +179,17 @@ def test_a_task_that_moves_into_the_callers_group_cannot_kill_the_caller(tmp_pat
     assert float(took) < 0.3 + 3.0, res.stdout
     assert abandoned == "0", res.stdout
     assert not helpers.alive(left_pid) or helpers.zombie(left_pid)
+
+
+@pytest.mark.timeout(180)
+def test_payloads_and_results_past_1_gib_travel_whole():
+    """Frames carry up to 2**56 bytes (the header's spare bytes hold the high part of the
+    length): an argument and a result a little over 1 GiB, the old ceiling, go through,
+    and the pool goes on serving."""
+    n = (1 << 30) + (64 << 20)
+    with hangfree.Pool(1) as pool:
+        assert pool.apply(tasks.nbytes, (b"x" * n,)) == n
+        result = pool.apply(tasks.zeros, (n,))
+        assert len(result) == n and result[-1] == 0
+        del result
+        assert pool.apply(tasks.square, (3,)) == 9

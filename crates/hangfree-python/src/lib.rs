@@ -776,7 +776,7 @@ impl WorkerChannel {
             items: items.unbind(),
             next: start,
             end,
-            flushed_at: Instant::now(),
+            flushed_at: hangfree::page::coarse_ns(),
             since_flush: 0,
             revoked: false,
         })
@@ -784,14 +784,16 @@ impl WorkerChannel {
 }
 
 /// How long a chunk's finished items may wait in the worker before their outcomes are
-/// sent: what a crash can lose (their results; they are never run again) against a
-/// message per item.
-const FLUSH_EVERY: Duration = Duration::from_millis(1);
+/// sent (in nanoseconds of the coarse clock: 5 ms to 5 ms and a tick). What a crash can
+/// lose (their results; they are never run again) against the cost of a message: each
+/// costs the worker, the supervisor and the caller some 50 µs, 10 % of a CPU per worker
+/// at one a millisecond.
+const FLUSH_EVERY_NS: u64 = 5_000_000;
 
 /// A chunk's items for the worker's loop (`list.extend(map(fn, items))`, which runs in C):
 /// each `next` marks the item's start on the progress page, so a death or a time limit is
 /// pinned on it and the items after it run elsewhere. It stops early — StopIteration, to
-/// be resumed — when finished items have waited `FLUSH_EVERY` (`flush_due`), and for good
+/// be resumed — when finished items have waited `FLUSH_EVERY_NS`, and for good
 /// when the pool revoked the page (`revoked`: the worker must exit without starting more).
 #[pyclass(module = "hangfree._core")]
 struct ChunkItems {
@@ -799,7 +801,7 @@ struct ChunkItems {
     items: Py<PyAny>,
     next: usize,
     end: usize,
-    flushed_at: Instant,
+    flushed_at: u64,
     since_flush: usize,
     revoked: bool,
 }
@@ -814,7 +816,7 @@ impl ChunkItems {
         if self.next >= self.end || self.revoked {
             return Ok(None);
         }
-        if self.since_flush > 0 && self.flushed_at.elapsed() >= FLUSH_EVERY {
+        if self.since_flush > 0 && hangfree::page::coarse_ns().saturating_sub(self.flushed_at) >= FLUSH_EVERY_NS {
             return Ok(None);
         }
         let i = self.next;
@@ -848,7 +850,7 @@ impl ChunkItems {
     /// The finished items' outcomes were sent: the next wait for a flush starts now.
     fn flushed(&mut self) {
         self.since_flush = 0;
-        self.flushed_at = Instant::now();
+        self.flushed_at = hangfree::page::coarse_ns();
     }
 }
 

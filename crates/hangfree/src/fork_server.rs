@@ -77,7 +77,7 @@ impl ForkServer {
     /// Starts the worker command as a fork server: by exec, in its own process group, with
     /// the control socket on its standard input and the pool's stderr as its own. Returns
     /// at once; the first [`ForkServer::fork`] waits for the server to be up.
-    pub(crate) fn start(cmd: &WorkerCommand, max_frame: u32) -> io::Result<ForkServer> {
+    pub(crate) fn start(cmd: &WorkerCommand, max_frame: u64) -> io::Result<ForkServer> {
         let (child, control, _) = process::launch(cmd, max_frame, Some((ENV_FORK_SERVER, "1")))?;
         Ok(ForkServer { child, control, answered: false })
     }

@@ -69,9 +69,20 @@ pub struct Revoked {
     pub items: u32,
 }
 
-fn monotonic_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+fn ns(clock: rustix::time::ClockId) -> u64 {
+    let t = rustix::time::clock_gettime(clock);
     (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
+}
+
+fn monotonic_ns() -> u64 {
+    ns(rustix::time::ClockId::Monotonic)
+}
+
+/// `CLOCK_MONOTONIC` to the kernel's tick (1-4 ms), for a few nanoseconds a reading: what
+/// a worker stamps each item with (a limit is seconds; the fine clock would cost a
+/// map of tiny calls more than its calls).
+pub fn coarse_ns() -> u64 {
+    ns(rustix::time::ClockId::MonotonicCoarse)
 }
 
 fn item_word(task: u64, started: u32) -> u64 {
@@ -151,7 +162,7 @@ impl Page {
             return false;
         }
         self.claimed.store(task, Ordering::Relaxed);
-        l.item_started.store(monotonic_ns(), Ordering::Relaxed);
+        l.item_started.store(coarse_ns(), Ordering::Relaxed);
         // Revoked in between: the pool has already read this chunk as not started, and
         // the worker's first `start_item` will say no.
         swap_unless_revoked(&l.item, |_| item_word(task, 0));
@@ -162,7 +173,7 @@ impl Page {
     /// False if the pool revoked the page: the worker must not start it.
     pub fn start_item(&self, index: u32) -> bool {
         let l = self.layout();
-        l.item_started.store(monotonic_ns(), Ordering::Relaxed);
+        l.item_started.store(coarse_ns(), Ordering::Relaxed);
         let task = self.claimed.load(Ordering::Relaxed);
         swap_unless_revoked(&l.item, |_| item_word(task, index.saturating_add(1)))
     }

@@ -109,7 +109,7 @@ pub(crate) struct Child {
 /// `std::process::Command` with only stdio redirection and `process_group(0)` takes the
 /// posix_spawn path: the host (which has threads) is never forked into running code. The
 /// channel is the child's stdin; the worker moves it off fd 0 before running any task.
-pub(crate) fn spawn(cmd: &WorkerCommand, max_frame: u32) -> io::Result<Spawned> {
+pub(crate) fn spawn(cmd: &WorkerCommand, max_frame: u64) -> io::Result<Spawned> {
     let (child, channel, stderr) = launch(cmd, max_frame, None)?;
     let stderr = stderr.expect("a worker's stderr is piped");
     channel.set_nonblocking(true)?;
@@ -123,7 +123,7 @@ pub(crate) fn spawn(cmd: &WorkerCommand, max_frame: u32) -> io::Result<Spawned> 
 /// channel, still blocking.
 pub(crate) fn launch(
     cmd: &WorkerCommand,
-    max_frame: u32,
+    max_frame: u64,
     fork_server_env: Option<(&str, &str)>,
 ) -> io::Result<(Child, UnixStream, Option<OwnedFd>)> {
     let (ours, theirs) = UnixStream::pair()?;

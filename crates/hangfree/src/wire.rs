@@ -5,16 +5,17 @@
 //! ```text
 //! offset size field
 //!  0     1    kind      (see [`Kind`])
-//!  1     3    reserved  (must be zero)
-//!  4     4    length    payload length in bytes, little-endian u32
+//!  1     3    length    bits 32-55 of the payload length, little-endian (zero below 4 GiB)
+//!  4     4    length    bits 0-31 of the payload length, little-endian
 //!  8     8    task id   little-endian u64 (0 for frames about no task)
 //! 16     len  payload
 //! ```
 //!
 //! The task id sits outside the payload so that any failure can be pinned on one task
-//! even when the payload is garbage. The [`Decoder`] checks the kind, the reserved bytes
-//! and the length against a maximum *before* it buffers the payload, so a claimed length
-//! is never allocated blindly and no input makes it panic. `PROTOCOL.md` at the root of
+//! even when the payload is garbage. The [`Decoder`] checks the kind and the length
+//! against a maximum *before* it buffers the payload, and grows a large payload's buffer
+//! as its bytes arrive, so a claimed length is never allocated blindly and no input makes
+//! it panic. `PROTOCOL.md` at the root of
 //! the repository describes the same format for authors of workers in other languages.
 
 use std::fmt;
@@ -23,8 +24,12 @@ use std::io::{self, Read, Write};
 /// Size of a frame header in bytes.
 pub const HEADER_LEN: usize = 16;
 
-/// Default largest payload accepted by a [`Decoder`]: 1 GiB.
-pub const DEFAULT_MAX_FRAME: u32 = 1 << 30;
+/// The largest payload length a header can state (56 bits).
+pub const MAX_LEN: u64 = (1 << 56) - 1;
+
+/// Default largest payload accepted by a [`Decoder`]: any a header can state, as a
+/// payload is limited by memory only (a false claim costs only what really arrives).
+pub const DEFAULT_MAX_FRAME: u64 = MAX_LEN;
 
 /// What a frame means. Values 1–15 travel from the pool to a worker, 16–31 back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -94,16 +99,13 @@ pub enum ProtocolError {
     /// The kind byte names no known frame kind.
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
-    /// The reserved header bytes were not zero.
-    #[error("reserved header bytes are not zero: {0:02x?}")]
-    Reserved([u8; 3]),
     /// The claimed payload is larger than the maximum frame size.
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge {
         /// The length the header claimed.
-        len: u32,
+        len: u64,
         /// The decoder's limit.
-        max: u32,
+        max: u64,
     },
     /// A well-formed frame that makes no sense at this point (an answer for a task the
     /// worker was not running, a frame kind only the pool may send).
@@ -120,12 +122,9 @@ pub enum ProtocolError {
 }
 
 /// Parses the fixed header; returns (kind, payload length, task id).
-pub fn parse_header(h: &[u8; HEADER_LEN], max: u32) -> Result<(Kind, u32, u64), ProtocolError> {
+pub fn parse_header(h: &[u8; HEADER_LEN], max: u64) -> Result<(Kind, u64, u64), ProtocolError> {
     let kind = Kind::from_u8(h[0]).ok_or(ProtocolError::UnknownKind(h[0]))?;
-    if h[1..4] != [0, 0, 0] {
-        return Err(ProtocolError::Reserved([h[1], h[2], h[3]]));
-    }
-    let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    let len = u64::from_le_bytes([h[4], h[5], h[6], h[7], h[1], h[2], h[3], 0]);
     if len > max {
         return Err(ProtocolError::TooLarge { len, max });
     }
@@ -134,10 +133,17 @@ pub fn parse_header(h: &[u8; HEADER_LEN], max: u32) -> Result<(Kind, u32, u64), 
 }
 
 /// Builds a frame header.
-pub fn header(kind: Kind, task_id: u64, len: u32) -> [u8; HEADER_LEN] {
+///
+/// # Panics
+///
+/// If `len` passes [`MAX_LEN`].
+pub fn header(kind: Kind, task_id: u64, len: u64) -> [u8; HEADER_LEN] {
+    assert!(len <= MAX_LEN, "frame payload of {len} bytes is longer than a header can state");
+    let b = len.to_le_bytes();
     let mut h = [0u8; HEADER_LEN];
     h[0] = kind as u8;
-    h[4..8].copy_from_slice(&len.to_le_bytes());
+    h[1..4].copy_from_slice(&b[4..7]);
+    h[4..8].copy_from_slice(&b[..4]);
     h[8..16].copy_from_slice(&task_id.to_le_bytes());
     h
 }
@@ -146,10 +152,10 @@ pub fn header(kind: Kind, task_id: u64, len: u32) -> [u8; HEADER_LEN] {
 ///
 /// # Panics
 ///
-/// If the payload is longer than `u32::MAX` bytes; callers check against their maximum
-/// frame size first.
+/// If the payload is longer than [`MAX_LEN`]; callers check against their maximum frame
+/// size first.
 pub fn encode_into(out: &mut Vec<u8>, kind: Kind, task_id: u64, payload: &[u8]) {
-    let len = u32::try_from(payload.len()).expect("payload length checked by the caller");
+    let len = payload.len() as u64;
     out.reserve(HEADER_LEN + payload.len());
     out.extend_from_slice(&header(kind, task_id, len));
     out.extend_from_slice(payload);
@@ -160,10 +166,10 @@ pub fn encode_into(out: &mut Vec<u8>, kind: Kind, task_id: u64, payload: &[u8]) 
 ///
 /// # Panics
 ///
-/// As [`encode_into`], if the payload and its trailer pass `u32::MAX` bytes.
+/// As [`encode_into`], if the payload and its trailer pass [`MAX_LEN`].
 pub fn encode_chunk_into(out: &mut Vec<u8>, task_id: u64, payload: &[u8], start: u32, count: u32) {
-    let len = u32::try_from(payload.len() + CHUNK_TRAILER).expect("payload length checked by the caller");
-    out.reserve(HEADER_LEN + len as usize);
+    let len = (payload.len() + CHUNK_TRAILER) as u64;
+    out.reserve(HEADER_LEN + payload.len() + CHUNK_TRAILER);
     out.extend_from_slice(&header(Kind::Chunk, task_id, len));
     out.extend_from_slice(payload);
     out.extend_from_slice(&start.to_le_bytes());
@@ -195,7 +201,7 @@ pub fn split_items(payload: &mut Vec<u8>) -> Option<(u32, u32, u32)> {
 pub struct Decoder {
     buf: Vec<u8>,
     start: usize,
-    max: u32,
+    max: u64,
     /// A large frame being received into its own buffer (see `read_from_fd`).
     big: Option<Big>,
 }
@@ -212,6 +218,9 @@ struct Big {
 /// handed out whole instead of copied out of the stream buffer.
 const BIG_FRAME: usize = 256 * 1024;
 
+/// A large frame's buffer is allocated whole up to this size when its header arrives.
+const TRUSTED_LEN: usize = 1 << 30;
+
 impl fmt::Debug for Decoder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Decoder").field("buffered", &self.buffered()).field("max", &self.max).finish()
@@ -220,7 +229,7 @@ impl fmt::Debug for Decoder {
 
 impl Decoder {
     /// A decoder that refuses payloads larger than `max_frame` bytes.
-    pub fn new(max_frame: u32) -> Decoder {
+    pub fn new(max_frame: u64) -> Decoder {
         Decoder { buf: Vec::new(), start: 0, max: max_frame, big: None }
     }
 
@@ -249,7 +258,8 @@ impl Decoder {
     pub fn read_from<R: Read>(&mut self, r: &mut R, chunk: usize) -> io::Result<usize> {
         if let Some(b) = self.big.as_mut() {
             let old = b.payload.len();
-            let left = b.need - old;
+            // In steps, as in `read_frame`: a length may be claimed falsely.
+            let left = (b.need - old).min(1 << 20);
             b.payload.resize(old + left, 0);
             let got = r.read(&mut b.payload[old..]);
             b.payload.truncate(old + *got.as_ref().unwrap_or(&0));
@@ -280,7 +290,12 @@ impl Decoder {
     pub fn read_from_fd(&mut self, fd: impl std::os::fd::AsFd, chunk: usize) -> io::Result<usize> {
         if let Some(b) = self.big.as_mut() {
             let left = b.need - b.payload.len();
-            let spare = &mut b.payload.spare_capacity_mut()[..left];
+            if b.payload.spare_capacity_mut().is_empty() {
+                // Doubling: a length claimed falsely costs only what really arrived.
+                b.payload.reserve_exact(left.min(b.payload.len().max(BIG_FRAME)));
+            }
+            let room = b.payload.spare_capacity_mut().len().min(left);
+            let spare = &mut b.payload.spare_capacity_mut()[..room];
             let (filled, _) = rustix::io::read(fd, spare)?;
             let n = filled.len();
             // SAFETY: `read` initialised the first `n` bytes of the spare capacity.
@@ -303,11 +318,12 @@ impl Decoder {
         let h: &[u8; HEADER_LEN] = avail[..HEADER_LEN].try_into().expect("16 bytes");
         // A bad header is left where it is, for `next_frame` to report.
         let Ok((kind, len, task_id)) = parse_header(h, self.max) else { return };
-        let need = len as usize;
+        let Ok(need) = usize::try_from(len) else { return };
         if need < BIG_FRAME || avail.len() >= HEADER_LEN + need {
             return;
         }
-        let mut payload = Vec::with_capacity(need);
+        // Up to 1 GiB is taken at its word; beyond, the buffer grows as bytes arrive.
+        let mut payload = Vec::with_capacity(need.min(TRUSTED_LEN).max(avail.len() - HEADER_LEN));
         payload.extend_from_slice(&avail[HEADER_LEN..]);
         self.buf.clear();
         self.start = 0;
@@ -324,8 +340,9 @@ impl Decoder {
         if have < HEADER_LEN {
             return if have == 0 { 0 } else { HEADER_LEN - have };
         }
-        let len = u32::from_le_bytes(self.buf[self.start + 4..self.start + 8].try_into().unwrap());
-        (HEADER_LEN + len as usize).saturating_sub(have)
+        let h: &[u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN].try_into().expect("16 bytes");
+        let len = parse_header(h, u64::MAX).map_or(0, |(_, len, _)| usize::try_from(len).unwrap_or(usize::MAX));
+        HEADER_LEN.saturating_add(len).saturating_sub(have)
     }
 
     /// The next whole frame, `Ok(None)` if more bytes are needed, or the protocol error
@@ -344,7 +361,7 @@ impl Decoder {
         }
         let h: &[u8; HEADER_LEN] = avail[..HEADER_LEN].try_into().expect("16 bytes");
         let (kind, len, task_id) = parse_header(h, self.max)?;
-        let total = HEADER_LEN + len as usize;
+        let total = usize::try_from(len).map_or(usize::MAX, |l| l.saturating_add(HEADER_LEN));
         if avail.len() < total {
             return Ok(None);
         }
@@ -376,10 +393,10 @@ impl Decoder {
 ///
 /// This is the worker side's reader: it allocates the payload only after the header has
 /// passed [`parse_header`], and fills it as bytes arrive.
-pub fn read_frame<R: Read>(r: &mut R, max: u32) -> Result<Option<Frame>, ReadError> {
+pub fn read_frame<R: Read>(r: &mut R, max: u64) -> Result<Option<Frame>, ReadError> {
     let Some((kind, len, task_id)) = read_header(r, max)? else { return Ok(None) };
     let mut payload = Vec::new();
-    let need = len as usize;
+    let need = usize::try_from(len).map_err(|_| ProtocolError::TooLarge { len, max: usize::MAX as u64 })?;
     // Grow in steps so a lying length costs at most what the peer really sent.
     while payload.len() < need {
         let step = (need - payload.len()).min(1 << 20);
@@ -392,7 +409,7 @@ pub fn read_frame<R: Read>(r: &mut R, max: u32) -> Result<Option<Frame>, ReadErr
 
 /// Reads and checks one frame header from a blocking stream: `(kind, payload length,
 /// task id)`, or `Ok(None)` on a clean end of stream (no byte of a new frame read).
-pub fn read_header<R: Read>(r: &mut R, max: u32) -> Result<Option<(Kind, u32, u64)>, ReadError> {
+pub fn read_header<R: Read>(r: &mut R, max: u64) -> Result<Option<(Kind, u64, u64)>, ReadError> {
     let mut h = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -427,8 +444,10 @@ pub fn fill<R: Read>(r: &mut R, buf: &mut [u8], done: usize, need: usize) -> Res
 
 /// Writes one frame to a blocking stream.
 pub fn write_frame<W: Write>(w: &mut W, kind: Kind, task_id: u64, payload: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(payload.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "payload longer than 4 GiB"))?;
+    let len = payload.len() as u64;
+    if len > MAX_LEN {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "payload longer than a frame can carry"));
+    }
     let h = header(kind, task_id, len);
     if payload.len() <= 64 * 1024 {
         let mut buf = Vec::with_capacity(HEADER_LEN + payload.len());
@@ -477,19 +496,43 @@ mod tests {
         let mut out = Vec::new();
         encode_into(&mut out, Kind::Value, 0x0102_0304_0506_0708, b"abc");
         assert_eq!(out, [18, 0, 0, 0, 3, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1, b'a', b'b', b'c']);
+        // Lengths past 4 GiB keep their high bits in bytes 1-3.
+        let h = header(Kind::Value, 1, 0x00ab_cdef_0102_0304);
+        assert_eq!(h[..8], [18, 0xef, 0xcd, 0xab, 4, 3, 2, 1]);
+        assert_eq!(parse_header(&h, MAX_LEN), Ok((Kind::Value, 0x00ab_cdef_0102_0304, 1)));
+    }
+
+    #[test]
+    fn a_frame_past_4_gib_is_received_as_its_bytes_arrive() {
+        // The header claims 5 GiB; only what arrives is held (the claim may be a lie).
+        let claim = 5u64 << 30;
+        let mut d = Decoder::new(DEFAULT_MAX_FRAME);
+        d.feed(&header(Kind::Value, 3, claim));
+        let (a, b) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        rustix::io::write(&a, &[7u8; 1000]).unwrap();
+        assert_eq!(d.read_from_fd(&b, 64 * 1024).unwrap(), 1000);
+        assert_eq!(d.next_frame(), Ok(None));
+        assert_eq!(d.wanted() as u64, claim - 1000);
+        assert!(d.buffered() < 2 << 20, "{} bytes held for a 1000-byte start", d.buffered());
     }
 
     #[test]
     fn oversized_claim_is_refused_before_allocation() {
         let mut d = Decoder::new(1024);
-        d.feed(&header(Kind::Value, 1, u32::MAX));
-        assert_eq!(d.next_frame(), Err(ProtocolError::TooLarge { len: u32::MAX, max: 1024 }));
-        let mut r = &header(Kind::Value, 1, u32::MAX)[..];
+        d.feed(&header(Kind::Value, 1, u64::from(u32::MAX)));
+        assert_eq!(d.next_frame(), Err(ProtocolError::TooLarge { len: u64::from(u32::MAX), max: 1024 }));
+        let mut r = &header(Kind::Value, 1, MAX_LEN)[..];
         assert!(matches!(read_frame(&mut r, 1024), Err(ReadError::Protocol(ProtocolError::TooLarge { .. }))));
     }
 
     #[test]
-    fn garbage_kind_and_reserved_bytes_are_errors() {
+    fn garbage_kind_and_high_length_bytes_are_errors() {
         let mut d = Decoder::new(1024);
         d.feed(&[0xff; 16]);
         assert_eq!(d.next_frame(), Err(ProtocolError::UnknownKind(0xff)));
@@ -497,7 +540,7 @@ mod tests {
         h[2] = 7;
         let mut d = Decoder::new(1024);
         d.feed(&h);
-        assert_eq!(d.next_frame(), Err(ProtocolError::Reserved([0, 7, 0])));
+        assert_eq!(d.next_frame(), Err(ProtocolError::TooLarge { len: 7 << 40, max: 1024 }));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::wire::{self, DEFAULT_MAX_FRAME, Frame, Kind, ReadError};
 pub struct WorkerChannel {
     reader: BufReader<File>,
     writer: File,
-    max_frame: u32,
+    max_frame: u64,
     /// Shared with the pool, which learns through it what this worker started.
     page: Arc<Page>,
 }
@@ -141,8 +141,10 @@ impl WorkerChannel {
     /// writes instead of joining them first.
     pub fn send_parts(&mut self, kind: Kind, task_id: u64, parts: &[&[u8]]) -> io::Result<()> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        let len = u32::try_from(total)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "payload longer than 4 GiB"))?;
+        let len = total as u64;
+        if len > wire::MAX_LEN {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "payload longer than a frame can carry"));
+        }
         let h = wire::header(kind, task_id, len);
         let mut slices: Vec<io::IoSlice<'_>> = Vec::with_capacity(parts.len() + 1);
         slices.push(io::IoSlice::new(&h));

@@ -68,7 +68,7 @@ pub enum SubmitError {
         /// Its payload length.
         len: usize,
         /// The limit.
-        max: u32,
+        max: u64,
     },
 }
 
@@ -154,8 +154,9 @@ impl PoolBuilder {
         self
     }
 
-    /// Largest frame accepted in either direction (default: 1 GiB).
-    pub fn max_frame(mut self, bytes: u32) -> Self {
+    /// Largest frame payload accepted in either direction (default: any a frame can
+    /// carry, [`crate::wire::MAX_LEN`]: payloads are limited by memory only).
+    pub fn max_frame(mut self, bytes: u64) -> Self {
         self.cfg.max_frame = bytes;
         self
     }
@@ -289,7 +290,7 @@ impl PoolBuilder {
         if cfg.memory_poll.is_zero() {
             return Err(BuildError::Invalid("memory_poll must be positive"));
         }
-        if cfg.init_payload.len() > cfg.max_frame as usize {
+        if cfg.init_payload.len() as u64 > cfg.max_frame {
             return Err(BuildError::Invalid("init payload is larger than max_frame"));
         }
         let max_frame = cfg.max_frame;
@@ -345,7 +346,7 @@ pub struct Pool {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     owner: u32,
-    max_frame: u32,
+    max_frame: u64,
     shutdown_bound: Duration,
 }
 
@@ -423,7 +424,7 @@ impl Pool {
         }
         // A chunk's frame carries a trailer after the payload.
         let frame_len = |t: &Task| t.payload.len() + if t.items > 0 { crate::wire::CHUNK_TRAILER } else { 0 };
-        if let Some((index, t)) = tasks.iter().enumerate().find(|(_, t)| frame_len(t) > self.max_frame as usize) {
+        if let Some((index, t)) = tasks.iter().enumerate().find(|(_, t)| frame_len(t) as u64 > self.max_frame) {
             return Err(SubmitError::TooLarge { index, len: frame_len(t), max: self.max_frame });
         }
         if tasks.iter().any(|t| t.timeout == Some(Duration::ZERO)) {

@@ -20,7 +20,7 @@ pub(crate) struct Config {
     pub max_tasks_per_worker: Option<u64>,
     pub max_startup_failures: u32,
     pub init_payload: Vec<u8>,
-    pub max_frame: u32,
+    pub max_frame: u64,
     pub prefetch: usize,
     pub prefetch_below: Option<Duration>,
     pub stderr_tail: usize,

@@ -142,8 +142,25 @@ impl Supervisor {
         self.core.config()
     }
 
-    /// Starts the first worker, so a command that cannot run is reported by `build`.
+    /// Starts the first worker (or the fork server that forks it), so a command that
+    /// cannot run is reported by `build`.
     pub fn start_first(&mut self) -> io::Result<()> {
+        // With a fork server, `build` waits only for its exec (a command that cannot run
+        // is still reported): its first fork waits for the server's interpreter and
+        // imports, tens of milliseconds the caller need not spend in `Pool()`. The loop
+        // forks the workers.
+        let cfg = self.core.config();
+        if cfg.fork_server && cfg.cgroup_parent.is_none() {
+            match ForkServer::start(&cfg.cmd, cfg.max_frame) {
+                Ok(f) => {
+                    let pid = f.pid();
+                    self.emit(EventKind::ForkServerStarted, Some(pid), || format!("started the fork server {pid}"));
+                    self.forks = Some(f);
+                    return Ok(());
+                }
+                Err(e) => self.fork_server_failed(e),
+            }
+        }
         self.spawn_worker(Instant::now())
     }
 
