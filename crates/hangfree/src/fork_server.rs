@@ -61,8 +61,7 @@ impl ForkHooks for NoHooks {}
 /// socket requests go out on.
 #[derive(Debug)]
 pub(crate) struct ForkServer {
-    pid: i32,
-    pidfd: OwnedFd,
+    child: process::Child,
     control: UnixStream,
     /// Whether the server has answered once (it is up, its imports are done).
     answered: bool,
@@ -79,13 +78,13 @@ impl ForkServer {
     /// the control socket on its standard input and the pool's stderr as its own. Returns
     /// at once; the first [`ForkServer::fork`] waits for the server to be up.
     pub(crate) fn start(cmd: &WorkerCommand, max_frame: u64) -> io::Result<ForkServer> {
-        let (pid, pidfd, control, _) = process::launch(cmd, max_frame, Some((ENV_FORK_SERVER, "1")))?;
-        Ok(ForkServer { pid, pidfd, control, answered: false })
+        let (child, control, _) = process::launch(cmd, max_frame, Some((ENV_FORK_SERVER, "1")))?;
+        Ok(ForkServer { child, control, answered: false })
     }
 
     /// The server's pid.
     pub(crate) fn pid(&self) -> i32 {
-        self.pid
+        self.child.pid()
     }
 
     /// Asks the server for one worker and waits (bounded) for its pid. The worker comes
@@ -117,7 +116,7 @@ impl ForkServer {
         }
         ours.set_nonblocking(true)?;
         process::set_nonblocking(&err_read)?;
-        Ok(Spawned { pid, pidfd, channel: ours, stderr: err_read })
+        Ok(Spawned { child: process::Child::new(pid, pidfd), channel: ours, stderr: err_read })
     }
 
     fn read_reply(&mut self, limit: Duration) -> io::Result<i32> {
@@ -129,7 +128,7 @@ impl ForkServer {
             if left.is_zero() {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("the fork server {} did not answer within {:.1} s", self.pid, limit.as_secs_f64()),
+                    format!("the fork server {} did not answer within {:.1} s", self.pid(), limit.as_secs_f64()),
                 ));
             }
             let ts = rustix::time::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as i64 };
@@ -143,7 +142,7 @@ impl ForkServer {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
-                        format!("the fork server {} closed its channel", self.pid),
+                        format!("the fork server {} closed its channel", self.pid()),
                     ));
                 }
                 Ok(n) => got += n,
@@ -158,13 +157,13 @@ impl ForkServer {
             Err(io::Error::other(format!(
                 "the fork server {} runs threads besides its own (its program's imports started them), \
                  so it cannot fork safely",
-                self.pid
+                self.pid()
             )))
         } else if (-4095..0).contains(&answer) {
             let errno = io::Error::from_raw_os_error((-answer) as i32);
-            Err(io::Error::new(errno.kind(), format!("the fork server {} could not fork: {errno}", self.pid)))
+            Err(io::Error::new(errno.kind(), format!("the fork server {} could not fork: {errno}", self.pid())))
         } else {
-            Err(io::Error::other(format!("the fork server {} answered {answer}, not a pid", self.pid)))
+            Err(io::Error::other(format!("the fork server {} answered {answer}, not a pid", self.pid())))
         }
     }
 
@@ -172,7 +171,7 @@ impl ForkServer {
     /// its workers lead groups of their own), then reaps it, waiting at most `limit`.
     /// Returns false if it could not be reaped in time (it is then abandoned).
     pub(crate) fn stop(self, limit: Duration) -> bool {
-        process::kill_and_reap(self.pid, &self.pidfd, limit)
+        self.child.kill_and_reap(limit)
     }
 }
 

@@ -83,14 +83,25 @@ impl WorkerCommand {
     }
 }
 
-/// A worker process just started: its pid (also its process group id), a pidfd for its
-/// exit, our end of its channel and the read end of its stderr, all non-blocking.
+/// A worker process just started: the child, our end of its channel and the read end of
+/// its stderr, all non-blocking.
 #[derive(Debug)]
 pub(crate) struct Spawned {
-    pub pid: i32,
-    pub pidfd: OwnedFd,
+    pub child: Child,
     pub channel: UnixStream,
     pub stderr: OwnedFd,
+}
+
+/// A child process of ours that leads its own process group, as every worker and the fork
+/// server do: its pid, which is also the id of that group, and a pidfd for its exit.
+///
+/// Everything done to the process goes through here, so a group signal can only reach
+/// the group the child was started in (see [`Child::signal`]), and waiting, reading the
+/// status and reaping all use the pidfd.
+#[derive(Debug)]
+pub(crate) struct Child {
+    pid: i32,
+    pidfd: OwnedFd,
 }
 
 /// Starts one worker.
@@ -99,22 +110,22 @@ pub(crate) struct Spawned {
 /// posix_spawn path: the host (which has threads) is never forked into running code. The
 /// channel is the child's stdin; the worker moves it off fd 0 before running any task.
 pub(crate) fn spawn(cmd: &WorkerCommand, max_frame: u64) -> io::Result<Spawned> {
-    let (pid, pidfd, channel, stderr) = launch(cmd, max_frame, None)?;
+    let (child, channel, stderr) = launch(cmd, max_frame, None)?;
     let stderr = stderr.expect("a worker's stderr is piped");
     channel.set_nonblocking(true)?;
     set_nonblocking(&stderr)?;
-    Ok(Spawned { pid, pidfd, channel, stderr })
+    Ok(Spawned { child, channel, stderr })
 }
 
 /// Starts `cmd` by exec in a process group of its own, its channel on stdin: as a worker
 /// (stderr piped to us, returned) or, with `fork_server_env` set, as a fork server with
-/// that variable added and our stderr as its own. Returns the pid, a pidfd, and our end of
-/// the channel, still blocking.
+/// that variable added and our stderr as its own. Returns the child and our end of the
+/// channel, still blocking.
 pub(crate) fn launch(
     cmd: &WorkerCommand,
     max_frame: u64,
     fork_server_env: Option<(&str, &str)>,
-) -> io::Result<(i32, OwnedFd, UnixStream, Option<OwnedFd>)> {
+) -> io::Result<(Child, UnixStream, Option<OwnedFd>)> {
     let (ours, theirs) = UnixStream::pair()?;
     let mut c = Command::new(&cmd.program);
     cmd.configure(&mut c);
@@ -149,7 +160,7 @@ pub(crate) fn launch(
             return Err(io::Error::other(format!("pidfd_open({pid}) of {what}failed: {e}")));
         }
     };
-    Ok((pid, pidfd, ours, stderr))
+    Ok((Child { pid, pidfd }, ours, stderr))
 }
 
 pub(crate) fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
@@ -162,88 +173,114 @@ pub(crate) fn to_pid(pid: i32) -> Pid {
     Pid::from_raw(pid).expect("child pids are positive")
 }
 
-/// Sends `sig` to the worker's own process group, so its descendants get it too, and to
-/// the worker itself through its pidfd if it is no longer in that group.
-///
-/// The group signalled is always the one whose id is the worker's pid: the group the
-/// worker created and leads. While the worker is our unreaped child nobody else can hold
-/// that pid, so that group is the worker's or empty. A group id read back from the process
-/// is never signalled: a task can move itself into another group of its session — the
-/// caller's included — and signalling that group would kill the caller. A worker that
-/// left is reached by its pidfd alone; what it started before leaving stays in its group.
-/// A group already gone is not an error.
-pub(crate) fn signal_worker(pid: i32, pidfd: &OwnedFd, sig: Signal) {
-    signal_own_group(pid, sig);
-    let left = rustix::process::getpgid(Some(to_pid(pid))).is_ok_and(|g| g.as_raw_nonzero().get() != pid);
-    // SIGKILL goes to the worker itself every time: it may be leaving the group just now,
-    // and a second SIGKILL costs nothing. Other signals only if it left, so a worker that
-    // handles SIGTERM gets it once.
-    if left || sig == Signal::KILL {
-        let _ = rustix::process::pidfd_send_signal(pidfd, sig);
+impl Child {
+    /// A child that leads the process group whose id is its pid (it was started with
+    /// `process_group(0)`, or made it so), with a pidfd for it.
+    pub(crate) fn new(pid: i32, pidfd: OwnedFd) -> Child {
+        Child { pid, pidfd }
     }
-}
 
-/// Sends `sig` to the process group whose id is `pid` (see [`signal_worker`] for why only
-/// that one).
-pub(crate) fn signal_own_group(pid: i32, sig: Signal) {
-    match rustix::process::kill_process_group(to_pid(pid), sig) {
-        Ok(()) | Err(Errno::SRCH) => {}
-        // EPERM means a member changed credentials; nothing better can be done for it.
-        Err(_) => {}
+    /// Its pid, which is also its process group's id.
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
     }
-}
 
-/// Reads the exit status without reaping, if the process has exited.
-///
-/// While the leader is an unreaped zombie its pid, and so its process group id, cannot be
-/// reused: that is what makes the group sweep after it safe.
-pub(crate) fn peek_exit(pidfd: &OwnedFd) -> Option<ExitStatus> {
-    let opts = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
-    match rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), opts) {
-        Ok(Some(st)) => {
-            if let Some(code) = st.exit_status() {
-                Some(ExitStatus::Code(code))
-            } else if let Some(sig) = st.terminating_signal() {
-                Some(ExitStatus::Signal(sig))
-            } else if st.exited() || st.killed() || st.dumped() {
-                Some(ExitStatus::Unknown)
-            } else {
-                // A child that has not changed state yet: siginfo comes back zeroed.
-                None
+    /// The pidfd, readable when the child exits (for the pool's epoll loop).
+    pub(crate) fn pidfd(&self) -> &OwnedFd {
+        &self.pidfd
+    }
+
+    /// Sends `sig` to the child's own process group, so its descendants get it too, and to
+    /// the child itself through its pidfd if it is no longer in that group.
+    ///
+    /// The group signalled is always the one whose id is the child's pid: the group it
+    /// created and leads. While it is our unreaped child nobody else can hold that pid, so
+    /// that group is the child's or empty. A group id read back from the process is never
+    /// signalled: a task can move itself into another group of its session — the caller's
+    /// included — and signalling that group would kill the caller. A child that left is
+    /// reached by its pidfd alone; what it started before leaving stays in its group. A
+    /// group already gone is not an error.
+    pub(crate) fn signal(&self, sig: Signal) {
+        self.signal_own_group(sig);
+        let left = rustix::process::getpgid(Some(to_pid(self.pid))).is_ok_and(|g| g.as_raw_nonzero().get() != self.pid);
+        // SIGKILL goes to the child itself every time: it may be leaving the group just
+        // now, and a second SIGKILL costs nothing. Other signals only if it left, so a
+        // worker that handles SIGTERM gets it once.
+        if left || sig == Signal::KILL {
+            let _ = rustix::process::pidfd_send_signal(&self.pidfd, sig);
+        }
+    }
+
+    /// Sends `sig` to the child process alone, not its group (a request only it
+    /// understands, such as the stack dump).
+    pub(crate) fn signal_alone(&self, sig: Signal) {
+        let _ = rustix::process::pidfd_send_signal(&self.pidfd, sig);
+    }
+
+    /// Sends `sig` to the process group whose id is the child's pid (see
+    /// [`Child::signal`] for why only that one).
+    fn signal_own_group(&self, sig: Signal) {
+        match rustix::process::kill_process_group(to_pid(self.pid), sig) {
+            Ok(()) | Err(Errno::SRCH) => {}
+            // EPERM means a member changed credentials; nothing better can be done for it.
+            Err(_) => {}
+        }
+    }
+
+    /// Reads the exit status without reaping, if the child has exited.
+    ///
+    /// While the leader is an unreaped zombie its pid, and so its process group id,
+    /// cannot be reused: that is what makes the group sweep after it safe.
+    pub(crate) fn exit_status(&self) -> Option<ExitStatus> {
+        let opts = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
+        match rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), opts) {
+            Ok(Some(st)) => {
+                if let Some(code) = st.exit_status() {
+                    Some(ExitStatus::Code(code))
+                } else if let Some(sig) = st.terminating_signal() {
+                    Some(ExitStatus::Signal(sig))
+                } else if st.exited() || st.killed() || st.dumped() {
+                    Some(ExitStatus::Unknown)
+                } else {
+                    // A child that has not changed state yet: siginfo comes back zeroed.
+                    None
+                }
             }
+            Ok(None) => None,
+            // ECHILD: the kernel reaped it already (the host ignores SIGCHLD).
+            Err(Errno::CHILD) => Some(ExitStatus::Unknown),
+            Err(_) => None,
         }
-        Ok(None) => None,
-        // ECHILD: the kernel reaped it already (the host ignores SIGCHLD).
-        Err(Errno::CHILD) => Some(ExitStatus::Unknown),
-        Err(_) => None,
     }
-}
 
-/// Collects an exited worker: sweeps its process group with SIGKILL (grandchildren that
-/// outlived it), then reaps it. Call only after [`peek_exit`] returned a status.
-pub(crate) fn sweep_and_reap(pid: i32, pidfd: &OwnedFd) {
-    signal_own_group(pid, Signal::KILL);
-    let _ = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG);
-}
+    /// Collects an exited child: sweeps its process group with SIGKILL (grandchildren
+    /// that outlived it), then reaps it. Call only after [`Child::exit_status`] returned a
+    /// status.
+    pub(crate) fn sweep_and_reap(&self) {
+        self.signal_own_group(Signal::KILL);
+        let _ =
+            rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG);
+    }
 
-/// SIGKILLs a child's process group, waits up to `limit` for the child to exit (on its
-/// pidfd), then sweeps and reaps it. Returns false if it had not exited by then: it is
-/// left unreaped, never waited for longer.
-pub(crate) fn kill_and_reap(pid: i32, pidfd: &OwnedFd, limit: Duration) -> bool {
-    signal_worker(pid, pidfd, Signal::KILL);
-    let deadline = Instant::now() + limit;
-    loop {
-        if peek_exit(pidfd).is_some() {
-            sweep_and_reap(pid, pidfd);
-            return true;
+    /// SIGKILLs the child's process group, waits up to `limit` for the child to exit (on
+    /// its pidfd), then sweeps and reaps it. Returns false if it had not exited by then:
+    /// it is left unreaped, never waited for longer.
+    pub(crate) fn kill_and_reap(&self, limit: Duration) -> bool {
+        self.signal(Signal::KILL);
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.exit_status().is_some() {
+                self.sweep_and_reap();
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let ts = rustix::time::Timespec { tv_sec: 0, tv_nsec: left.as_nanos().min(10_000_000) as i64 };
+            let mut fds = [rustix::event::PollFd::new(&self.pidfd, rustix::event::PollFlags::IN)];
+            let _ = rustix::event::poll(&mut fds, Some(&ts));
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        let ts = rustix::time::Timespec { tv_sec: 0, tv_nsec: left.as_nanos().min(10_000_000) as i64 };
-        let mut fds = [rustix::event::PollFd::new(pidfd, rustix::event::PollFlags::IN)];
-        let _ = rustix::event::poll(&mut fds, Some(&ts));
     }
 }
 
@@ -255,7 +292,7 @@ mod tests {
     fn wait_exit(s: &Spawned) -> ExitStatus {
         let t0 = Instant::now();
         loop {
-            if let Some(st) = peek_exit(&s.pidfd) {
+            if let Some(st) = s.child.exit_status() {
                 return st;
             }
             assert!(t0.elapsed() < Duration::from_secs(10), "child did not exit");
@@ -268,25 +305,25 @@ mod tests {
         let s = spawn(&WorkerCommand::new("/bin/sh").args(["-c", "exit 3"]), 1024).unwrap();
         assert_eq!(wait_exit(&s), ExitStatus::Code(3));
         // Still a zombie until swept and reaped: the status can be read twice.
-        assert_eq!(peek_exit(&s.pidfd), Some(ExitStatus::Code(3)));
-        sweep_and_reap(s.pid, &s.pidfd);
-        assert!(!std::path::Path::new(&format!("/proc/{}", s.pid)).exists());
+        assert_eq!(s.child.exit_status(), Some(ExitStatus::Code(3)));
+        s.child.sweep_and_reap();
+        assert!(!std::path::Path::new(&format!("/proc/{}", s.child.pid())).exists());
 
         let s = spawn(&WorkerCommand::new("/bin/sleep").arg("30"), 1024).unwrap();
-        assert_eq!(peek_exit(&s.pidfd), None);
-        signal_worker(s.pid, &s.pidfd, Signal::KILL);
+        assert_eq!(s.child.exit_status(), None);
+        s.child.signal(Signal::KILL);
         assert_eq!(wait_exit(&s), ExitStatus::Signal(9));
-        sweep_and_reap(s.pid, &s.pidfd);
+        s.child.sweep_and_reap();
     }
 
     #[test]
     fn worker_leads_its_own_group() {
         let s = spawn(&WorkerCommand::new("/bin/sleep").arg("30"), 1024).unwrap();
-        let pgid = rustix::process::getpgid(Some(to_pid(s.pid))).unwrap();
-        assert_eq!(pgid.as_raw_nonzero().get(), s.pid);
-        signal_worker(s.pid, &s.pidfd, Signal::KILL);
+        let pgid = rustix::process::getpgid(Some(to_pid(s.child.pid()))).unwrap();
+        assert_eq!(pgid.as_raw_nonzero().get(), s.child.pid());
+        s.child.signal(Signal::KILL);
         wait_exit(&s);
-        sweep_and_reap(s.pid, &s.pidfd);
+        s.child.sweep_and_reap();
     }
 
     #[test]

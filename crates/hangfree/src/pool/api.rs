@@ -4,12 +4,15 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::config::Config;
 use super::defaults;
 use super::duration::{MAX_DURATION, saturate};
-use super::handle::{BatchHandle, BatchSink, Sink, Slot, Task, TaskHandle, TaskState, lock};
+use super::handle::{BatchHandle, BatchSink, Slot, TaskHandle};
 use super::lifecycle::Timing;
+use super::shared::{Command, Gate, Reply, Shared, lock};
 use super::stats::Stats;
-use super::supervisor::{Command, Config, Gate, Reply, Shared, Supervisor};
+use super::supervisor::Supervisor;
+use super::task::{Sink, Task, TaskState};
 use crate::outcome::StartupFailure;
 use crate::process::WorkerCommand;
 

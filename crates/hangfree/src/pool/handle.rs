@@ -1,114 +1,15 @@
-//! What callers hold: tasks to submit, sinks that receive outcomes, and the two built-in
-//! sinks — a handle for one task and a stream for a batch.
+//! What callers hold: the two built-in sinks — a handle for one task and a stream for a
+//! batch.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::duration::saturate;
-use super::supervisor::Shared;
+use super::shared::{Shared, lock};
+use super::task::Sink;
 use crate::outcome::Outcome;
-
-/// One unit of work: an opaque payload for the worker, with an optional time limit and a
-/// label used in error messages.
-#[derive(Clone, Debug)]
-pub struct Task {
-    pub(crate) payload: Vec<u8>,
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) label: Option<Arc<str>>,
-    /// Items of a chunk (0: a single task).
-    pub(crate) items: u32,
-}
-
-impl Task {
-    /// A task carrying `payload`, with the pool's default time limit.
-    pub fn new(payload: impl Into<Vec<u8>>) -> Task {
-        Task { payload: payload.into(), timeout: None, label: None, items: 0 }
-    }
-
-    /// A chunk: one payload standing for `items` items (at least 1) that the worker runs
-    /// in order, answering with [`crate::wire::Kind::Items`] frames (see `PROTOCOL.md`).
-    /// Each item starts at most once: if the worker dies, the item it was running ends
-    /// as *worker lost* (or runs again, with `retries`), items whose outcomes came keep
-    /// them, and the rest run elsewhere as a chunk of their own. The time limit applies
-    /// to each item. Outcomes reach the sink through [`Sink::complete_items`], several
-    /// per chunk, each covering consecutive items.
-    pub fn chunk(payload: impl Into<Vec<u8>>, items: u32) -> Task {
-        Task { items: items.max(1), ..Task::new(payload) }
-    }
-
-    /// Gives this task its own time limit, overriding the pool's. A limit of
-    /// [`crate::MAX_DURATION`] or more is taken as that one (no limit in practice); zero
-    /// is refused at submission ([`crate::SubmitError::Invalid`]).
-    pub fn timeout(mut self, limit: Duration) -> Task {
-        self.timeout = Some(saturate(limit));
-        self
-    }
-
-    /// Names the task in error messages (for example `square(3)`).
-    pub fn label(mut self, label: impl Into<Arc<str>>) -> Task {
-        self.label = Some(label.into());
-        self
-    }
-}
-
-impl From<Vec<u8>> for Task {
-    fn from(p: Vec<u8>) -> Task {
-        Task::new(p)
-    }
-}
-
-impl From<&[u8]> for Task {
-    fn from(p: &[u8]) -> Task {
-        Task::new(p.to_vec())
-    }
-}
-
-/// Where a submitted task is, as [`crate::Pool::task_state`] reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TaskState {
-    /// Waiting in the pool's queue: no worker has it, and
-    /// [`crate::Pool::cancel_if_queued`] would cancel it. A task whose worker died and
-    /// that waits for a retry is queued again.
-    Queued,
-    /// Sent ahead to a busy worker (see [`crate::PoolBuilder::prefetch`]): it waits in that
-    /// worker's channel behind the task the worker runs. It has not started, but it can no
-    /// longer be taken back (`cancel_if_queued` refuses).
-    SentAhead,
-    /// Its worker has started it: it is the task the worker runs, and its time limit
-    /// runs. (The pool counts a task started when the worker has finished the one before
-    /// it, or when it was sent to an idle worker: the worker reads it at once.)
-    Running,
-    /// Its outcome has been delivered (or the pool never had a task of that id, or the
-    /// pool has finished).
-    Done,
-}
-
-/// Receives outcomes from the pool's supervisor thread.
-///
-/// `complete` is called exactly once per task, with the task's index in its submission,
-/// from the supervisor thread. It must return quickly and must not block or call back
-/// into the pool: the supervisor is the thread that notices deaths and deadlines.
-pub trait Sink: Send + Sync + 'static {
-    /// Takes the outcome of the task at `index` of its submission.
-    fn complete(&self, index: usize, outcome: Outcome);
-
-    /// Takes the outcome of items `first..first + count` of the chunk at `index` (see
-    /// [`Task::chunk`]): a [`Outcome::Value`] with the worker's encoding of their
-    /// outcomes (`raised` of them raised), or one failure shared by all of them. Every
-    /// item is covered exactly once, in order. By default each part is passed to
-    /// [`Sink::complete`].
-    fn complete_items(&self, index: usize, first: u32, count: u32, raised: u32, outcome: Outcome) {
-        let _ = (first, count, raised);
-        self.complete(index, outcome);
-    }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere cannot leave these small states half-written; keep serving.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Polls `flag` briefly before the caller sleeps (see [`crate::spin`]).
 fn spin_until(flag: &AtomicBool) {
