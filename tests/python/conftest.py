@@ -34,11 +34,26 @@ def _leak_report(new: set) -> str:
     return "\n".join(lines)
 
 
+def _resource_trackers() -> set:
+    """The stdlib's resource tracker of this test process, when a test started it: a
+    helper the interpreter keeps until it exits (whichever test came first starts it),
+    not a process a test left behind."""
+    found = set()
+    for pid in helpers.children(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"multiprocessing.resource_tracker" in f.read():
+                    found.add(pid)
+        except OSError:
+            pass
+    return found
+
+
 @pytest.fixture(autouse=True)
 def no_process_left_by_test():
     before = helpers.marked_pids()
     yield
-    new = helpers.marked_pids() - before
+    new = helpers.marked_pids() - before - _resource_trackers()
     left = helpers.wait_gone(new, LEAK_GRACE)
     if left:
         report = _leak_report(left)
@@ -49,7 +64,7 @@ def no_process_left_by_test():
 @pytest.fixture(autouse=True, scope="session")
 def no_process_left_by_session():
     yield
-    left = helpers.wait_gone(helpers.marked_pids(), LEAK_GRACE)
+    left = helpers.wait_gone(helpers.marked_pids() - _resource_trackers(), LEAK_GRACE)
     zombies = helpers.zombie_children(os.getpid())
     problems = []
     if left:

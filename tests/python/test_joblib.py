@@ -55,7 +55,8 @@ def test_parallel_runs_in_hangfree_workers_and_reuses_them():
         assert Parallel()(delayed(jt.square)(i) for i in range(20)) == [i * i for i in range(20)]
         first = set(Parallel()(delayed(jt.pid)(i) for i in range(8)))
         second = set(Parallel()(delayed(jt.pid)(i) for i in range(8)))
-    assert first == second and len(first) <= 2
+    # Both calls ran on the same two workers (which of them a call's batches reach varies).
+    assert len(first | second) <= 2
     assert all(p != __import__("os").getpid() for p in first)
 
 
