@@ -150,12 +150,7 @@ fn a_task_sent_ahead_to_a_stopped_worker_is_started_only_elsewhere() {
     wd(|| {
         let tag = new_tag("sent-ahead");
         let log = log_path(&tag);
-        let pool = builder(&tag)
-            .workers(1)
-            .prefetch(4)
-            .grace(Duration::from_secs(3))
-            .build()
-            .expect("pool");
+        let pool = builder(&tag).workers(1).prefetch(4).grace(Duration::from_secs(3)).build().expect("pool");
         let late = pool
             .submit(Task::new(format!("!item log {log} late ignore-term 800")).timeout(Duration::from_millis(300)))
             .expect("submit");

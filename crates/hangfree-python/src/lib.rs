@@ -242,9 +242,8 @@ impl Engine {
     fn next_outcomes<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Vec<Bound<'py, PyAny>>> {
         let deadline = Instant::now() + wait_limit(timeout);
         let items: Vec<Delivery> = loop {
-            let got = engine_call(py, || {
-                self.mailbox.take(deadline.saturating_duration_since(Instant::now()).min(SLICE))
-            })?;
+            let got =
+                engine_call(py, || self.mailbox.take(deadline.saturating_duration_since(Instant::now()).min(SLICE)))?;
             // A finished pool has nothing more to say: let the result thread go at once.
             if !got.is_empty() || Instant::now() >= deadline || self.mailbox.has_events() || self.pool.is_finished() {
                 break got;
@@ -274,7 +273,10 @@ impl Engine {
     /// tuples (only with `events=True`).
     fn take_events(&self) -> Vec<EventTuple> {
         let events = self.mailbox.take_events();
-        events.into_iter().map(|e| (format!("{:?}", e.kind), e.kind.is_trouble(), e.pid, e.task_id, e.message)).collect()
+        events
+            .into_iter()
+            .map(|e| (format!("{:?}", e.kind), e.kind.is_trouble(), e.pid, e.task_id, e.message))
+            .collect()
     }
 
     /// Cancels a task by id (a running one has its worker stopped).
