@@ -277,7 +277,6 @@ class EngineClient:
         # Clear while a close() waits for the holds: join() waits for it too.
         self._not_deferred = threading.Event()
         self._not_deferred.set()
-        # The engine counts a packed chunk as one task; these turn its counts into items.
         self.pid = os.getpid()
         self.owner = owner
         # The Pool or executor this serves, weakly: should it be dropped without being
@@ -396,8 +395,8 @@ class EngineClient:
                 return self._submit_packed(calls, on_outcome, spans, timeout)
             return self._submit_each(calls, on_outcome, chunksize, timeout)
         finally:
-            # Items are needed again only to name a failed call or to rerun a chunk whose
-            # worker died; by then the caller may have changed a list it passed.
+            # Items are needed again only to name a failed call; by then the caller may
+            # have changed a list it passed.
             if borrowed and type(arg_list) is list:
                 calls.items = arg_list[:]
 
