@@ -19,5 +19,8 @@ fi
 echo "== Rust docs (broken links fail)"
 RUSTDOCFLAGS="-D warnings" cargo doc -q --no-deps --workspace --exclude hangfree-python
 
+echo "== Docs site (mkdocs --strict: broken links fail)"
+scripts/docs.sh
+
 echo "== Python tests"
 .venv/bin/python -m pytest -q tests/python "$@"
