@@ -34,6 +34,7 @@ _LAZY = {
     "MapResult": "hangfree.pool",
     "IMapIterator": "hangfree.pool",
     "ProcessPoolExecutor": "hangfree.executor",
+    "release_fork_servers": "hangfree._client",
     "HangfreeError": "hangfree._errors",
     "InitializerError": "hangfree._errors",
     "MemoryLimitError": "hangfree._errors",
@@ -153,6 +154,7 @@ if TYPE_CHECKING:
         WorkerLostError,
         WorkerProtocolError,
     )
+    from hangfree._client import release_fork_servers
     from hangfree.executor import ProcessPoolExecutor
     from hangfree.pool import ApplyResult, AsyncResult, IMapIterator, MapResult, Pool
 
@@ -170,5 +172,6 @@ __all__ = [
     "InitializerError",
     "TaskCancelledError",
     "PoolTerminatedError",
+    "release_fork_servers",
     *sorted(_MULTIPROCESSING | {"Pool"}),
 ]

@@ -846,6 +846,21 @@ def _shutdown_all() -> None:
 
     _wait_at_exit(_executors_running(), finish)
     _terminate_all()
+    release_fork_servers()
+
+
+def release_fork_servers() -> int:
+    """Stops the idle fork servers that pools of this process kept for later pools.
+
+    A pool's fork server (an interpreter that imported the main script and ``preload``)
+    outlives the pool by up to ``keep_fork_server`` seconds (see ``hangfree._core.defaults()``),
+    so that the next pool made with the same interpreter, script, working directory and
+    environment forks its workers at once instead of starting one. A kept server forks
+    nothing and also dies with this process. After this call no process of an ended pool
+    is left; pools that end before the next one starts keep none. Returns how many
+    servers were stopped.
+    """
+    return _core.release_fork_servers()
 
 
 def _terminate_all() -> None:

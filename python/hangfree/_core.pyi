@@ -20,6 +20,11 @@ class SubmitRefused(RuntimeError):
 def kill_own_group() -> None:
     """Ends this worker and its whole process group with SIGKILL (never returns)."""
 
+def release_fork_servers() -> int:
+    """Stops the fork servers that ended pools of this process kept for later pools
+    (``keep_fork_server`` in ``defaults()``), and keeps none from pools that end before
+    the next one starts. Returns how many were stopped."""
+
 STACK_DUMP_SIGNAL: int
 OOB_MARKER: int
 

@@ -10,6 +10,7 @@ marker — and the test fails.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 
 import pytest
@@ -49,10 +50,19 @@ def _resource_trackers() -> set:
     return found
 
 
+def _release_kept_fork_servers() -> None:
+    """The fork servers this test's pools kept for later pools (the process's, not a
+    pool's: see ``hangfree.release_fork_servers``) are stopped before the count."""
+    client = sys.modules.get("hangfree._client")
+    if client is not None:
+        client.release_fork_servers()
+
+
 @pytest.fixture(autouse=True)
 def no_process_left_by_test():
     before = helpers.marked_pids()
     yield
+    _release_kept_fork_servers()
     new = helpers.marked_pids() - before - _resource_trackers()
     left = helpers.wait_gone(new, LEAK_GRACE)
     if left:
@@ -64,6 +74,7 @@ def no_process_left_by_test():
 @pytest.fixture(autouse=True, scope="session")
 def no_process_left_by_session():
     yield
+    _release_kept_fork_servers()
     left = helpers.wait_gone(helpers.marked_pids() - _resource_trackers(), LEAK_GRACE)
     zombies = helpers.zombie_children(os.getpid())
     problems = []

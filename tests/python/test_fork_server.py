@@ -46,7 +46,7 @@ def wait_for(predicate, timeout, what):
         time.sleep(0.01)
 
 
-def test_workers_are_forked_children_of_ours_and_the_server_goes_with_the_pool():
+def test_workers_are_forked_children_of_ours_and_the_server_is_kept_until_released():
     with hangfree.Pool(2) as p:
         results = p.map(ft.origin, range(8), chunksize=1)
         # (A worker forked a moment ago carries the server's name until it takes its own.)
@@ -61,6 +61,9 @@ def test_workers_are_forked_children_of_ours_and_the_server_goes_with_the_pool()
         assert os.getpgid(server) == server
         p.close()
         p.join()
+    # Kept, idle, for the next pool of this process; released, it is stopped and reaped.
+    assert fork_servers() == {server}
+    assert hangfree.release_fork_servers() == 1
     assert not helpers.alive(server) and not helpers.zombie(server)
     assert not fork_servers()
 

@@ -106,6 +106,8 @@ with hangfree.ProcessPoolExecutor(2) as ex:
     res["ex_exit"] = type(f.exception(30)).__name__
     res["ex_after"] = ex.submit(T.square, 7).result(30)
 res["sigchld_still_ignored"] = signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN
+# The fork server kept for a later pool is the process's; stopped here, it must go too.
+res["released"] = hangfree.release_fork_servers()
 res["children"] = children()
 print(json.dumps(res))
 """)
@@ -145,6 +147,8 @@ with hangfree.ProcessPoolExecutor(2) as ex:
     os.kill(os.getpid(), signal.SIGINT)
     res["ex"] = f.result(30)
 res["sigint_still_ignored"] = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+# The fork server kept for a later pool is the process's; stopped here, it must go too.
+res["released"] = hangfree.release_fork_servers()
 res["children"] = children()
 print(json.dumps(res))
 """)
@@ -208,6 +212,8 @@ import gc
 gc.collect()
 res["fds_leaked"] = sorted(set(fds()) - set(base_fds))
 res["threads_leaked"] = nthreads() - base_threads
+# The fork server kept for a later pool is the process's; stopped here, it must go too.
+res["released"] = hangfree.release_fork_servers()
 res["children"] = children()
 stop.set()
 print(json.dumps(res))
@@ -254,6 +260,8 @@ with hangfree.Pool(2, grace=0.3) as p:
     res["after"] = p.map(T.print_and_square, range(30)) == [x * x for x in range(30)]
 with hangfree.ProcessPoolExecutor(2) as ex:
     res["ex"] = [ex.submit(T.print_and_square, x).result(30) for x in range(10)] == [x * x for x in range(10)]
+# The fork server kept for a later pool is the process's; stopped here, it must go too.
+res["released"] = hangfree.release_fork_servers()
 res["children"] = children()
 with open(sys.argv[1], "w") as f:
     json.dump(res, f)
@@ -288,6 +296,8 @@ with hangfree.Pool(2, grace=0.3) as p:
         res["msg_len"] = len(str(e))
     res["after"] = p.map(T.square, range(50)) == [x * x for x in range(50)]
 res["elapsed"] = time.monotonic() - t0
+# The fork server kept for a later pool is the process's; stopped here, it must go too.
+res["released"] = hangfree.release_fork_servers()
 res["children"] = children()
 print(json.dumps(res))
 """)
@@ -321,6 +331,8 @@ t1 = time.monotonic()
 p.terminate()
 p.join()
 res["terminate_s"] = time.monotonic() - t1
+# The fork server kept for a later pool is the process's; stopped here, it must go too.
+res["released"] = hangfree.release_fork_servers()
 res["children"] = children()
 with open(sys.argv[1], "w") as f:
     json.dump(res, f)
@@ -421,6 +433,8 @@ while (fds() != base_fds or nthreads() != base_threads) and time.monotonic() < d
 res["fds_leaked"] = sorted(set(fds()) - set(base_fds))
 res["threads"] = [base_threads, nthreads()]
 res["py_threads"] = [t.name for t in threading.enumerate()]
+# The fork server kept for a later pool is the process's; stopped here, it must go too.
+res["released"] = hangfree.release_fork_servers()
 res["children"] = children()
 print(json.dumps(res))
 """, timeout=200)

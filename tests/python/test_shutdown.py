@@ -210,6 +210,8 @@ CTRL_C_SCRIPT = """
                 raise
     except KeyboardInterrupt:
         out["exit_at"] = time.monotonic()
+        # The pool's fork server, kept for a later pool, is the process's, not the pool's.
+        hangfree.release_fork_servers()
         out["children"] = sorted(helpers.children(os.getpid()))
     print(json.dumps(out), flush=True)
 """
@@ -391,6 +393,8 @@ CTRL_C_IN_CONSTRUCTOR = """
             except KeyboardInterrupt:
                 pass
             t.join()
+        # The fork server kept for a later pool is the process's; it must go when released.
+        hangfree.release_fork_servers()
         deadline = time.monotonic() + 10
         while (children() or threading.active_count() > 1) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -207,3 +207,60 @@ fn fork_server_and_forked_workers_die_with_the_pools_process() {
         assert!(tagged(&tag).iter().all(|p| p.state == 'Z'), "left: {:?}", tagged(&tag));
     });
 }
+
+#[test]
+fn a_kept_fork_server_serves_the_next_pool_then_stops_when_idle_or_released() {
+    wd(|| {
+        let tag = new_tag("fs-kept");
+        let me = std::process::id() as i32;
+        let kept_pool = |tag: &str| {
+            let events: Seen = Arc::new(Mutex::new(Vec::new()));
+            let seen = events.clone();
+            let pool = builder(tag)
+                .workers(1)
+                .fork_server(true)
+                .keep_fork_server(Duration::from_millis(1500))
+                .on_event(move |e| seen.lock().unwrap().push((e.kind, e.pid)))
+                .build()
+                .expect("pool");
+            (pool, events)
+        };
+        let (first, events) = kept_pool(&tag);
+        let a = pid_of(&first);
+        let server = servers(&events)[0];
+        shutdown(&first);
+        wait_until(Duration::from_secs(2), "the first pool's worker to be reaped", || stat(a).is_none());
+        let kept = stat(server).expect("the fork server is kept after its pool ended");
+        assert!(is_fork_server(&kept) && kept.ppid == me, "{kept:?}");
+
+        // The next pool of the same command takes it: its worker is forked at once by it.
+        let (second, events) = kept_pool(&tag);
+        let b = pid_of(&second);
+        assert_eq!(servers(&events), vec![server], "the second pool took the kept server");
+        assert!(was_forked(b) && stat(b).expect("worker").ppid == me);
+        assert_eq!(
+            tagged(&tag).iter().filter(|p| is_fork_server(p)).count(),
+            1,
+            "one server for both pools: {:?}",
+            tagged(&tag)
+        );
+        shutdown(&second);
+
+        // Idle past its keep time: stopped and reaped by the keeper.
+        let t0 = Instant::now();
+        wait_until(Duration::from_secs(6), "the idle kept server to be stopped", || stat(server).is_none());
+        assert!(t0.elapsed() >= Duration::from_millis(1000), "stopped after {:?}, before its keep time", t0.elapsed());
+
+        // Another command (here: another HF_TEST_TAG) never gets a kept server, and
+        // release_kept stops what is kept at once.
+        let (third, events) = kept_pool(&tag);
+        let third_server = servers(&events)[0];
+        shutdown(&third);
+        let other_tag = new_tag("fs-kept-other");
+        let (fourth, events) = kept_pool(&other_tag);
+        assert_ne!(servers(&events), vec![third_server], "a server is kept for its own command only");
+        shutdown(&fourth);
+        assert_eq!(hangfree::fork_server::release_kept(), 2);
+        assert!(tagged(&tag).is_empty() && tagged(&other_tag).is_empty(), "left after release_kept");
+    });
+}

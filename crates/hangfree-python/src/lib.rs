@@ -739,6 +739,14 @@ fn kill_own_group() {
     hangfree::worker::kill_own_group()
 }
 
+/// Stops the fork servers that ended pools kept for later ones (see
+/// `PoolBuilder::keep_fork_server`); pools that end from now until the next one starts
+/// keep none. Returns how many were stopped.
+#[pyfunction]
+fn release_fork_servers(py: Python<'_>) -> usize {
+    py.detach(hangfree::fork_server::release_kept)
+}
+
 /// The engine's default for every `Engine` setting left at None, as Python values
 /// (seconds as floats; None for "no limit"), for the package's docstrings to be checked
 /// against.
@@ -760,6 +768,7 @@ fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     out.set_item("retries", d::RETRIES)?;
     out.set_item("cgroup", d::CGROUP)?;
     out.set_item("fork_server", d::FRONT_FORK_SERVER)?;
+    out.set_item("keep_fork_server", d::FRONT_KEEP_FORK_SERVER.as_secs_f64())?;
     out.set_item("stack_dump_signal", d::STACK_DUMP_SIGNAL)?;
     out.set_item("stack_dump_wait", d::STACK_DUMP_WAIT.as_secs_f64())?;
     Ok(out)
@@ -780,6 +789,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("OOB_MARKER", hangfree::oob::MARKER)?;
     m.add("STACK_DUMP_SIGNAL", hangfree::pool::defaults::STACK_DUMP_SIGNAL)?;
     m.add_function(wrap_pyfunction!(kill_own_group, m)?)?;
+    m.add_function(wrap_pyfunction!(release_fork_servers, m)?)?;
     m.add_function(wrap_pyfunction!(cli::cli_main, m)?)?;
     m.add_class::<Engine>()?;
     m.add_class::<WorkerChannel>()?;

@@ -17,11 +17,13 @@
 //! across the fork; a host with a language runtime (Python) passes [`ForkHooks`] to keep
 //! the runtime's own state right.
 
+use std::ffi::OsString;
 use std::io::{self, IoSlice, IoSliceMut, Read};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
@@ -65,6 +67,8 @@ pub(crate) struct ForkServer {
     control: UnixStream,
     /// Whether the server has answered once (it is up, its imports are done).
     answered: bool,
+    /// What it was started from, when it was started to be kept (see [`take_or_start`]).
+    key: Option<Key>,
 }
 
 /// How long the first request may wait: the server is starting (an interpreter and its
@@ -79,7 +83,7 @@ impl ForkServer {
     /// at once; the first [`ForkServer::fork`] waits for the server to be up.
     pub(crate) fn start(cmd: &WorkerCommand, max_frame: u64) -> io::Result<ForkServer> {
         let (child, control, _) = process::launch(cmd, max_frame, Some((ENV_FORK_SERVER, "1")))?;
-        Ok(ForkServer { child, control, answered: false })
+        Ok(ForkServer { child, control, answered: false, key: None })
     }
 
     /// The server's pid.
@@ -192,6 +196,183 @@ fn send_request(control: &UnixStream, channel: &UnixStream, stderr: &OwnedFd) ->
         return Err(io::Error::other(format!("short write to the fork server ({n} of {} bytes)", REQUEST.len())));
     }
     Ok(())
+}
+
+// ----- keeping a server between pools --------------------------------------------------
+
+/// What a kept server can serve: the same command, frame limit and environment as the
+/// pool asking (a server's workers see the environment of the server's start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Key {
+    cmd: WorkerCommand,
+    max_frame: u64,
+    env: Vec<(OsString, OsString)>,
+}
+
+impl Key {
+    fn now(cmd: &WorkerCommand, max_frame: u64) -> Key {
+        Key { cmd: cmd.clone(), max_frame, env: std::env::vars_os().collect() }
+    }
+}
+
+/// At most this many idle servers are kept; the one kept longest goes first.
+const MAX_KEPT: usize = 4;
+
+struct Kept {
+    server: ForkServer,
+    until: Instant,
+}
+
+enum Job {
+    Start(Key, mpsc::SyncSender<io::Result<ForkServer>>),
+    /// A server was kept: its expiry may be the next one.
+    Wake,
+}
+
+/// The process's keeper thread, which starts every server meant to be kept and stops
+/// those left idle too long. It starts them because a server and the workers it forks
+/// (`CLONE_PARENT`) are children of the *thread* that started the server, and their
+/// parent-death signal fires when that thread ends: a pool's supervisor thread ends with
+/// the pool, the keeper only with the process.
+struct Keeper {
+    /// The process it belongs to: after a fork, the child has no keeper thread, and the
+    /// kept servers are its parent's children, not its own.
+    owner: u32,
+    jobs: mpsc::Sender<Job>,
+    kept: Arc<Mutex<Vec<Kept>>>,
+    /// Set by [`release_kept`] (the interpreter is exiting, or a test wants none left):
+    /// pools that end after it stop their server; the next pool that starts clears it.
+    releasing: bool,
+}
+
+static KEEPER: Mutex<Option<Keeper>> = Mutex::new(None);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn keeper(slot: &mut Option<Keeper>) -> io::Result<&mut Keeper> {
+    let pid = std::process::id();
+    if slot.as_ref().is_some_and(|k| k.owner != pid) {
+        // Forked from a process that kept servers: they are not ours to use or stop, and
+        // their descriptors are only copies.
+        // Nothing of it is touched, not even its lock, which another thread of the parent
+        // may have held at the fork: its descriptors are left open.
+        std::mem::forget(slot.take());
+    }
+    if slot.is_none() {
+        let (jobs, rx) = mpsc::channel();
+        let kept: Arc<Mutex<Vec<Kept>>> = Arc::default();
+        let list = kept.clone();
+        std::thread::Builder::new().name("hangfree-keeper".into()).spawn(move || keep_loop(rx, list))?;
+        *slot = Some(Keeper { owner: pid, jobs, kept, releasing: false });
+    }
+    Ok(slot.as_mut().expect("just set"))
+}
+
+fn keep_loop(jobs: mpsc::Receiver<Job>, kept: Arc<Mutex<Vec<Kept>>>) {
+    loop {
+        let next = lock(&kept).iter().map(|k| k.until).min();
+        let job = match next {
+            Some(t) => jobs.recv_timeout(t.saturating_duration_since(Instant::now())),
+            None => jobs.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+        };
+        match job {
+            Ok(Job::Start(key, reply)) => {
+                let started = ForkServer::start(&key.cmd, key.max_frame).map(|mut s| {
+                    s.key = Some(key);
+                    s
+                });
+                let _ = reply.send(started);
+            }
+            Ok(Job::Wake) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        let now = Instant::now();
+        let expired: Vec<Kept> = {
+            let mut list = lock(&kept);
+            let (gone, stay) = std::mem::take(&mut *list).into_iter().partition(|k| k.until <= now);
+            *list = stay;
+            gone
+        };
+        for k in expired {
+            k.server.stop(KEPT_STOP_WAIT);
+        }
+    }
+}
+
+/// How long stopping a kept server may wait for it to be reaped.
+const KEPT_STOP_WAIT: Duration = Duration::from_secs(1);
+
+/// A fork server for `cmd`: one an earlier pool of this process kept (see [`keep`]) if
+/// one was started from the same command, frame limit and environment and is still up;
+/// else a new one, started by the keeper thread so that it can outlive the pool. The
+/// second value says whether it was kept.
+pub(crate) fn take_or_start(cmd: &WorkerCommand, max_frame: u64) -> io::Result<(ForkServer, bool)> {
+    let key = Key::now(cmd, max_frame);
+    let (reply, answer) = mpsc::sync_channel(1);
+    {
+        let mut slot = lock(&KEEPER);
+        let k = keeper(&mut slot)?;
+        k.releasing = false;
+        let mut list = lock(&k.kept);
+        while let Some(i) = list.iter().position(|e| e.server.key.as_ref() == Some(&key)) {
+            let e = list.remove(i);
+            if e.server.child.exit_status().is_none() {
+                return Ok((e.server, true));
+            }
+            e.server.stop(KEPT_STOP_WAIT);
+        }
+        drop(list);
+        k.jobs.send(Job::Start(key, reply)).map_err(|_| io::Error::other("the fork server keeper thread is gone"))?;
+    }
+    let server = answer.recv().map_err(|_| io::Error::other("the fork server keeper thread is gone"))??;
+    Ok((server, false))
+}
+
+/// Keeps an idle server for the next pool of this process for `idle` at most, or stops
+/// it (a server not started by [`take_or_start`], or one kept while [`release_kept`] is
+/// in force). Returns false if it was stopped and could not be reaped within `wait`.
+pub(crate) fn keep(server: ForkServer, idle: Duration, wait: Duration) -> bool {
+    let mut slot = lock(&KEEPER);
+    let server = match slot.as_mut() {
+        Some(k) if k.owner == std::process::id() && !k.releasing && server.key.is_some() && !idle.is_zero() => {
+            let mut list = lock(&k.kept);
+            list.push(Kept { server, until: Instant::now() + idle });
+            let old = if list.len() > MAX_KEPT { Some(list.remove(0)) } else { None };
+            drop(list);
+            let _ = k.jobs.send(Job::Wake);
+            match old {
+                Some(o) => o.server,
+                None => return true,
+            }
+        }
+        _ => server,
+    };
+    drop(slot);
+    server.stop(wait)
+}
+
+/// Stops every fork server kept for later pools of this process, and keeps none from
+/// pools that end from now until the next pool starts. Returns how many were stopped.
+/// The Python front calls it at interpreter exit; a kept server also dies with the
+/// process (its parent-death signal).
+pub fn release_kept() -> usize {
+    let kept = {
+        let mut slot = lock(&KEEPER);
+        match slot.as_mut() {
+            Some(k) if k.owner == std::process::id() => {
+                k.releasing = true;
+                std::mem::take(&mut *lock(&k.kept))
+            }
+            _ => Vec::new(),
+        }
+    };
+    let n = kept.len();
+    for k in kept {
+        k.server.stop(KEPT_STOP_WAIT);
+    }
+    n
 }
 
 // ----- the server's side --------------------------------------------------------------

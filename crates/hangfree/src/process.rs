@@ -27,7 +27,7 @@ pub const ENV_MAX_FRAME: &str = "HANGFREE_MAX_FRAME";
 
 /// The program a pool runs as its workers. The channel arrives on the worker's standard
 /// input; see `PROTOCOL.md`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerCommand {
     program: PathBuf,
     args: Vec<OsString>,

@@ -265,14 +265,29 @@ impl PoolBuilder {
         self
     }
 
+    /// Keeps the idle fork server for up to `idle` after the pool ends, for the next pool
+    /// of this process built from the same worker command, frame limit and environment,
+    /// which then forks its workers at once instead of starting a server. A kept server
+    /// is the process's, not the pool's: it forks nothing while kept, is stopped after
+    /// `idle`, by [`crate::fork_server::release_kept`], or when the process ends (its
+    /// parent-death signal), and is the one thing of a pool that outlives `join`. Zero
+    /// (default: [`defaults::KEEP_FORK_SERVER`]; a front's:
+    /// [`defaults::FRONT_KEEP_FORK_SERVER`]) stops it with the pool.
+    pub fn keep_fork_server(mut self, idle: Duration) -> Self {
+        self.cfg.keep_fork_server = idle;
+        self
+    }
+
     /// The defaults of a language front, on top of the builder's: workers forked from a
-    /// fork server ([`defaults::FRONT_FORK_SERVER`]), a late task's stack asked for
+    /// fork server ([`defaults::FRONT_FORK_SERVER`]) kept for the next pool
+    /// ([`defaults::FRONT_KEEP_FORK_SERVER`]), a late task's stack asked for
     /// ([`defaults::STACK_DUMP_SIGNAL`], [`defaults::STACK_DUMP_WAIT`]), and work sent
     /// ahead only behind short tasks ([`defaults::FRONT_PREFETCH_BELOW`]). Only for a
     /// worker program that supports the fork server and answers the signal, as the
     /// Python worker does; later calls override each setting.
     pub fn front_defaults(self) -> Self {
         self.fork_server(defaults::FRONT_FORK_SERVER)
+            .keep_fork_server(defaults::FRONT_KEEP_FORK_SERVER)
             .stack_dump(defaults::STACK_DUMP_SIGNAL, defaults::STACK_DUMP_WAIT)
             .prefetch_below(defaults::FRONT_PREFETCH_BELOW)
     }
@@ -406,6 +421,7 @@ impl Pool {
                 on_event: None,
                 cgroup_parent: None,
                 fork_server: defaults::FORK_SERVER,
+                keep_fork_server: defaults::KEEP_FORK_SERVER,
             },
             stack_dump: None,
             cgroup: defaults::CGROUP,

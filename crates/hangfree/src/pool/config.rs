@@ -35,6 +35,9 @@ pub(crate) struct Config {
     pub cgroup_parent: Option<std::path::PathBuf>,
     /// Fork workers from a fork server instead of starting each by exec.
     pub fork_server: bool,
+    /// How long the fork server is kept for a later pool after this one ends (zero: it
+    /// is stopped with the pool).
+    pub keep_fork_server: Duration,
 }
 
 impl std::fmt::Debug for Config {

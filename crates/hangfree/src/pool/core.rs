@@ -155,6 +155,10 @@ pub(crate) struct Core {
     cfg: Config,
     workers: Vec<Option<Worker>>,
     next_generation: u32,
+    /// How many of the pool's first workers are still to start. They start even if the
+    /// pool is closed first, as the standard library's pool starts its workers in its
+    /// constructor: an initializer runs once per worker whatever happens next.
+    first_left: usize,
     tasks: HashMap<TaskId, Entry, BuildIdHasher>,
     queue: VecDeque<Vec<TaskId>>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
@@ -170,11 +174,13 @@ pub(crate) struct Core {
 
 impl Core {
     pub fn new(shared: Arc<Shared>, cfg: Config) -> Core {
+        let first_left = cfg.workers;
         Core {
             shared,
             cfg,
             workers: Vec::new(),
             next_generation: 1,
+            first_left,
             tasks: HashMap::default(),
             queue: VecDeque::new(),
             timers: BinaryHeap::new(),
@@ -244,6 +250,7 @@ impl Core {
     pub fn wants_worker(&self) -> bool {
         let target = match self.run {
             Run::Open => self.cfg.workers,
+            Run::Closing if self.first_left > 0 => self.cfg.workers,
             Run::Closing => self.cfg.workers.min(self.queue.len()),
             Run::Terminating | Run::Broken => 0,
         };
@@ -264,6 +271,7 @@ impl Core {
             self.workers.push(None);
         }
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        self.first_left = self.first_left.saturating_sub(1);
         bump(&self.shared.stats.workers_spawned);
         let ready_by = now + self.cfg.startup_timeout;
         self.workers[id.slot()] = Some(Worker {

@@ -56,6 +56,16 @@ pub const FORK_SERVER: bool = false;
 /// so a new worker is up in about a millisecond instead.
 pub const FRONT_FORK_SERVER: bool = true;
 
+/// How long a pool's idle fork server is kept for a later pool of the same process: not
+/// at all. After `join`, nothing of the pool is left.
+pub const KEEP_FORK_SERVER: Duration = Duration::ZERO;
+
+/// How long a front's idle fork server is kept for a later pool of the same process with
+/// the same worker command and environment. A front's server is an interpreter that
+/// imported the caller's script (tens of milliseconds to seconds), and programs often
+/// make one pool after another; joblib's loky keeps its idle workers 300 s.
+pub const FRONT_KEEP_FORK_SERVER: Duration = Duration::from_secs(60);
+
 /// The signal a front's worker answers with the running task's stack (SIGUSR1). Sent
 /// only to workers that install a handler: its default action ends the process.
 pub const STACK_DUMP_SIGNAL: i32 = libc::SIGUSR1;

@@ -26,7 +26,7 @@ use super::events::{EventKind, PoolEvent};
 use super::shared::{Command, Gate, Shared, lock};
 use super::stats::bump;
 use crate::cgroup::WorkerCgroup;
-use crate::fork_server::ForkServer;
+use crate::fork_server::{self, ForkServer};
 use crate::memory;
 use crate::outcome::{ExitStatus, Outcome, TaskError, TaskRef};
 use crate::page::Page;
@@ -151,14 +151,9 @@ impl Supervisor {
         // forks the workers.
         let cfg = self.core.config();
         if cfg.fork_server && cfg.cgroup_parent.is_none() {
-            match ForkServer::start(&cfg.cmd, cfg.max_frame) {
-                Ok(f) => {
-                    let pid = f.pid();
-                    self.emit(EventKind::ForkServerStarted, Some(pid), || format!("started the fork server {pid}"));
-                    self.forks = Some(f);
-                    return Ok(());
-                }
-                Err(e) => self.fork_server_failed(e),
+            self.start_fork_server();
+            if self.forks.is_some() {
+                return Ok(());
             }
         }
         self.spawn_worker(Instant::now())
@@ -423,14 +418,7 @@ impl Supervisor {
         let cfg = self.core.config();
         if cfg.fork_server && cfg.cgroup_parent.is_none() && !self.forks_failed {
             if self.forks.is_none() {
-                match ForkServer::start(&cfg.cmd, cfg.max_frame) {
-                    Ok(f) => {
-                        let pid = f.pid();
-                        self.emit(EventKind::ForkServerStarted, Some(pid), || format!("started the fork server {pid}"));
-                        self.forks = Some(f);
-                    }
-                    Err(e) => self.fork_server_failed(e),
-                }
+                self.start_fork_server();
             }
             if let Some(f) = self.forks.as_mut() {
                 match f.fork() {
@@ -442,6 +430,31 @@ impl Supervisor {
         process::spawn(&self.cfg().cmd, self.cfg().max_frame)
     }
 
+    /// Starts the fork server, or takes one an earlier pool kept (see
+    /// [`crate::PoolBuilder::keep_fork_server`]); on failure, workers start by exec.
+    fn start_fork_server(&mut self) {
+        let cfg = self.cfg();
+        let got = if cfg.keep_fork_server.is_zero() {
+            ForkServer::start(&cfg.cmd, cfg.max_frame).map(|f| (f, false))
+        } else {
+            fork_server::take_or_start(&cfg.cmd, cfg.max_frame)
+        };
+        match got {
+            Ok((f, kept)) => {
+                let pid = f.pid();
+                self.emit(EventKind::ForkServerStarted, Some(pid), || {
+                    if kept {
+                        format!("took the fork server {pid}, kept from an earlier pool")
+                    } else {
+                        format!("started the fork server {pid}")
+                    }
+                });
+                self.forks = Some(f);
+            }
+            Err(e) => self.fork_server_failed(e),
+        }
+    }
+
     fn fork_server_failed(&mut self, e: io::Error) {
         self.forks_failed = true;
         let pid = self.forks.as_ref().map(|f| f.pid());
@@ -451,11 +464,15 @@ impl Supervisor {
         });
     }
 
+    /// Stops the fork server, or keeps it for a later pool when the pool asked for that
+    /// and it did not fail.
     fn stop_fork_server(&mut self) {
         if let Some(f) = self.forks.take() {
             let pid = f.pid();
             let wait = self.cfg().timing.kill_wait;
-            if !f.stop(wait) {
+            let failed = matches!(lock(&self.shared.inbox).gate, Gate::Failed(_));
+            let idle = if failed || self.forks_failed { Duration::ZERO } else { self.cfg().keep_fork_server };
+            if !fork_server::keep(f, idle, wait) {
                 bump(&self.shared.stats.workers_abandoned);
                 self.emit(EventKind::Abandoned, Some(pid), || {
                     format!(

@@ -48,6 +48,7 @@ fn config() -> Config {
         on_event: None,
         cgroup_parent: None,
         fork_server: false,
+        keep_fork_server: Duration::ZERO,
     }
 }
 
@@ -943,4 +944,19 @@ impl H {
     fn stderr_line(&mut self, w: WorkerId) {
         self.core.stderr(w, b"Traceback...\nno module named x\n");
     }
+}
+
+#[test]
+fn a_pool_closed_before_its_first_workers_started_still_starts_them_once() {
+    let mut h = H::new(Config { workers: 2, ..config() });
+    h.handle(Event::Command(Command::Close));
+    assert!(h.core.wants_worker(), "the first workers start, so each runs its initializer");
+    let a = h.worker(10);
+    assert!(h.core.wants_worker());
+    let b = h.worker(11);
+    assert!(!h.core.wants_worker(), "only the first ones: nothing is queued");
+    h.turn();
+    let asked: Vec<_> = h.sent.iter().filter(|s| s.kind == Kind::Shutdown).map(|s| s.worker).collect();
+    assert_eq!(asked.len(), 2, "both asked to leave once ready: {asked:?} ({a:?}, {b:?})");
+    assert!(!h.core.wants_worker(), "and none replaces them");
 }
