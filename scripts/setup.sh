@@ -77,13 +77,15 @@ fi
 if .venv/bin/python -c 'import hangfree._core' >/dev/null 2>&1; then
     echo "setup: building the extension (maturin develop --release)"
 else
-    echo "setup: building the extension (maturin develop --release; about 2 min the first time)"
+    echo "setup: building the extension (maturin develop --release; a few minutes the first time)"
 fi
 VIRTUAL_ENV="$PWD/.venv" quiet .venv/bin/maturin develop --release
 
 if [ "$WHAT" = demo ]; then
     # The demo's Rust part: crates/hangfree/examples/demo.rs and the worker it runs.
-    echo "setup: building the Rust demo and its worker (cargo build --release)"
+    first=""
+    [ -x "${CARGO_TARGET_DIR:-target}/release/examples/demo" ] || first="; a minute or two the first time"
+    echo "setup: building the Rust demo and its worker (cargo build --release$first)"
     quiet cargo build --release -p hangfree-hostile
     quiet cargo build --release -p hangfree --example demo
     echo "setup: done in ${SECONDS} s"
