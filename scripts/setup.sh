@@ -4,7 +4,7 @@
 # Idempotent, and quick when nothing changed.
 #
 #   scripts/setup.sh          for the tests and the benchmarks (requirements-dev.txt), the
-#                             Rust test workers and CPython's executor tests
+#                             Rust tests and test workers, and CPython's executor tests
 #   scripts/setup.sh --demo   only what scripts/demo.sh needs (requirements-demo.txt)
 #
 # It prints a line per step; what pip, maturin and cargo print goes to target/setup.log,
@@ -95,6 +95,10 @@ fi
 echo "setup: building the Rust test workers (cargo build -p hangfree-hostile, release and debug)"
 quiet cargo build --release -p hangfree-hostile
 quiet cargo build -p hangfree-hostile
+# The Rust tests too, so that scripts/test.sh's cargo nextest (or cargo test) finds them
+# built instead of printing a compile log of its own.
+echo "setup: building the Rust tests (cargo test --no-run)"
+quiet cargo test --no-run --workspace --exclude hangfree-python
 
 # CPython's ProcessPoolExecutor tests, run against hangfree by the Python suite: this
 # interpreter's own copy where it has one, else Debian's libpython3.X-testsuite (fetched,
