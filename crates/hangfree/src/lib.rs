@@ -1,8 +1,12 @@
 //! hangfree: a process pool that can never hang.
 //!
 //! Tasks run in worker processes started by exec (or forked from an idle worker that
-//! was, see [`PoolBuilder::fork_server`]), each leading its own process group.
-//! The pool keeps one contract (the README's "The contract" states it too):
+//! was, see [`PoolBuilder::fork_server`]), each leading its own process group. A task is
+//! bytes in and bytes out: the pool never looks inside a payload, and a worker is any
+//! program that speaks the protocol of [`PROTOCOL.md`] on its standard input — in Rust, a
+//! loop over a [`worker::WorkerChannel`].
+//!
+//! The pool keeps one contract (the README states it too):
 //!
 //! 1. every submitted task ends in exactly one [`Outcome`];
 //! 2. a worker's death is seen at once through its pidfd and pinned on the one task it
@@ -24,24 +28,123 @@
 //! channel, for worker programs written in Rust). A language front collects outcomes in
 //! a [`mailbox`] and reads its payloads' buffers with [`oob`].
 //!
-//! ```no_run
-//! use std::time::Duration;
-//! use hangfree::{Outcome, Pool, Task, WorkerCommand};
+//! # Example
 //!
-//! let pool = Pool::builder(WorkerCommand::new("my-worker"))
-//!     .workers(2)
-//!     .task_timeout(Duration::from_secs(5))
-//!     .build()?;
-//! let handle = pool.submit(Task::new(b"input".to_vec()).label("parse(input)"))?;
-//! match handle.wait() {
-//!     Outcome::Value(bytes) => println!("{} bytes back", bytes.len()),
-//!     Outcome::Raised(err) => eprintln!("task raised: {}", String::from_utf8_lossy(&err)),
-//!     Outcome::Failed(e) => eprintln!("{e}"),
-//! }
-//! pool.close();
-//! pool.join(Some(Duration::from_secs(10)))?;
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! One program that is both the pool and its workers: started with the argument
+//! `worker`, it serves tasks on the channel the pool gave it ([`worker::WorkerChannel`]);
+//! otherwise it is the pool, and starts itself as its workers. A task is a number as
+//! text and its value is the square; `crash` makes the worker exit mid-task and `sleep`
+//! never returns. It prints what became of those two:
+//!
+//! ```text
+//! task 3 (crash): worker 5824 died with exit code 3 while running it
+//! task 4 (sleep): timed out after 0.200 s; worker 5826 was stopped
 //! ```
+//!
+// `standalone_crate`: the doctest is a program of its own (not merged with other
+// doctests into one binary), so it can start itself as its workers.
+//! ```standalone_crate
+//! use std::time::Duration;
+//!
+//! use hangfree::wire::Kind;
+//! use hangfree::worker::{self, WorkerChannel};
+//! use hangfree::{Outcome, Pool, Task, TaskError, WorkerCommand};
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     if std::env::args().nth(1).as_deref() == Some("worker") {
+//!         serve();
+//!     }
+//!     let pool = Pool::builder(WorkerCommand::new(std::env::current_exe()?).arg("worker"))
+//!         .workers(2)
+//!         .build()?;
+//!
+//!     let square = pool.submit(Task::new("7"))?;
+//!     let bad = pool.submit(Task::new("seven"))?;
+//!     let crash = pool.submit(Task::new("crash").label("crash"))?;
+//!     let late = pool.submit(Task::new("sleep").label("sleep").timeout(Duration::from_millis(200)))?;
+//!
+//!     assert_eq!(square.wait().into_result()?, b"49");
+//!     match bad.wait() {
+//!         Outcome::Raised(why) => assert_eq!(why, b"not a number: \"seven\""),
+//!         other => panic!("expected an error, got {other:?}"),
+//!     }
+//!     match crash.wait() {
+//!         Outcome::Failed(TaskError::WorkerLost(lost)) => println!("{lost}"),
+//!         other => panic!("expected a lost worker, got {other:?}"),
+//!     }
+//!     match late.wait() {
+//!         Outcome::Failed(e @ TaskError::TimedOut { .. }) => println!("{e}"),
+//!         other => panic!("expected a time-out, got {other:?}"),
+//!     }
+//!
+//!     // The lost worker and the stopped one were replaced: the pool goes on.
+//!     assert_eq!(pool.submit(Task::new("-3"))?.wait().into_result()?, b"9");
+//!     pool.close();
+//!     pool.join(Some(Duration::from_secs(10)))?;
+//!     Ok(())
+//! }
+//!
+//! /// The worker's side: `Ready` to the pool's `Init`, then one answer per task, in order,
+//! /// each sent before the next task is read.
+//! fn serve() -> ! {
+//!     let mut channel = match WorkerChannel::from_stdin() {
+//!         Ok(c) => c,
+//!         Err(e) => {
+//!             // The pool is already gone.
+//!             eprintln!("worker: {e}");
+//!             std::process::exit(70);
+//!         }
+//!     };
+//!     loop {
+//!         let frame = match channel.recv() {
+//!             Ok(Some(frame)) => frame,
+//!             // End of file: the pool is gone or is stopping this worker. End it and
+//!             // whatever it started.
+//!             Ok(None) => worker::kill_own_group(),
+//!             Err(e) => {
+//!                 eprintln!("worker: {e}");
+//!                 std::process::exit(71);
+//!             }
+//!         };
+//!         let sent = match frame.kind {
+//!             Kind::Init => channel.send(Kind::Ready, 0, b""),
+//!             Kind::Task => {
+//!                 let (kind, answer) = run(&frame.payload);
+//!                 channel.send(kind, frame.task_id, &answer)
+//!             }
+//!             Kind::Shutdown => std::process::exit(0),
+//!             other => {
+//!                 eprintln!("worker: unexpected {other:?}");
+//!                 std::process::exit(72);
+//!             }
+//!         };
+//!         if sent.is_err() {
+//!             std::process::exit(73);
+//!         }
+//!     }
+//! }
+//!
+//! /// One task: its answer's kind (`Value` or `Raised`) and bytes.
+//! fn run(task: &[u8]) -> (Kind, Vec<u8>) {
+//!     let text = String::from_utf8_lossy(task);
+//!     match &*text {
+//!         "crash" => std::process::exit(3),
+//!         "sleep" => loop {
+//!             std::thread::sleep(Duration::from_secs(60));
+//!         },
+//!         _ => match text.parse::<i64>() {
+//!             Ok(n) => (Kind::Value, (n * n).to_string().into_bytes()),
+//!             Err(_) => (Kind::Raised, format!("not a number: {text:?}").into_bytes()),
+//!         },
+//!     }
+//! }
+//! ```
+//!
+//! A worker can just as well be a program of its own, in Rust or in any language:
+//! [`PROTOCOL.md`] describes its side in full, and `crates/hangfree-hostile` in the
+//! repository is a complete one, chunks included.
+//!
+//! [`PROTOCOL.md`]: https://github.com/hangfree/hangfree/blob/main/PROTOCOL.md
 
 #![warn(missing_docs)]
 
@@ -66,3 +169,8 @@ pub use pool::{
     SubmitError, Task, TaskHandle, TaskState,
 };
 pub use process::WorkerCommand;
+
+// The README's example runs as a doctest too.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
