@@ -16,6 +16,9 @@ else
     HF_TEST_FORK_SERVER=1 timeout 1200 cargo test -p hangfree-hostile --test contract --test beyond --no-fail-fast
 fi
 
+echo "== Rust doctests (the crate's front page and README: a complete pool and worker)"
+cargo test -q --doc --workspace --exclude hangfree-python
+
 echo "== Rust docs (broken links fail)"
 RUSTDOCFLAGS="-D warnings" cargo doc -q --no-deps --workspace --exclude hangfree-python
 
