@@ -181,7 +181,9 @@ def kill_session(sid):
 
 
 def measure(impl, workload, args, limits):
-    cmd = [sys.executable, MEASURE, "--impl", impl, "--workload", workload, "--workers", str(args.workers)]
+    # "hangfree.Pool@base" is hangfree.Pool as built in --baseline's directory.
+    front, _, base = impl.partition("@")
+    cmd = [sys.executable, MEASURE, "--impl", front, "--workload", workload, "--workers", str(args.workers)]
     if args.quick:
         cmd.append("--quick")
     # The child writes through its own open file (O_APPEND) and this process reads through
@@ -190,6 +192,10 @@ def measure(impl, workload, args, limits):
     out_path, err_path = os.path.join(tmpdir, "stdout"), os.path.join(tmpdir, "stderr")
     # Its temporary files go in the same directory, removed even if it is killed.
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore", TMPDIR=tmpdir)
+    if base:
+        # Ahead of the editable install's path entry, so this interpreter and its workers
+        # (which inherit the variable and the sys.path it made) import the baseline.
+        env["PYTHONPATH"] = os.path.abspath(args.baseline)
     started = time.monotonic()
     with open(out_path, "a") as out_w, open(err_path, "a") as err_w:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out_w, stderr=err_w, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -595,6 +601,10 @@ def main():
     ap.add_argument("--workload", action="append", choices=WORKLOADS, help="only these workloads (repeatable)")
     ap.add_argument("--hang-timeout", type=float, default=None,
                     help="seconds before a crash/death step counts as a hang (default 5; --quick: 3)")
+    ap.add_argument("--baseline", metavar="DIR", default=None,
+                    help="also measure the hangfree package found in DIR (a directory holding hangfree/ with its "
+                         "built _core extension, e.g. an older commit's python/), as 'hangfree.Pool@base' and "
+                         "'hangfree.ProcessPoolExecutor@base', interleaved with the rest: a before/after in one run")
     ap.add_argument("--out", default=None, help="output path without extension (default bench/results/latest; --quick: bench/results/quick)")
     args = ap.parse_args()
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
@@ -606,6 +616,10 @@ def main():
                          "cold start": 60.0},
               "total": 120.0 if args.quick else 300.0}
     impls = args.impl or IMPLS
+    if args.baseline:
+        based = [f"{i}@base" for i in impls if i in HANGFREE]
+        HANGFREE.extend(based)
+        impls = impls + based
     workloads = args.workload or WORKLOADS
     out_base = args.out or os.path.join(HERE, "results", "quick" if args.quick else "latest")
     os.makedirs(os.path.dirname(os.path.abspath(out_base)), exist_ok=True)
