@@ -110,7 +110,7 @@ def preparation() -> Dict[str, Any]:
         if not os.path.isabs(main_path) and process.ORIGINAL_DIR is not None:
             main_path = os.path.join(process.ORIGINAL_DIR, main_path)
         data["init_main_from_path"] = os.path.normpath(main_path)
-    if _library_threads() > _openblas_threads():
+    if _library_threads_settled() > _openblas_threads():
         # The script's imports most likely started threads here, and would in the fork
         # server, which cannot fork then: let each forked worker import the script
         # instead, rather than have the server import it, find threads and start over.
@@ -143,6 +143,20 @@ def _library_threads() -> int:
         except OSError:
             pass
     return max(0, len(tids) - engines - threading.active_count())
+
+
+def _library_threads_settled() -> int:
+    """`_library_threads`, looked at again for a few milliseconds while it counts any: a
+    Python thread that has just ended (an ended pool's result thread) is out of
+    ``threading`` before its OS thread is gone, and would count as a library's for that
+    moment (then the next pool would not take the kept fork server: its command differs)."""
+    n = _library_threads()
+    for _ in range(5):
+        if n <= _openblas_threads():
+            break
+        time.sleep(0.002)
+        n = _library_threads()
+    return n
 
 
 def worker_command(preload: Sequence[str] = ()) -> List[str]:
