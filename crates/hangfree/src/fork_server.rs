@@ -30,7 +30,7 @@ use rustix::net::{
 };
 use rustix::process::{PidfdFlags, Signal, WaitId, WaitIdOptions};
 
-use crate::process::{self, Spawned, WorkerCommand};
+use crate::process::{self, Pid, Spawned, WorkerCommand};
 
 /// Environment variable set (to `1`) when the pool starts its worker command as a fork
 /// server instead of as a worker. The server removes it from its own environment first,
@@ -87,7 +87,7 @@ impl ForkServer {
     }
 
     /// The server's pid.
-    pub(crate) fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> Pid {
         self.child.pid()
     }
 
@@ -103,7 +103,7 @@ impl ForkServer {
         let limit = if self.answered { LATER_REPLY } else { FIRST_REPLY };
         let pid = self.read_reply(limit)?;
         self.answered = true;
-        let p = process::to_pid(pid);
+        let p = pid.to_rustix();
         // The worker does the same first thing; doing it here too means the group exists
         // before this returns, whichever of us runs first, so a group signal cannot miss.
         let _ = rustix::process::setpgid(Some(p), Some(p));
@@ -123,7 +123,7 @@ impl ForkServer {
         Ok(Spawned { child: process::Child::new(pid, pidfd), channel: ours, stderr: err_read })
     }
 
-    fn read_reply(&mut self, limit: Duration) -> io::Result<i32> {
+    fn read_reply(&mut self, limit: Duration) -> io::Result<Pid> {
         let mut reply = [0u8; 8];
         let mut got = 0;
         let deadline = std::time::Instant::now() + limit;
@@ -155,8 +155,8 @@ impl ForkServer {
             }
         }
         let answer = i64::from_le_bytes(reply);
-        if answer > 0 && answer <= i64::from(i32::MAX) {
-            Ok(answer as i32)
+        if let Some(pid) = i32::try_from(answer).ok().and_then(Pid::from_raw) {
+            Ok(pid)
         } else if answer == -i64::from(libc::EDEADLK) {
             Err(io::Error::other(format!(
                 "the fork server {} runs threads besides its own (its program's imports started them), \

@@ -25,44 +25,15 @@ use rustix::process::Signal;
 
 use super::config::Config;
 use super::events::{EventKind, PoolEvent};
+use super::ids::{TaskId, WorkerId};
 use super::lifecycle::{self, Action, Phase};
 use super::shared::{Command, Gate, Shared, lock};
 use super::stats::{bump, bump_by};
 use super::task::{Sink, TaskState};
 use crate::outcome::{Attempt, ExitStatus, LossCause, Outcome, StartupFailure, TaskError, TaskRef, WorkerLost};
 use crate::page::{Page, Revoked};
+use crate::process::Pid;
 use crate::wire::{self, Frame, Kind, ProtocolError};
-
-/// A task's id in its pool (sequential, from 1).
-pub(crate) type TaskId = u64;
-
-/// A worker process's id.
-pub(crate) type Pid = i32;
-
-/// A worker of the pool: its slot in the worker table and the generation of that slot,
-/// so that anything naming a worker that has since been replaced (a timer, an epoll
-/// event) is recognised as stale.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct WorkerId {
-    slot: u32,
-    generation: u32,
-}
-
-impl WorkerId {
-    /// The id with a small `kind` (below 4) packed into one epoll token.
-    pub fn token(self, kind: u64) -> u64 {
-        (u64::from(self.slot) << 34) | (u64::from(self.generation) << 2) | kind
-    }
-
-    /// The id and kind packed by [`WorkerId::token`].
-    pub fn from_token(t: u64) -> (WorkerId, u64) {
-        (WorkerId { slot: (t >> 34) as u32, generation: ((t >> 2) & 0xffff_ffff) as u32 }, t & 3)
-    }
-
-    pub fn slot(self) -> usize {
-        self.slot as usize
-    }
-}
 
 /// What the shell tells the core.
 pub(crate) enum Event {
@@ -260,7 +231,7 @@ impl Core {
     /// The id the next worker will get from [`Core::worker_started`].
     pub fn next_worker_id(&self) -> WorkerId {
         let slot = self.workers.iter().position(|w| w.is_none()).unwrap_or(self.workers.len());
-        WorkerId { slot: slot as u32, generation: self.next_generation }
+        WorkerId::new(slot, self.next_generation)
     }
 
     /// A worker process was started (see [`Core::next_worker_id`] for its id): it gets
@@ -346,7 +317,7 @@ impl Core {
         self.run = Run::Broken;
         for (id, e) in std::mem::take(&mut self.tasks) {
             if !e.cancelled {
-                fail_one(&self.shared, &e.sink, e.index, TaskRef { id, label: e.label }, why);
+                fail_one(&self.shared, &e.sink, e.index, TaskRef { id: id.get(), label: e.label }, why);
             }
         }
         self.queue.clear();
@@ -368,6 +339,7 @@ impl Core {
 
     fn emit(&self, kind: EventKind, pid: Option<Pid>, task_id: Option<TaskId>, message: impl FnOnce() -> String) {
         if let Some(hook) = &self.cfg.on_event {
+            let (pid, task_id) = (pid.map(Pid::get), task_id.map(TaskId::get));
             hook(&PoolEvent { kind, pid, task_id, message: message() });
         }
     }

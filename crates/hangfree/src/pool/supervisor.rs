@@ -20,9 +20,10 @@ use rustix::event::epoll;
 use rustix::process::Signal;
 
 use super::config::Config;
-use super::core::{Core, Effect, Event, WorkerId, fail_one};
+use super::core::{Core, Effect, Event, fail_one};
 use super::epoll_wait;
 use super::events::{EventKind, PoolEvent};
+use super::ids::WorkerId;
 use super::shared::{Command, Gate, Shared, lock};
 use super::stats::bump;
 use crate::cgroup::WorkerCgroup;
@@ -30,7 +31,7 @@ use crate::fork_server::{self, ForkServer};
 use crate::memory;
 use crate::outcome::{ExitStatus, Outcome, TaskError, TaskRef};
 use crate::page::Page;
-use crate::process::{self, Child, Spawned};
+use crate::process::{self, Child, Pid, Spawned};
 use crate::wire::Decoder;
 
 /// Copies worker output to this process's stderr without ever blocking: the supervisor
@@ -192,7 +193,7 @@ impl Supervisor {
         for cmd in cmds {
             if let Command::Submit { sink, first_id, tasks, .. } = cmd {
                 for (i, t) in tasks.into_iter().enumerate() {
-                    fail_one(&self.shared, &sink, i, TaskRef { id: first_id + i as u64, label: t.label }, &why);
+                    fail_one(&self.shared, &sink, i, TaskRef { id: first_id.nth(i).get(), label: t.label }, &why);
                 }
             }
         }
@@ -298,7 +299,7 @@ impl Supervisor {
         for cmd in leftover {
             if let Command::Submit { sink, first_id, tasks, .. } = cmd {
                 for (i, t) in tasks.into_iter().enumerate() {
-                    let task = TaskRef { id: first_id + i as u64, label: t.label };
+                    let task = TaskRef { id: first_id.nth(i).get(), label: t.label };
                     bump(&self.shared.stats.terminated);
                     sink.complete(i, Outcome::Failed(TaskError::Terminated(task)));
                 }
@@ -380,7 +381,7 @@ impl Supervisor {
                     }
                 }
                 Effect::PollMemory(workers) => {
-                    let readings = workers.into_iter().map(|(id, pid)| (id, memory::rss_bytes(pid))).collect();
+                    let readings = workers.into_iter().map(|(id, pid)| (id, memory::rss_bytes(pid.get()))).collect();
                     self.core.handle(Event::Memory(readings), now);
                 }
             }
@@ -395,9 +396,9 @@ impl Supervisor {
         self.conns.get_mut(id.slot()).and_then(|c| c.as_mut()).filter(|c| c.id == id)
     }
 
-    fn emit(&self, kind: EventKind, pid: Option<i32>, message: impl FnOnce() -> String) {
+    fn emit(&self, kind: EventKind, pid: Option<Pid>, message: impl FnOnce() -> String) {
         if let Some(hook) = &self.cfg().on_event {
-            hook(&PoolEvent { kind, pid, task_id: None, message: message() });
+            hook(&PoolEvent { kind, pid: pid.map(Pid::get), task_id: None, message: message() });
         }
     }
 
@@ -490,7 +491,7 @@ impl Supervisor {
         // it starts can be outside.
         let cgroup = match &self.cfg().cgroup_parent {
             None => None,
-            Some(parent) => match WorkerCgroup::create(parent, s.child.pid()) {
+            Some(parent) => match WorkerCgroup::create(parent, s.child.pid().get()) {
                 Ok(cg) => Some(cg),
                 Err(e) => {
                     s.child.signal(Signal::KILL);
