@@ -271,7 +271,8 @@ impl PoolBuilder {
     /// which then forks its workers at once instead of starting a server. A kept server
     /// is the process's, not the pool's: it forks nothing while kept, is stopped after
     /// `idle`, by [`crate::fork_server::release_kept`], or when the process ends (its
-    /// parent-death signal), and is the one thing of a pool that outlives `join`. Zero
+    /// parent-death signal), and is the one thing of a pool that outlives `join`. A server
+    /// that has not answered yet when the pool ends (it is still starting) is stopped. Zero
     /// (default: [`defaults::KEEP_FORK_SERVER`]; a front's:
     /// [`defaults::FRONT_KEEP_FORK_SERVER`]) stops it with the pool.
     pub fn keep_fork_server(mut self, idle: Duration) -> Self {

@@ -54,7 +54,7 @@ pub(crate) enum Event {
     /// The worker exited; the shell has read what it wrote and reaped it. `oom` says the
     /// kernel's OOM-kill count rose since it started.
     Exited { worker: WorkerId, status: ExitStatus, oom: bool },
-    /// Starting a worker process failed.
+    /// Starting a worker process (the requested one, if any) failed.
     SpawnFailed(String),
     /// The resident size of each worker listed in [`Effect::PollMemory`] (None if it
     /// could not be read).
@@ -130,6 +130,8 @@ pub(crate) struct Core {
     /// pool is closed first, as the standard library's pool starts its workers in its
     /// constructor: an initializer runs once per worker whatever happens next.
     first_left: usize,
+    /// Workers asked for whose process the shell has not reported yet ([`Core::worker_requested`]).
+    requested: usize,
     tasks: HashMap<TaskId, Entry, BuildIdHasher>,
     queue: VecDeque<Vec<TaskId>>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
@@ -152,6 +154,7 @@ impl Core {
             workers: Vec::new(),
             next_generation: 1,
             first_left,
+            requested: 0,
             tasks: HashMap::default(),
             queue: VecDeque::new(),
             timers: BinaryHeap::new(),
@@ -225,7 +228,16 @@ impl Core {
             Run::Closing => self.cfg.workers.min(self.queue.len()),
             Run::Terminating | Run::Broken => 0,
         };
-        self.live_count() < target
+        self.live_count() + self.requested < target
+    }
+
+    /// The shell asked for a worker process that comes later (a fork server's first fork
+    /// waits for the server to be up): until [`Core::worker_started`] or
+    /// [`Event::SpawnFailed`] reports it, it counts as a worker for [`Core::wants_worker`],
+    /// and a closing pool waits for it. A terminating or broken pool does not: the shell
+    /// drops the request when the pool finishes.
+    pub fn worker_requested(&mut self) {
+        self.requested += 1;
     }
 
     /// The id the next worker will get from [`Core::worker_started`].
@@ -234,9 +246,10 @@ impl Core {
         WorkerId::new(slot, self.next_generation)
     }
 
-    /// A worker process was started (see [`Core::next_worker_id`] for its id): it gets
-    /// its init frame and a start-up deadline.
+    /// A worker process was started (see [`Core::next_worker_id`] for its id), the one
+    /// requested if any: it gets its init frame and a start-up deadline.
     pub fn worker_started(&mut self, pid: Pid, now: Instant) -> WorkerId {
+        self.requested = self.requested.saturating_sub(1);
         let id = self.next_worker_id();
         if id.slot() == self.workers.len() {
             self.workers.push(None);
@@ -303,7 +316,7 @@ impl Core {
         let no_workers = self.workers.iter().all(|w| w.is_none());
         match self.run {
             Run::Open => false,
-            Run::Closing => no_workers && self.tasks.is_empty(),
+            Run::Closing => no_workers && self.requested == 0 && self.tasks.is_empty(),
             Run::Terminating | Run::Broken => no_workers,
         }
     }

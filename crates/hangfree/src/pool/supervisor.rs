@@ -82,6 +82,8 @@ fn read_with_page(chan: &UnixStream, dec: &mut Decoder, page: &mut Option<Page>,
 }
 
 const WAKER: u64 = u64::MAX;
+/// The fork server's control socket, while its answer to the first request is awaited.
+const FORK_REPLY: u64 = u64::MAX - 1;
 const FD_PID: u64 = 0;
 const FD_CHAN: u64 = 1;
 const FD_ERR: u64 = 2;
@@ -149,7 +151,8 @@ impl Supervisor {
         // With a fork server, `build` waits only for its exec (a command that cannot run
         // is still reported): its first fork waits for the server's interpreter and
         // imports, tens of milliseconds the caller need not spend in `Pool()`. The loop
-        // forks the workers.
+        // asks for the first worker and goes on serving commands until the server
+        // answers (see `on_first_fork`), then forks the others.
         let cfg = self.core.config();
         if cfg.fork_server && cfg.cgroup_parent.is_none() {
             self.start_fork_server();
@@ -228,7 +231,8 @@ impl Supervisor {
             if self.core.is_finished() {
                 return;
             }
-            let timeout = self.core.next_deadline().map(|at| at.saturating_duration_since(now));
+            let deadline = self.core.next_deadline().into_iter().chain(self.first_fork_deadline()).min();
+            let timeout = deadline.map(|at| at.saturating_duration_since(now));
             events.clear();
             // Right after activity the next event (an answer, a submission) usually comes
             // within microseconds: poll for it briefly instead of paying a sleep and a
@@ -263,6 +267,10 @@ impl Supervisor {
                     self.shared.woken.store(false, Ordering::Release);
                     continue;
                 }
+                if data == FORK_REPLY {
+                    self.on_first_fork(now);
+                    continue;
+                }
                 let (id, kind) = WorkerId::from_token(data);
                 if self.conn(id).is_none() {
                     continue;
@@ -279,6 +287,9 @@ impl Supervisor {
                     }
                     _ => self.read_stderr(id),
                 }
+            }
+            if self.first_fork_deadline().is_some_and(|at| at <= now) {
+                self.on_first_fork(now);
             }
             self.core.fire_timers(now);
             self.apply(now);
@@ -405,7 +416,9 @@ impl Supervisor {
     // ----- starting workers -----------------------------------------------------------
 
     fn ensure_workers(&mut self, now: Instant) {
-        while self.core.wants_worker() {
+        // While the fork server's first answer is awaited, the other workers wait for it
+        // too: they are forked (in a millisecond each) once it is up.
+        while self.core.wants_worker() && self.first_fork_deadline().is_none() {
             if let Err(e) = self.spawn_worker(now) {
                 self.handle(Event::SpawnFailed(e.to_string()), now);
                 break;
@@ -414,21 +427,53 @@ impl Supervisor {
     }
 
     /// A new worker process: forked by the fork server when there is one that works, else
-    /// started by exec.
-    fn start_process(&mut self) -> io::Result<Spawned> {
+    /// started by exec. `None`: the fork server was asked for its first worker, which
+    /// comes when it is up (see [`Supervisor::on_first_fork`]).
+    fn start_process(&mut self, now: Instant) -> io::Result<Option<Spawned>> {
         let cfg = self.core.config();
         if cfg.fork_server && cfg.cgroup_parent.is_none() && !self.forks_failed {
             if self.forks.is_none() {
                 self.start_fork_server();
             }
             if let Some(f) = self.forks.as_mut() {
-                match f.fork() {
-                    Ok(s) => return Ok(s),
-                    Err(e) => self.fork_server_failed(e),
+                if f.has_answered() {
+                    match f.fork() {
+                        Ok(s) => return Ok(Some(s)),
+                        Err(e) => self.fork_server_failed(e),
+                    }
+                } else {
+                    let asked = f.request_first(now).and_then(|()| {
+                        let token = epoll::EventData::new_u64(FORK_REPLY);
+                        Ok(epoll::add(&self.epoll, f.control(), token, epoll::EventFlags::IN)?)
+                    });
+                    match asked {
+                        Ok(()) => return Ok(None),
+                        Err(e) => self.fork_server_failed(e),
+                    }
                 }
             }
         }
-        process::spawn(&self.cfg().cmd, self.cfg().max_frame)
+        process::spawn(&self.cfg().cmd, self.cfg().max_frame).map(Some)
+    }
+
+    /// While the fork server's first answer is awaited: when waiting for it ends.
+    fn first_fork_deadline(&self) -> Option<Instant> {
+        self.forks.as_ref().and_then(|f| f.first_deadline())
+    }
+
+    /// The fork server's control socket is readable, or its first answer is overdue:
+    /// takes the first worker, or fails the server and starts that worker by exec.
+    fn on_first_fork(&mut self, now: Instant) {
+        let Some(f) = self.forks.as_mut() else { return };
+        let Some(got) = f.read_first(now) else { return };
+        let _ = epoll::delete(&self.epoll, f.control());
+        let spawned = got.or_else(|e| {
+            self.fork_server_failed(e);
+            process::spawn(&self.cfg().cmd, self.cfg().max_frame)
+        });
+        if let Err(e) = spawned.and_then(|s| self.adopt(s, now)) {
+            self.handle(Event::SpawnFailed(e.to_string()), now);
+        }
     }
 
     /// Starts the fork server, or takes one an earlier pool kept (see
@@ -465,14 +510,16 @@ impl Supervisor {
         });
     }
 
-    /// Stops the fork server, or keeps it for a later pool when the pool asked for that
-    /// and it did not fail.
+    /// Stops the fork server, or keeps it for a later pool when the pool asked for that,
+    /// it did not fail and it has answered (one that is still starting is not kept).
     fn stop_fork_server(&mut self) {
         if let Some(f) = self.forks.take() {
+            let _ = epoll::delete(&self.epoll, f.control());
             let pid = f.pid();
             let wait = self.cfg().timing.kill_wait;
             let failed = matches!(lock(&self.shared.inbox).gate, Gate::Failed(_));
-            let idle = if failed || self.forks_failed { Duration::ZERO } else { self.cfg().keep_fork_server };
+            let keep = !failed && !self.forks_failed && f.has_answered();
+            let idle = if keep { self.cfg().keep_fork_server } else { Duration::ZERO };
             if !fork_server::keep(f, idle, wait) {
                 bump(&self.shared.stats.workers_abandoned);
                 self.emit(EventKind::Abandoned, Some(pid), || {
@@ -485,8 +532,21 @@ impl Supervisor {
         }
     }
 
+    /// Starts a worker, or asks the fork server for it (the core then counts it as
+    /// requested until it comes).
     fn spawn_worker(&mut self, now: Instant) -> io::Result<()> {
-        let s = self.start_process()?;
+        match self.start_process(now)? {
+            Some(s) => self.adopt(s, now),
+            None => {
+                self.core.worker_requested();
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes a worker process just started: into its cgroup, into the epoll set, and to
+    /// the core.
+    fn adopt(&mut self, s: Spawned, now: Instant) -> io::Result<()> {
         // Into its own cgroup before it is sent anything: no task has run yet, so nothing
         // it starts can be outside.
         let cgroup = match &self.cfg().cgroup_parent {

@@ -830,6 +830,42 @@ fn close_lets_queued_work_finish_then_retires_the_workers() {
 }
 
 #[test]
+fn a_requested_worker_counts_as_one_and_a_closing_pool_waits_for_it() {
+    // A fork server's first fork: asked for, its process comes later.
+    let mut h = H::new(Config { workers: 2, ..config() });
+    assert!(h.core.wants_worker());
+    h.core.worker_requested();
+    assert!(h.core.wants_worker(), "one more is wanted besides the requested one");
+    h.core.worker_requested();
+    assert!(!h.core.wants_worker());
+    let t = h.tasks(1);
+    h.handle(Event::Command(Command::Close));
+    h.turn();
+    assert!(!h.core.is_finished(), "a closing pool waits for its requested workers");
+    let w = h.worker(10);
+    h.turn();
+    assert_eq!(h.sent_to(w), t, "work submitted before the worker came runs on it");
+    h.claim(w, t[0]);
+    h.value(w, t[0]);
+    // The other one could not be started after all: nothing is awaited any more.
+    h.handle(Event::SpawnFailed("no second worker".into()));
+    h.turn();
+    h.exit(w, ExitStatus::Code(0));
+    assert!(h.core.is_finished());
+}
+
+#[test]
+fn a_terminating_pool_does_not_wait_for_a_requested_worker() {
+    let mut h = H::new(config());
+    h.core.worker_requested();
+    h.tasks(1);
+    h.handle(Event::Command(Command::Terminate));
+    assert!(h.core.is_finished());
+    assert!(!h.core.wants_worker());
+    assert!(matches!(h.outcomes()[..], [Got { outcome: Outcome::Failed(TaskError::Terminated(_)), .. }]));
+}
+
+#[test]
 fn terminate_ends_every_task_and_stops_every_worker() {
     let mut h = H::new(Config { workers: 2, ..config() });
     let (a, b) = (h.worker(10), h.worker(11));

@@ -60,6 +60,7 @@ impl Core {
     }
 
     pub(super) fn on_spawn_failed(&mut self, why: String, now: Instant) {
+        self.requested = self.requested.saturating_sub(1);
         self.startup_failed(StartupFailure::Spawn(why), now);
         // A failed spawn leaves no process, channel or deadline behind to wake the loop,
         // so without a timer of its own the retry (and the failure of the waiting tasks
