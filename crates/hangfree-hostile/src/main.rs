@@ -33,7 +33,9 @@
 //! | `!tty-stopped-child`    | starts a child that restores SIGTTOU's default and writes to stdout (stopped with `tostop`), answers its pid |
 //!
 //! With `HF_HOSTILE_THREAD` in its environment it starts a thread before it takes its
-//! channel (a fork server must then refuse to fork).
+//! channel (a fork server must then refuse to fork). Started as a fork server with
+//! `HF_HOSTILE_SERVE_DELAY_MS=MS`, it sleeps MS before it serves (a slow start, as an
+//! interpreter importing a heavy script).
 //!
 //! `hangfree-hostile --tty-parent` runs a pool on the terminal it is given as stdin (see
 //! [`tty_parent`]), for the job-control tests.
@@ -87,6 +89,10 @@ fn main() {
                 std::thread::sleep(Duration::from_secs(3600));
             }
         });
+    }
+    let serve_delay = std::env::var("HF_HOSTILE_SERVE_DELAY_MS").ok().and_then(|v| v.parse().ok());
+    if let Some(ms) = serve_delay.filter(|_| hangfree::fork_server::requested()) {
+        std::thread::sleep(Duration::from_millis(ms));
     }
     let mut ch = match WorkerChannel::from_stdin() {
         Ok(c) => c,

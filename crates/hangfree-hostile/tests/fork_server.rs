@@ -162,6 +162,76 @@ fn a_fork_server_with_other_threads_refuses_to_fork_and_workers_start_by_exec() 
     });
 }
 
+/// A two-worker pool whose fork server takes `delay_ms` to start serving (as an
+/// interpreter importing a heavy script does), kept for `keep` after the pool, and the
+/// events it reports.
+fn slow_server_pool(tag: &str, delay_ms: u64, keep: Duration) -> (Pool, Seen) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let cmd = WorkerCommand::new(BIN).env("HF_TEST_TAG", tag).env("HF_HOSTILE_SERVE_DELAY_MS", delay_ms.to_string());
+    let pool = Pool::builder(cmd)
+        .forward_stderr(false)
+        .workers(2)
+        .grace(Duration::from_millis(200))
+        .fork_server(true)
+        .keep_fork_server(keep)
+        .on_event(move |e| seen.lock().unwrap().push((e.kind, e.pid)))
+        .build()
+        .expect("pool");
+    (pool, events)
+}
+
+fn count(events: &Seen, kind: EventKind) -> usize {
+    events.lock().unwrap().iter().filter(|(k, _)| *k == kind).count()
+}
+
+/// The supervisor does not wait for the fork server's first answer: `terminate` right
+/// after `build` is prompt (the server, still starting, is stopped, not kept), `close`
+/// still starts the pool's workers, and a pool left alone runs the tasks submitted before
+/// the server answered, on forked workers.
+#[test]
+fn a_slow_fork_server_holds_up_neither_terminate_nor_the_tasks_submitted_meanwhile() {
+    const DELAY: u64 = 2000;
+    wd(|| {
+        let tag = new_tag("fs-slow-term");
+        let (pool, events) = slow_server_pool(&tag, DELAY, Duration::from_secs(30));
+        let early = submit(&pool, "early");
+        let server = servers(&events)[0];
+        let t0 = Instant::now();
+        pool.terminate();
+        pool.join(Some(LONG)).unwrap();
+        let took = t0.elapsed();
+        println!("terminate + join with the server still starting took {took:?} (it starts in {DELAY} ms)");
+        assert!(took < Duration::from_millis(DELAY / 2), "terminate + join took {took:?}");
+        assert!(matches!(failed(wait(&early)), TaskError::Terminated(_)));
+        assert!(stat(server).is_none(), "the starting fork server is stopped (not kept) and reaped by join");
+        assert_eq!(count(&events, EventKind::WorkerStarted), 0, "{:?}", events.lock().unwrap());
+        assert!(tagged(&tag).is_empty(), "left after join: {:?}", tagged(&tag));
+
+        let tag = new_tag("fs-slow-close");
+        let (pool, events) = slow_server_pool(&tag, DELAY, Duration::ZERO);
+        pool.close();
+        pool.join(Some(LONG)).unwrap();
+        assert_eq!(count(&events, EventKind::WorkerStarted), 2, "a closed pool still starts its workers");
+        assert!(tagged(&tag).is_empty(), "left after join: {:?}", tagged(&tag));
+
+        let tag = new_tag("fs-slow-run");
+        let t0 = Instant::now();
+        let (pool, events) = slow_server_pool(&tag, DELAY, Duration::ZERO);
+        assert!(t0.elapsed() < Duration::from_millis(DELAY / 2), "build waited for the server");
+        let before: Vec<_> = (0..4).map(|i| submit(&pool, &format!("before {i}"))).collect();
+        for (i, h) in before.iter().enumerate() {
+            assert_eq!(s(&value(h)), format!("before {i}"));
+        }
+        assert!(t0.elapsed() >= Duration::from_millis(DELAY), "answered before the server was up");
+        let a = pid_of(&pool);
+        assert!(was_forked(a), "worker {a} was started by exec");
+        assert_eq!(count(&events, EventKind::ForkServerFailed), 0, "{:?}", events.lock().unwrap());
+        shutdown(&pool);
+        assert!(tagged(&tag).is_empty(), "left after join: {:?}", tagged(&tag));
+    });
+}
+
 #[test]
 fn terminate_with_forked_stubborn_workers_and_grandchildren_is_bounded() {
     wd(|| {
@@ -252,13 +322,16 @@ fn a_kept_fork_server_serves_the_next_pool_then_stops_when_idle_or_released() {
         assert!(t0.elapsed() >= Duration::from_millis(1000), "stopped after {:?}, before its keep time", t0.elapsed());
 
         // Another command (here: another HF_TEST_TAG) never gets a kept server, and
-        // release_kept stops what is kept at once.
+        // release_kept stops what is kept at once. (Each pool runs a task first: a server
+        // that has not answered yet when its pool ends is stopped, not kept.)
         let (third, events) = kept_pool(&tag);
         let third_server = servers(&events)[0];
+        pid_of(&third);
         shutdown(&third);
         let other_tag = new_tag("fs-kept-other");
         let (fourth, events) = kept_pool(&other_tag);
         assert_ne!(servers(&events), vec![third_server], "a server is kept for its own command only");
+        pid_of(&fourth);
         shutdown(&fourth);
         assert_eq!(hangfree::fork_server::release_kept(), 2);
         assert!(tagged(&tag).is_empty() && tagged(&other_tag).is_empty(), "left after release_kept");

@@ -30,7 +30,7 @@ use rustix::net::{
 };
 use rustix::process::{PidfdFlags, Signal, WaitId, WaitIdOptions};
 
-use crate::process::{self, Spawned, WorkerCommand};
+use crate::process::{self, Pid, Spawned, WorkerCommand};
 
 /// Environment variable set (to `1`) when the pool starts its worker command as a fork
 /// server instead of as a worker. The server removes it from its own environment first,
@@ -67,8 +67,22 @@ pub(crate) struct ForkServer {
     control: UnixStream,
     /// Whether the server has answered once (it is up, its imports are done).
     answered: bool,
+    /// The first request, sent without waiting for its answer (see
+    /// [`ForkServer::request_first`]).
+    first: Option<FirstFork>,
     /// What it was started from, when it was started to be kept (see [`take_or_start`]).
     key: Option<Key>,
+}
+
+/// The first fork asked of a server that has not answered yet: our ends of the worker's
+/// channel and stderr, the answer read so far, and when waiting for it ends.
+#[derive(Debug)]
+struct FirstFork {
+    channel: UnixStream,
+    stderr: OwnedFd,
+    reply: [u8; 8],
+    got: usize,
+    deadline: Instant,
 }
 
 /// How long the first request may wait: the server is starting (an interpreter and its
@@ -80,30 +94,105 @@ const LATER_REPLY: Duration = Duration::from_secs(2);
 impl ForkServer {
     /// Starts the worker command as a fork server: by exec, in its own process group, with
     /// the control socket on its standard input and the pool's stderr as its own. Returns
-    /// at once; the first [`ForkServer::fork`] waits for the server to be up.
+    /// at once; the first request ([`ForkServer::request_first`], or
+    /// [`ForkServer::fork`]) is answered once the server is up.
     pub(crate) fn start(cmd: &WorkerCommand, max_frame: u64) -> io::Result<ForkServer> {
         let (child, control, _) = process::launch(cmd, max_frame, Some((ENV_FORK_SERVER, "1")))?;
-        Ok(ForkServer { child, control, answered: false, key: None })
+        Ok(ForkServer { child, control, answered: false, first: None, key: None })
     }
 
     /// The server's pid.
-    pub(crate) fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> Pid {
         self.child.pid()
+    }
+
+    /// Whether the server has answered a request (it is up, its imports are done): only
+    /// then does [`ForkServer::fork`] wait briefly.
+    pub(crate) fn has_answered(&self) -> bool {
+        self.answered
+    }
+
+    /// The control socket, readable when the server answers the first request (for the
+    /// pool's epoll loop).
+    pub(crate) fn control(&self) -> &UnixStream {
+        &self.control
+    }
+
+    /// When waiting for the answer to [`ForkServer::request_first`] ends, while it is
+    /// awaited.
+    pub(crate) fn first_deadline(&self) -> Option<Instant> {
+        self.first.as_ref().map(|f| f.deadline)
     }
 
     /// Asks the server for one worker and waits (bounded) for its pid. The worker comes
     /// back as an exec'd one would: our end of its channel, its stderr, a pidfd, and it
     /// leads its own process group. An error means the server cannot be used any more:
     /// stop it and start workers by exec.
+    ///
+    /// The first request may wait up to 10 s for the server to start;
+    /// [`ForkServer::request_first`] asks without waiting.
     pub(crate) fn fork(&mut self) -> io::Result<Spawned> {
+        let (channel, stderr) = self.send_request()?;
+        let limit = if self.answered { LATER_REPLY } else { FIRST_REPLY };
+        let pid = self.read_reply(limit)?;
+        self.complete(pid, channel, stderr)
+    }
+
+    /// Sends the first request without waiting for the answer, which takes as long as
+    /// the server's start (an interpreter and its imports). The pool reads it with
+    /// [`ForkServer::read_first`] when the control socket is readable, and gives up at
+    /// [`ForkServer::first_deadline`].
+    pub(crate) fn request_first(&mut self, now: Instant) -> io::Result<()> {
+        debug_assert!(!self.answered && self.first.is_none());
+        let (channel, stderr) = self.send_request()?;
+        self.first = Some(FirstFork { channel, stderr, reply: [0; 8], got: 0, deadline: now + FIRST_REPLY });
+        Ok(())
+    }
+
+    /// Reads the answer to [`ForkServer::request_first`] without blocking: `None` while it
+    /// is not whole, else the worker as [`ForkServer::fork`] returns it (an error means the
+    /// server cannot be used any more). Past the deadline, the error says so.
+    pub(crate) fn read_first(&mut self, now: Instant) -> Option<io::Result<Spawned>> {
+        let f = self.first.as_mut()?;
+        loop {
+            if f.got == f.reply.len() {
+                break;
+            }
+            match rustix::net::recv(&self.control, &mut f.reply[f.got..], RecvFlags::DONTWAIT) {
+                Ok((0, _)) => {
+                    self.first = None;
+                    return Some(Err(self.closed()));
+                }
+                Ok((n, _)) => f.got += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) if now < f.deadline => return None,
+                Err(rustix::io::Errno::AGAIN) => {
+                    self.first = None;
+                    return Some(Err(self.late(FIRST_REPLY)));
+                }
+                Err(e) => {
+                    self.first = None;
+                    return Some(Err(e.into()));
+                }
+            }
+        }
+        let f = self.first.take().expect("checked above");
+        Some(self.parse_reply(f.reply).and_then(|pid| self.complete(pid, f.channel, f.stderr)))
+    }
+
+    /// Sends one request, with the worker's ends of its channel and stderr; returns ours.
+    fn send_request(&mut self) -> io::Result<(UnixStream, OwnedFd)> {
         let (ours, theirs) = UnixStream::pair()?;
         let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         send_request(&self.control, &theirs, &err_write)?;
-        drop((theirs, err_write));
-        let limit = if self.answered { LATER_REPLY } else { FIRST_REPLY };
-        let pid = self.read_reply(limit)?;
+        Ok((ours, err_read))
+    }
+
+    /// Takes the worker `pid` the server forked for a request, given our ends of its
+    /// channel and stderr.
+    fn complete(&mut self, pid: Pid, ours: UnixStream, err_read: OwnedFd) -> io::Result<Spawned> {
         self.answered = true;
-        let p = process::to_pid(pid);
+        let p = pid.to_rustix();
         // The worker does the same first thing; doing it here too means the group exists
         // before this returns, whichever of us runs first, so a group signal cannot miss.
         let _ = rustix::process::setpgid(Some(p), Some(p));
@@ -123,17 +212,14 @@ impl ForkServer {
         Ok(Spawned { child: process::Child::new(pid, pidfd), channel: ours, stderr: err_read })
     }
 
-    fn read_reply(&mut self, limit: Duration) -> io::Result<i32> {
+    fn read_reply(&mut self, limit: Duration) -> io::Result<Pid> {
         let mut reply = [0u8; 8];
         let mut got = 0;
         let deadline = std::time::Instant::now() + limit;
         while got < reply.len() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("the fork server {} did not answer within {:.1} s", self.pid(), limit.as_secs_f64()),
-                ));
+                return Err(self.late(limit));
             }
             let ts = rustix::time::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as i64 };
             let mut fds = [rustix::event::PollFd::new(&self.control, rustix::event::PollFlags::IN)];
@@ -143,20 +229,31 @@ impl ForkServer {
                 Err(e) => return Err(e.into()),
             }
             match (&self.control).read(&mut reply[got..]) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("the fork server {} closed its channel", self.pid()),
-                    ));
-                }
+                Ok(0) => return Err(self.closed()),
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
+        self.parse_reply(reply)
+    }
+
+    fn late(&self, limit: Duration) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the fork server {} did not answer within {:.1} s", self.pid(), limit.as_secs_f64()),
+        )
+    }
+
+    fn closed(&self) -> io::Error {
+        io::Error::new(io::ErrorKind::UnexpectedEof, format!("the fork server {} closed its channel", self.pid()))
+    }
+
+    /// The pid in a reply, or the error it reports.
+    fn parse_reply(&self, reply: [u8; 8]) -> io::Result<Pid> {
         let answer = i64::from_le_bytes(reply);
-        if answer > 0 && answer <= i64::from(i32::MAX) {
-            Ok(answer as i32)
+        if let Some(pid) = i32::try_from(answer).ok().and_then(Pid::from_raw) {
+            Ok(pid)
         } else if answer == -i64::from(libc::EDEADLK) {
             Err(io::Error::other(format!(
                 "the fork server {} runs threads besides its own (its program's imports started them), \
@@ -174,8 +271,18 @@ impl ForkServer {
     /// Stops the server: SIGKILL to its group (it holds nothing worth a grace period, and
     /// its workers lead groups of their own), then reaps it, waiting at most `limit`.
     /// Returns false if it could not be reaped in time (it is then abandoned).
-    pub(crate) fn stop(self, limit: Duration) -> bool {
-        self.child.kill_and_reap(limit)
+    ///
+    /// A first request still unanswered is dropped; if the server forked the worker and
+    /// answered just before it died, that worker (our child) is killed and reaped too.
+    pub(crate) fn stop(mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let reaped = self.child.kill_and_reap(limit);
+        if self.first.is_some() {
+            if let Some(Ok(s)) = self.read_first(Instant::now()) {
+                s.child.kill_and_reap(deadline.saturating_duration_since(Instant::now()));
+            }
+        }
+        reaped
     }
 }
 

@@ -6,6 +6,7 @@
 //! in the pool's worker life cycle (`pool/lifecycle.rs`); this module only carries it out.
 
 use std::ffi::{OsStr, OsString};
+use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -15,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
-use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
+use rustix::process::{PidfdFlags, Signal, WaitId, WaitIdOptions};
 
 use crate::outcome::ExitStatus;
 
@@ -83,6 +84,38 @@ impl WorkerCommand {
     }
 }
 
+/// The id of a child process of ours (a worker or the fork server), always positive.
+///
+/// There is no separate process-group id type: each of these children leads its own
+/// group, so the only group the pool ever signals is the one whose id is the child's pid,
+/// and only [`Child`] does that (a group id read back from a process is never signalled;
+/// see [`Child::signal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Pid(i32);
+
+impl Pid {
+    /// The pid `raw`, if it can be a process's (positive).
+    pub(crate) fn from_raw(raw: i32) -> Option<Pid> {
+        (raw > 0).then_some(Pid(raw))
+    }
+
+    /// The number, as the public API (events, errors) carries it.
+    pub(crate) fn get(self) -> i32 {
+        self.0
+    }
+
+    /// The same pid for rustix's calls.
+    pub(crate) fn to_rustix(self) -> rustix::process::Pid {
+        rustix::process::Pid::from_raw(self.0).expect("positive by construction")
+    }
+}
+
+impl fmt::Display for Pid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// A worker process just started: the child, our end of its channel and the read end of
 /// its stderr, all non-blocking.
 #[derive(Debug)]
@@ -100,7 +133,7 @@ pub(crate) struct Spawned {
 /// status and reaping all use the pidfd.
 #[derive(Debug)]
 pub(crate) struct Child {
-    pid: i32,
+    pid: Pid,
     pidfd: OwnedFd,
 }
 
@@ -147,16 +180,16 @@ pub(crate) fn launch(
     let mut child = c
         .spawn()
         .map_err(|e| io::Error::new(e.kind(), format!("cannot start {what}`{}`: {e}", cmd.program.display())))?;
-    let pid = child.id() as i32;
+    let pid = Pid::from_raw(child.id() as i32).expect("a started child has a pid");
     let stderr: Option<OwnedFd> = child.stderr.take().map(Into::into);
     // `child` is dropped without waiting: the pidfd owns the exit from here on.
     drop(child);
-    let pidfd = match rustix::process::pidfd_open(to_pid(pid), PidfdFlags::empty()) {
+    let pidfd = match rustix::process::pidfd_open(pid.to_rustix(), PidfdFlags::empty()) {
         Ok(fd) => fd,
         Err(e) => {
             // Only possible if the kernel already reaped it (SIGCHLD ignored by the host)
             // and the pid is gone; nothing of ours is left to supervise.
-            let _ = rustix::process::kill_process_group(to_pid(pid), Signal::KILL);
+            let _ = rustix::process::kill_process_group(pid.to_rustix(), Signal::KILL);
             return Err(io::Error::other(format!("pidfd_open({pid}) of {what}failed: {e}")));
         }
     };
@@ -169,19 +202,15 @@ pub(crate) fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
     Ok(())
 }
 
-pub(crate) fn to_pid(pid: i32) -> Pid {
-    Pid::from_raw(pid).expect("child pids are positive")
-}
-
 impl Child {
     /// A child that leads the process group whose id is its pid (it was started with
     /// `process_group(0)`, or made it so), with a pidfd for it.
-    pub(crate) fn new(pid: i32, pidfd: OwnedFd) -> Child {
+    pub(crate) fn new(pid: Pid, pidfd: OwnedFd) -> Child {
         Child { pid, pidfd }
     }
 
     /// Its pid, which is also its process group's id.
-    pub(crate) fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> Pid {
         self.pid
     }
 
@@ -202,7 +231,7 @@ impl Child {
     /// group already gone is not an error.
     pub(crate) fn signal(&self, sig: Signal) {
         self.signal_own_group(sig);
-        let left = rustix::process::getpgid(Some(to_pid(self.pid))).is_ok_and(|g| g.as_raw_nonzero().get() != self.pid);
+        let left = rustix::process::getpgid(Some(self.pid.to_rustix())).is_ok_and(|g| g != self.pid.to_rustix());
         // SIGKILL goes to the child itself every time: it may be leaving the group just
         // now, and a second SIGKILL costs nothing. Other signals only if it left, so a
         // worker that handles SIGTERM gets it once.
@@ -220,7 +249,7 @@ impl Child {
     /// Sends `sig` to the process group whose id is the child's pid (see
     /// [`Child::signal`] for why only that one).
     fn signal_own_group(&self, sig: Signal) {
-        match rustix::process::kill_process_group(to_pid(self.pid), sig) {
+        match rustix::process::kill_process_group(self.pid.to_rustix(), sig) {
             Ok(()) | Err(Errno::SRCH) => {}
             // EPERM means a member changed credentials; nothing better can be done for it.
             Err(_) => {}
@@ -319,8 +348,8 @@ mod tests {
     #[test]
     fn worker_leads_its_own_group() {
         let s = spawn(&WorkerCommand::new("/bin/sleep").arg("30"), 1024).unwrap();
-        let pgid = rustix::process::getpgid(Some(to_pid(s.child.pid()))).unwrap();
-        assert_eq!(pgid.as_raw_nonzero().get(), s.child.pid());
+        let pgid = rustix::process::getpgid(Some(s.child.pid().to_rustix())).unwrap();
+        assert_eq!(pgid, s.child.pid().to_rustix());
         s.child.signal(Signal::KILL);
         wait_exit(&s);
         s.child.sweep_and_reap();

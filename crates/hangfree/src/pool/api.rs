@@ -8,6 +8,7 @@ use super::config::Config;
 use super::defaults;
 use super::duration::{MAX_DURATION, saturate};
 use super::handle::{BatchHandle, BatchSink, Slot, TaskHandle};
+use super::ids::TaskId;
 use super::lifecycle::Timing;
 use super::shared::{Command, Gate, Reply, Shared, lock};
 use super::stats::Stats;
@@ -270,7 +271,8 @@ impl PoolBuilder {
     /// which then forks its workers at once instead of starting a server. A kept server
     /// is the process's, not the pool's: it forks nothing while kept, is stopped after
     /// `idle`, by [`crate::fork_server::release_kept`], or when the process ends (its
-    /// parent-death signal), and is the one thing of a pool that outlives `join`. Zero
+    /// parent-death signal), and is the one thing of a pool that outlives `join`. A server
+    /// that has not answered yet when the pool ends (it is still starting) is stopped. Zero
     /// (default: [`defaults::KEEP_FORK_SERVER`]; a front's:
     /// [`defaults::FRONT_KEEP_FORK_SERVER`]) stops it with the pool.
     pub fn keep_fork_server(mut self, idle: Duration) -> Self {
@@ -432,7 +434,7 @@ impl Pool {
     pub fn submit(&self, task: impl Into<Task>) -> Result<TaskHandle, SubmitError> {
         let slot = Arc::new(Slot::default());
         let ids = self.submit_to(slot.clone(), vec![task.into()], 1)?;
-        Ok(TaskHandle { id: ids.start, slot, shared: self.shared.clone() })
+        Ok(TaskHandle { id: TaskId::new(ids.start), slot, shared: self.shared.clone() })
     }
 
     /// Submits many tasks at once, sent to workers `chunksize` at a time. Outcomes stream
@@ -480,27 +482,27 @@ impl Pool {
             Gate::Broken(f) => return Err(SubmitError::Broken(f.clone())),
             Gate::Failed(why) => return Err(SubmitError::Failed(why.clone())),
         }
-        let first_id = self.shared.next_id.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        let first = self.shared.next_id.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         let items: u64 = tasks.iter().map(|t| u64::from(t.items.max(1))).sum();
         self.shared.stats.submitted.fetch_add(items, std::sync::atomic::Ordering::Relaxed);
         if n > 0 {
-            inbox.cmds.push(Command::Submit { sink, first_id, tasks, chunksize });
+            inbox.cmds.push(Command::Submit { sink, first_id: TaskId::new(first), tasks, chunksize });
         }
         drop(inbox);
         self.shared.wake();
-        Ok(first_id..first_id + n)
+        Ok(first..first + n)
     }
 
     /// Cancels a task by id (see [`TaskHandle::cancel`]).
     pub fn cancel(&self, id: u64) {
-        self.shared.cancel(id);
+        self.shared.cancel(TaskId::new(id));
     }
 
     /// Cancels a task only if it is still waiting in the pool's queue (not yet sent to a
     /// worker), as `concurrent.futures.Future.cancel` does. Returns whether it was
     /// cancelled; a cancelled task ends as [`crate::TaskError::Cancelled`].
     pub fn cancel_if_queued(&self, id: u64) -> bool {
-        self.ask(|reply| Command::CancelQueued(id, reply)).unwrap_or(false)
+        self.ask(|reply| Command::CancelQueued(TaskId::new(id), reply)).unwrap_or(false)
     }
 
     /// Where the task `id` is now: queued, sent ahead to a busy worker, running, or done
@@ -510,7 +512,7 @@ impl Pool {
     /// before the call. In a forked child, where the pool is the parent's, every task is
     /// [`TaskState::Done`].
     pub fn task_state(&self, id: u64) -> TaskState {
-        self.ask(|reply| Command::State(id, reply)).unwrap_or(TaskState::Done)
+        self.ask(|reply| Command::State(TaskId::new(id), reply)).unwrap_or(TaskState::Done)
     }
 
     /// Sends the supervisor a question and waits for its answer: `None` if the pool has

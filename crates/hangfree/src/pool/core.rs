@@ -25,44 +25,15 @@ use rustix::process::Signal;
 
 use super::config::Config;
 use super::events::{EventKind, PoolEvent};
+use super::ids::{TaskId, WorkerId};
 use super::lifecycle::{self, Action, Phase};
 use super::shared::{Command, Gate, Shared, lock};
 use super::stats::{bump, bump_by};
 use super::task::{Sink, TaskState};
 use crate::outcome::{Attempt, ExitStatus, LossCause, Outcome, StartupFailure, TaskError, TaskRef, WorkerLost};
 use crate::page::{Page, Revoked};
+use crate::process::Pid;
 use crate::wire::{self, Frame, Kind, ProtocolError};
-
-/// A task's id in its pool (sequential, from 1).
-pub(crate) type TaskId = u64;
-
-/// A worker process's id.
-pub(crate) type Pid = i32;
-
-/// A worker of the pool: its slot in the worker table and the generation of that slot,
-/// so that anything naming a worker that has since been replaced (a timer, an epoll
-/// event) is recognised as stale.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct WorkerId {
-    slot: u32,
-    generation: u32,
-}
-
-impl WorkerId {
-    /// The id with a small `kind` (below 4) packed into one epoll token.
-    pub fn token(self, kind: u64) -> u64 {
-        (u64::from(self.slot) << 34) | (u64::from(self.generation) << 2) | kind
-    }
-
-    /// The id and kind packed by [`WorkerId::token`].
-    pub fn from_token(t: u64) -> (WorkerId, u64) {
-        (WorkerId { slot: (t >> 34) as u32, generation: ((t >> 2) & 0xffff_ffff) as u32 }, t & 3)
-    }
-
-    pub fn slot(self) -> usize {
-        self.slot as usize
-    }
-}
 
 /// What the shell tells the core.
 pub(crate) enum Event {
@@ -83,7 +54,7 @@ pub(crate) enum Event {
     /// The worker exited; the shell has read what it wrote and reaped it. `oom` says the
     /// kernel's OOM-kill count rose since it started.
     Exited { worker: WorkerId, status: ExitStatus, oom: bool },
-    /// Starting a worker process failed.
+    /// Starting a worker process (the requested one, if any) failed.
     SpawnFailed(String),
     /// The resident size of each worker listed in [`Effect::PollMemory`] (None if it
     /// could not be read).
@@ -159,6 +130,8 @@ pub(crate) struct Core {
     /// pool is closed first, as the standard library's pool starts its workers in its
     /// constructor: an initializer runs once per worker whatever happens next.
     first_left: usize,
+    /// Workers asked for whose process the shell has not reported yet ([`Core::worker_requested`]).
+    requested: usize,
     tasks: HashMap<TaskId, Entry, BuildIdHasher>,
     queue: VecDeque<Vec<TaskId>>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
@@ -181,6 +154,7 @@ impl Core {
             workers: Vec::new(),
             next_generation: 1,
             first_left,
+            requested: 0,
             tasks: HashMap::default(),
             queue: VecDeque::new(),
             timers: BinaryHeap::new(),
@@ -254,18 +228,28 @@ impl Core {
             Run::Closing => self.cfg.workers.min(self.queue.len()),
             Run::Terminating | Run::Broken => 0,
         };
-        self.live_count() < target
+        self.live_count() + self.requested < target
+    }
+
+    /// The shell asked for a worker process that comes later (a fork server's first fork
+    /// waits for the server to be up): until [`Core::worker_started`] or
+    /// [`Event::SpawnFailed`] reports it, it counts as a worker for [`Core::wants_worker`],
+    /// and a closing pool waits for it. A terminating or broken pool does not: the shell
+    /// drops the request when the pool finishes.
+    pub fn worker_requested(&mut self) {
+        self.requested += 1;
     }
 
     /// The id the next worker will get from [`Core::worker_started`].
     pub fn next_worker_id(&self) -> WorkerId {
         let slot = self.workers.iter().position(|w| w.is_none()).unwrap_or(self.workers.len());
-        WorkerId { slot: slot as u32, generation: self.next_generation }
+        WorkerId::new(slot, self.next_generation)
     }
 
-    /// A worker process was started (see [`Core::next_worker_id`] for its id): it gets
-    /// its init frame and a start-up deadline.
+    /// A worker process was started (see [`Core::next_worker_id`] for its id), the one
+    /// requested if any: it gets its init frame and a start-up deadline.
     pub fn worker_started(&mut self, pid: Pid, now: Instant) -> WorkerId {
+        self.requested = self.requested.saturating_sub(1);
         let id = self.next_worker_id();
         if id.slot() == self.workers.len() {
             self.workers.push(None);
@@ -332,7 +316,7 @@ impl Core {
         let no_workers = self.workers.iter().all(|w| w.is_none());
         match self.run {
             Run::Open => false,
-            Run::Closing => no_workers && self.tasks.is_empty(),
+            Run::Closing => no_workers && self.requested == 0 && self.tasks.is_empty(),
             Run::Terminating | Run::Broken => no_workers,
         }
     }
@@ -346,7 +330,7 @@ impl Core {
         self.run = Run::Broken;
         for (id, e) in std::mem::take(&mut self.tasks) {
             if !e.cancelled {
-                fail_one(&self.shared, &e.sink, e.index, TaskRef { id, label: e.label }, why);
+                fail_one(&self.shared, &e.sink, e.index, TaskRef { id: id.get(), label: e.label }, why);
             }
         }
         self.queue.clear();
@@ -368,6 +352,7 @@ impl Core {
 
     fn emit(&self, kind: EventKind, pid: Option<Pid>, task_id: Option<TaskId>, message: impl FnOnce() -> String) {
         if let Some(hook) = &self.cfg.on_event {
+            let (pid, task_id) = (pid.map(Pid::get), task_id.map(TaskId::get));
             hook(&PoolEvent { kind, pid, task_id, message: message() });
         }
     }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::duration::saturate;
+use super::ids::TaskId;
 use super::shared::{Shared, lock};
 use super::task::Sink;
 use crate::outcome::Outcome;
@@ -69,7 +70,7 @@ impl Slot {
 
 /// A submitted task. Dropping the handle does not cancel the task.
 pub struct TaskHandle {
-    pub(crate) id: u64,
+    pub(crate) id: TaskId,
     pub(crate) slot: Arc<Slot>,
     pub(crate) shared: Arc<Shared>,
 }
@@ -83,7 +84,7 @@ impl std::fmt::Debug for TaskHandle {
 impl TaskHandle {
     /// The task's id in its pool.
     pub fn id(&self) -> u64 {
-        self.id
+        self.id.get()
     }
 
     /// Whether the task has finished (its outcome may already have been taken).
@@ -210,7 +211,7 @@ impl BatchHandle {
     /// Cancels every item not yet finished.
     pub fn cancel(&self) {
         for id in self.ids.clone() {
-            self.shared.cancel(id);
+            self.shared.cancel(TaskId::new(id));
         }
     }
 

@@ -1,11 +1,12 @@
 //! The pool: a supervisor thread per pool, workers as small state machines, and the
 //! handles callers hold.
 //!
-//! From the bottom up: `task` (what is submitted and where outcomes go) and `shared` (the
-//! inbox, gate and counters that callers and the supervisor share); `lifecycle` (one
-//! worker's phases and the escalation) and `core` (the pool's rules over every task and
-//! worker, events in and effects out, no system calls); `supervisor` (the I/O shell that
-//! feeds the core and carries out its effects); `api` and `handle` (what callers use).
+//! From the bottom up: `ids` (task and worker ids), `task` (what is submitted and where
+//! outcomes go) and `shared` (the inbox, gate and counters that callers and the
+//! supervisor share); `lifecycle` (one worker's phases and the escalation) and `core` (the
+//! pool's rules over every task and worker, events in and effects out, no system calls);
+//! `supervisor` (the I/O shell that feeds the core and carries out its effects); `api` and
+//! `handle` (what callers use).
 
 mod api;
 mod config;
@@ -15,6 +16,7 @@ mod duration;
 mod epoll_wait;
 mod events;
 mod handle;
+mod ids;
 pub(crate) mod lifecycle;
 mod shared;
 mod stats;

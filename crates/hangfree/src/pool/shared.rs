@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use rustix::event::{EventfdFlags, eventfd};
 
+use super::ids::TaskId;
 use super::stats::Counters;
 use super::task::{Sink, Task, TaskState};
 use crate::outcome::StartupFailure;
@@ -33,15 +34,15 @@ pub(crate) enum Gate {
 pub(crate) enum Command {
     Submit {
         sink: Arc<dyn Sink>,
-        first_id: u64,
+        first_id: TaskId,
         tasks: Vec<Task>,
         chunksize: usize,
     },
-    Cancel(u64),
+    Cancel(TaskId),
     /// Cancel only if the task has not been sent to a worker; answer whether it was.
-    CancelQueued(u64, Arc<Reply<bool>>),
+    CancelQueued(TaskId, Arc<Reply<bool>>),
     /// Answer where the task is (see [`TaskState`]).
-    State(u64, Arc<Reply<TaskState>>),
+    State(TaskId, Arc<Reply<TaskState>>),
     Close,
     Terminate,
 }
@@ -125,7 +126,7 @@ impl Shared {
         self.wake();
     }
 
-    pub fn cancel(&self, id: u64) {
+    pub fn cancel(&self, id: TaskId) {
         self.push(Command::Cancel(id));
     }
 }

@@ -20,9 +20,10 @@ use rustix::event::epoll;
 use rustix::process::Signal;
 
 use super::config::Config;
-use super::core::{Core, Effect, Event, WorkerId, fail_one};
+use super::core::{Core, Effect, Event, fail_one};
 use super::epoll_wait;
 use super::events::{EventKind, PoolEvent};
+use super::ids::WorkerId;
 use super::shared::{Command, Gate, Shared, lock};
 use super::stats::bump;
 use crate::cgroup::WorkerCgroup;
@@ -30,7 +31,7 @@ use crate::fork_server::{self, ForkServer};
 use crate::memory;
 use crate::outcome::{ExitStatus, Outcome, TaskError, TaskRef};
 use crate::page::Page;
-use crate::process::{self, Child, Spawned};
+use crate::process::{self, Child, Pid, Spawned};
 use crate::wire::Decoder;
 
 /// Copies worker output to this process's stderr without ever blocking: the supervisor
@@ -81,6 +82,8 @@ fn read_with_page(chan: &UnixStream, dec: &mut Decoder, page: &mut Option<Page>,
 }
 
 const WAKER: u64 = u64::MAX;
+/// The fork server's control socket, while its answer to the first request is awaited.
+const FORK_REPLY: u64 = u64::MAX - 1;
 const FD_PID: u64 = 0;
 const FD_CHAN: u64 = 1;
 const FD_ERR: u64 = 2;
@@ -148,7 +151,8 @@ impl Supervisor {
         // With a fork server, `build` waits only for its exec (a command that cannot run
         // is still reported): its first fork waits for the server's interpreter and
         // imports, tens of milliseconds the caller need not spend in `Pool()`. The loop
-        // forks the workers.
+        // asks for the first worker and goes on serving commands until the server
+        // answers (see `on_first_fork`), then forks the others.
         let cfg = self.core.config();
         if cfg.fork_server && cfg.cgroup_parent.is_none() {
             self.start_fork_server();
@@ -192,7 +196,7 @@ impl Supervisor {
         for cmd in cmds {
             if let Command::Submit { sink, first_id, tasks, .. } = cmd {
                 for (i, t) in tasks.into_iter().enumerate() {
-                    fail_one(&self.shared, &sink, i, TaskRef { id: first_id + i as u64, label: t.label }, &why);
+                    fail_one(&self.shared, &sink, i, TaskRef { id: first_id.nth(i).get(), label: t.label }, &why);
                 }
             }
         }
@@ -227,7 +231,8 @@ impl Supervisor {
             if self.core.is_finished() {
                 return;
             }
-            let timeout = self.core.next_deadline().map(|at| at.saturating_duration_since(now));
+            let deadline = self.core.next_deadline().into_iter().chain(self.first_fork_deadline()).min();
+            let timeout = deadline.map(|at| at.saturating_duration_since(now));
             events.clear();
             // Right after activity the next event (an answer, a submission) usually comes
             // within microseconds: poll for it briefly instead of paying a sleep and a
@@ -262,6 +267,10 @@ impl Supervisor {
                     self.shared.woken.store(false, Ordering::Release);
                     continue;
                 }
+                if data == FORK_REPLY {
+                    self.on_first_fork(now);
+                    continue;
+                }
                 let (id, kind) = WorkerId::from_token(data);
                 if self.conn(id).is_none() {
                     continue;
@@ -278,6 +287,9 @@ impl Supervisor {
                     }
                     _ => self.read_stderr(id),
                 }
+            }
+            if self.first_fork_deadline().is_some_and(|at| at <= now) {
+                self.on_first_fork(now);
             }
             self.core.fire_timers(now);
             self.apply(now);
@@ -298,7 +310,7 @@ impl Supervisor {
         for cmd in leftover {
             if let Command::Submit { sink, first_id, tasks, .. } = cmd {
                 for (i, t) in tasks.into_iter().enumerate() {
-                    let task = TaskRef { id: first_id + i as u64, label: t.label };
+                    let task = TaskRef { id: first_id.nth(i).get(), label: t.label };
                     bump(&self.shared.stats.terminated);
                     sink.complete(i, Outcome::Failed(TaskError::Terminated(task)));
                 }
@@ -380,7 +392,7 @@ impl Supervisor {
                     }
                 }
                 Effect::PollMemory(workers) => {
-                    let readings = workers.into_iter().map(|(id, pid)| (id, memory::rss_bytes(pid))).collect();
+                    let readings = workers.into_iter().map(|(id, pid)| (id, memory::rss_bytes(pid.get()))).collect();
                     self.core.handle(Event::Memory(readings), now);
                 }
             }
@@ -395,16 +407,18 @@ impl Supervisor {
         self.conns.get_mut(id.slot()).and_then(|c| c.as_mut()).filter(|c| c.id == id)
     }
 
-    fn emit(&self, kind: EventKind, pid: Option<i32>, message: impl FnOnce() -> String) {
+    fn emit(&self, kind: EventKind, pid: Option<Pid>, message: impl FnOnce() -> String) {
         if let Some(hook) = &self.cfg().on_event {
-            hook(&PoolEvent { kind, pid, task_id: None, message: message() });
+            hook(&PoolEvent { kind, pid: pid.map(Pid::get), task_id: None, message: message() });
         }
     }
 
     // ----- starting workers -----------------------------------------------------------
 
     fn ensure_workers(&mut self, now: Instant) {
-        while self.core.wants_worker() {
+        // While the fork server's first answer is awaited, the other workers wait for it
+        // too: they are forked (in a millisecond each) once it is up.
+        while self.core.wants_worker() && self.first_fork_deadline().is_none() {
             if let Err(e) = self.spawn_worker(now) {
                 self.handle(Event::SpawnFailed(e.to_string()), now);
                 break;
@@ -413,21 +427,53 @@ impl Supervisor {
     }
 
     /// A new worker process: forked by the fork server when there is one that works, else
-    /// started by exec.
-    fn start_process(&mut self) -> io::Result<Spawned> {
+    /// started by exec. `None`: the fork server was asked for its first worker, which
+    /// comes when it is up (see [`Supervisor::on_first_fork`]).
+    fn start_process(&mut self, now: Instant) -> io::Result<Option<Spawned>> {
         let cfg = self.core.config();
         if cfg.fork_server && cfg.cgroup_parent.is_none() && !self.forks_failed {
             if self.forks.is_none() {
                 self.start_fork_server();
             }
             if let Some(f) = self.forks.as_mut() {
-                match f.fork() {
-                    Ok(s) => return Ok(s),
-                    Err(e) => self.fork_server_failed(e),
+                if f.has_answered() {
+                    match f.fork() {
+                        Ok(s) => return Ok(Some(s)),
+                        Err(e) => self.fork_server_failed(e),
+                    }
+                } else {
+                    let asked = f.request_first(now).and_then(|()| {
+                        let token = epoll::EventData::new_u64(FORK_REPLY);
+                        Ok(epoll::add(&self.epoll, f.control(), token, epoll::EventFlags::IN)?)
+                    });
+                    match asked {
+                        Ok(()) => return Ok(None),
+                        Err(e) => self.fork_server_failed(e),
+                    }
                 }
             }
         }
-        process::spawn(&self.cfg().cmd, self.cfg().max_frame)
+        process::spawn(&self.cfg().cmd, self.cfg().max_frame).map(Some)
+    }
+
+    /// While the fork server's first answer is awaited: when waiting for it ends.
+    fn first_fork_deadline(&self) -> Option<Instant> {
+        self.forks.as_ref().and_then(|f| f.first_deadline())
+    }
+
+    /// The fork server's control socket is readable, or its first answer is overdue:
+    /// takes the first worker, or fails the server and starts that worker by exec.
+    fn on_first_fork(&mut self, now: Instant) {
+        let Some(f) = self.forks.as_mut() else { return };
+        let Some(got) = f.read_first(now) else { return };
+        let _ = epoll::delete(&self.epoll, f.control());
+        let spawned = got.or_else(|e| {
+            self.fork_server_failed(e);
+            process::spawn(&self.cfg().cmd, self.cfg().max_frame)
+        });
+        if let Err(e) = spawned.and_then(|s| self.adopt(s, now)) {
+            self.handle(Event::SpawnFailed(e.to_string()), now);
+        }
     }
 
     /// Starts the fork server, or takes one an earlier pool kept (see
@@ -464,14 +510,16 @@ impl Supervisor {
         });
     }
 
-    /// Stops the fork server, or keeps it for a later pool when the pool asked for that
-    /// and it did not fail.
+    /// Stops the fork server, or keeps it for a later pool when the pool asked for that,
+    /// it did not fail and it has answered (one that is still starting is not kept).
     fn stop_fork_server(&mut self) {
         if let Some(f) = self.forks.take() {
+            let _ = epoll::delete(&self.epoll, f.control());
             let pid = f.pid();
             let wait = self.cfg().timing.kill_wait;
             let failed = matches!(lock(&self.shared.inbox).gate, Gate::Failed(_));
-            let idle = if failed || self.forks_failed { Duration::ZERO } else { self.cfg().keep_fork_server };
+            let keep = !failed && !self.forks_failed && f.has_answered();
+            let idle = if keep { self.cfg().keep_fork_server } else { Duration::ZERO };
             if !fork_server::keep(f, idle, wait) {
                 bump(&self.shared.stats.workers_abandoned);
                 self.emit(EventKind::Abandoned, Some(pid), || {
@@ -484,13 +532,26 @@ impl Supervisor {
         }
     }
 
+    /// Starts a worker, or asks the fork server for it (the core then counts it as
+    /// requested until it comes).
     fn spawn_worker(&mut self, now: Instant) -> io::Result<()> {
-        let s = self.start_process()?;
+        match self.start_process(now)? {
+            Some(s) => self.adopt(s, now),
+            None => {
+                self.core.worker_requested();
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes a worker process just started: into its cgroup, into the epoll set, and to
+    /// the core.
+    fn adopt(&mut self, s: Spawned, now: Instant) -> io::Result<()> {
         // Into its own cgroup before it is sent anything: no task has run yet, so nothing
         // it starts can be outside.
         let cgroup = match &self.cfg().cgroup_parent {
             None => None,
-            Some(parent) => match WorkerCgroup::create(parent, s.child.pid()) {
+            Some(parent) => match WorkerCgroup::create(parent, s.child.pid().get()) {
                 Ok(cg) => Some(cg),
                 Err(e) => {
                     s.child.signal(Signal::KILL);

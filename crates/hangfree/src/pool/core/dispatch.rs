@@ -121,9 +121,9 @@ impl Core {
             let e = self.tasks.get_mut(&id).expect("retained");
             e.worker = Some(id_w);
             if e.items == 0 {
-                wire::encode_into(out, Kind::Task, id, &e.payload);
+                wire::encode_into(out, Kind::Task, id.get(), &e.payload);
             } else {
-                wire::encode_chunk_into(out, id, &e.payload, e.from, e.items);
+                wire::encode_chunk_into(out, id.get(), &e.payload, e.from, e.items);
             }
             w.inflight.push_back(InFlight { id, ends_chunk: i + 1 == n });
         }

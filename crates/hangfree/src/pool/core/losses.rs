@@ -38,7 +38,7 @@ impl Core {
                 }
                 Some(e) => {
                     e.worker = None;
-                    if last.is_some_and(|r| r.task == id) {
+                    if last.is_some_and(|r| r.task == id.get()) {
                         started = Some(id);
                     } else {
                         chunk.push(id);
@@ -71,7 +71,7 @@ impl Core {
         let w = self.worker(w);
         WorkerLost {
             task: self.task_ref(id),
-            pid: w.map_or(0, |w| w.pid),
+            pid: w.map_or(0, |w| w.pid.get()),
             cause,
             stderr_tail: w.map(|w| w.tail_string()).unwrap_or_default(),
             probably_oom: false,
@@ -102,7 +102,7 @@ impl Core {
             return;
         }
         let on = match last {
-            Some(r) if r.task == id && r.items > e.from => (r.items - 1).min(e.items - 1),
+            Some(r) if r.task == id.get() && r.items > e.from => (r.items - 1).min(e.items - 1),
             _ => e.from,
         };
         if on > e.from {
@@ -138,7 +138,7 @@ impl Core {
         let probably_oom = oom && cause == LossCause::Exited(ExitStatus::Signal(9));
         let head = wk.inflight.front().map(|f| f.id);
         let last = self.revoke(w);
-        let started = head.is_some() && last.is_none_or(|r| Some(r.task) == head);
+        let started = head.is_some() && last.is_none_or(|r| Some(r.task) == head.map(TaskId::get));
         let Some(id) = head.filter(|_| started) else {
             self.requeue_inflight(w);
             self.emit(EventKind::WorkerLost, Some(pid), None, || format!("idle worker {pid} {cause}"));
@@ -150,7 +150,7 @@ impl Core {
         self.settle_finished_items(w, id, lost.clone());
         let retries = self.cfg.retries as usize;
         if let Some(e) = self.tasks.get_mut(&id).filter(|e| e.attempts.len() < retries && !e.cancelled) {
-            e.attempts.push(Attempt { pid, cause: cause.clone() });
+            e.attempts.push(Attempt { pid: pid.get(), cause: cause.clone() });
             e.worker = None;
             let n = e.attempts.len();
             self.queue.push_front(vec![id]);
@@ -205,7 +205,13 @@ impl Core {
         let limit = self.tasks.get(&task).and_then(|e| e.timeout).unwrap_or_default();
         let t = self.task_ref(task);
         self.pop_head(w);
-        let err = TaskError::TimedOut { task: t, limit, pid, stack, stack_requested: self.cfg.stack_dump.is_some() };
+        let err = TaskError::TimedOut {
+            task: t,
+            limit,
+            pid: pid.get(),
+            stack,
+            stack_requested: self.cfg.stack_dump.is_some(),
+        };
         self.emit(EventKind::TaskTimedOut, Some(pid), Some(task), || err.to_string());
         let lost = self.loss(w, task, LossCause::Stopped);
         self.fail_started(w, task, lost, err);
@@ -222,7 +228,7 @@ impl Core {
         let e = self.tasks.get(&id).filter(|e| e.items > 0)?;
         let limit = e.timeout?;
         let (task, _, started) = self.worker(w)?.page.as_ref()?.progress();
-        if task == id { started.checked_add(limit) } else { None }
+        if task == id.get() { started.checked_add(limit) } else { None }
     }
 
     /// Asks the shell for the resident size of every busy worker.
@@ -267,7 +273,7 @@ impl Core {
             let (pid, peak) = (wk.pid, wk.peak_rss);
             self.revoke(w);
             if let Some(id) = self.pop_head(w) {
-                let err = TaskError::MemoryLimit { task: self.task_ref(id), pid, limit, peak };
+                let err = TaskError::MemoryLimit { task: self.task_ref(id), pid: pid.get(), limit, peak };
                 self.emit(EventKind::MemoryLimit, Some(pid), Some(id), || err.to_string());
                 let lost = self.loss(w, id, LossCause::Stopped);
                 self.fail_started(w, id, lost, err);

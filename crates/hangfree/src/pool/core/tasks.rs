@@ -66,7 +66,7 @@ impl Core {
                 self.tasks.reserve(tasks.len());
                 let mut chunk = Vec::with_capacity(chunksize.min(tasks.len()));
                 for (i, t) in tasks.into_iter().enumerate() {
-                    let id = first_id + i as u64;
+                    let id = first_id.nth(i);
                     self.tasks.insert(
                         id,
                         Entry {
@@ -185,7 +185,7 @@ impl Core {
     }
 
     pub(super) fn task_ref(&self, id: TaskId) -> TaskRef {
-        TaskRef { id, label: self.tasks.get(&id).and_then(|e| e.label.clone()) }
+        TaskRef { id: id.get(), label: self.tasks.get(&id).and_then(|e| e.label.clone()) }
     }
 
     /// Delivers a task's one outcome (a chunk's: for each item without one) and forgets

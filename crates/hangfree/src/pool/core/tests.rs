@@ -69,12 +69,12 @@ struct Rec {
 
 impl Sink for Rec {
     fn complete(&self, index: usize, outcome: Outcome) {
-        let task = self.first_id + index as u64;
+        let task = self.first_id.nth(index);
         lock(&self.log).push(Got { task, first: 0, count: 1, outcome });
     }
 
     fn complete_items(&self, index: usize, first: u32, count: u32, _raised: u32, outcome: Outcome) {
-        let task = self.first_id + index as u64;
+        let task = self.first_id.nth(index);
         lock(&self.log).push(Got { task, first, count, outcome });
     }
 }
@@ -120,7 +120,7 @@ impl H {
             shared,
             t0,
             now: t0,
-            next_id: 1,
+            next_id: TaskId::new(1),
             log: Arc::default(),
             events,
             pages: HashMap::new(),
@@ -150,10 +150,10 @@ impl H {
                         0
                     };
                     if matches!(f.kind, Kind::Task | Kind::Chunk) && !self.may_restart {
-                        let again = self.started.keys().any(|&(t, i)| t == f.task_id && i >= from);
+                        let again = self.started.keys().any(|&(t, i)| t.get() == f.task_id && i >= from);
                         assert!(!again, "task {} sent again from item {from} after it started", f.task_id);
                     }
-                    self.sent.push(Sent { worker: *w, kind: f.kind, task: f.task_id, from });
+                    self.sent.push(Sent { worker: *w, kind: f.kind, task: TaskId::new(f.task_id), from });
                 }
             }
             out.push(e);
@@ -180,9 +180,9 @@ impl H {
 
     fn submit(&mut self, tasks: Vec<Task>, chunksize: usize) -> Vec<TaskId> {
         let first_id = self.next_id;
-        self.next_id += tasks.len() as u64;
+        let ids = (0..tasks.len()).map(|i| first_id.nth(i)).collect();
+        self.next_id = first_id.nth(tasks.len());
         let sink = Arc::new(Rec { first_id, log: self.log.clone() });
-        let ids = (first_id..self.next_id).collect();
         self.handle(Event::Command(Command::Submit { sink, first_id, tasks, chunksize }));
         ids
     }
@@ -192,14 +192,14 @@ impl H {
     }
 
     /// A worker that started and said Ready, with its progress page.
-    fn worker(&mut self, pid: Pid) -> WorkerId {
+    fn worker(&mut self, pid: i32) -> WorkerId {
         let w = self.starting_worker(pid);
-        self.frame(w, Kind::Ready, 0, vec![]);
+        self.frame(w, Kind::Ready, TaskId::new(0), vec![]);
         w
     }
 
-    fn starting_worker(&mut self, pid: Pid) -> WorkerId {
-        let w = self.core.worker_started(pid, self.now);
+    fn starting_worker(&mut self, pid: i32) -> WorkerId {
+        let w = self.core.worker_started(Pid::from_raw(pid).expect("a pid"), self.now);
         let effects = self.effects();
         assert!(matches!(&effects[..], [Effect::Send(x, _)] if *x == w), "init frame: {effects:?}");
         let page = Page::create().unwrap();
@@ -210,7 +210,7 @@ impl H {
     }
 
     fn frame(&mut self, w: WorkerId, kind: Kind, task: TaskId, payload: Vec<u8>) -> Vec<Effect> {
-        self.handle(Event::Frame(w, Frame { kind, task_id: task, payload }))
+        self.handle(Event::Frame(w, Frame { kind, task_id: task.get(), payload }))
     }
 
     fn value(&mut self, w: WorkerId, task: TaskId) -> Vec<Effect> {
@@ -236,7 +236,7 @@ impl H {
     fn claim(&mut self, w: WorkerId, task: TaskId) -> bool {
         let sent = self.sent.iter().any(|s| s.worker == w && s.task == task);
         assert!(sent, "worker {w:?} claims task {task} it was not sent");
-        let ok = self.pages[&w].claim(task);
+        let ok = self.pages[&w].claim(task.get());
         if ok && self.core.tasks.get(&task).is_none_or(|e| e.items == 0) {
             self.count_start(task, 0);
         }
@@ -409,7 +409,7 @@ fn an_answer_for_a_task_the_worker_was_not_running_breaks_the_protocol() {
     let t = h.tasks(1);
     h.turn();
     h.claim(w, t[0]);
-    let effects = h.frame(w, Kind::Value, 999, vec![]);
+    let effects = h.frame(w, Kind::Value, TaskId::new(999), vec![]);
     assert!(has(&effects, &Effect::CloseChannel(w)) && has(&effects, &Effect::SignalGroup(w, Signal::TERM)));
     let got = h.outcomes();
     assert!(matches!(&got[..], [g] if matches!(g.outcome, Outcome::Failed(TaskError::Protocol { .. }))));
@@ -561,7 +561,7 @@ fn a_late_task_is_asked_for_its_stack_then_timed_out_and_its_worker_stopped() {
     assert!(h.timers().is_empty());
     h.at(1000);
     assert_eq!(h.timers(), [Effect::SignalWorker(w, Signal::USR1)]);
-    assert!(!h.pages[&w].claim(t[1]), "from the time-out on, the worker starts nothing");
+    assert!(!h.pages[&w].claim(t[1].get()), "from the time-out on, the worker starts nothing");
     let effects = h.frame(w, Kind::Stack, t[0], b"in f()".to_vec());
     assert!(has(&effects, &Effect::CloseChannel(w)) && has(&effects, &Effect::SignalGroup(w, Signal::TERM)));
     let got = h.outcomes();
@@ -655,10 +655,10 @@ fn a_worker_over_the_memory_limit_fails_its_task_and_is_stopped() {
     h.turn();
     h.claim(w, t);
     h.at(100);
-    assert_eq!(h.timers(), [Effect::PollMemory(vec![(w, 10)])]);
+    assert_eq!(h.timers(), [Effect::PollMemory(vec![(w, Pid::from_raw(10).unwrap())])]);
     assert!(h.handle(Event::Memory(vec![(w, Some(900))])).is_empty());
     h.at(200);
-    assert_eq!(h.timers(), [Effect::PollMemory(vec![(w, 10)])], "polled again while busy");
+    assert_eq!(h.timers(), [Effect::PollMemory(vec![(w, Pid::from_raw(10).unwrap())])], "polled again while busy");
     let effects = h.handle(Event::Memory(vec![(w, Some(1500))]));
     assert!(has(&effects, &Effect::SignalGroup(w, Signal::TERM)));
     match &h.outcomes()[0].outcome {
@@ -780,7 +780,7 @@ fn cancelling_a_running_task_stops_its_worker_and_requeues_the_one_sent_ahead() 
     assert_eq!(effects, [Effect::CloseChannel(w), Effect::SignalGroup(w, Signal::TERM)]);
     assert!(matches!(h.outcomes()[0].outcome, Outcome::Failed(TaskError::Cancelled(_))));
     assert_eq!(h.state(t[1]), TaskState::Queued);
-    assert!(!h.pages[&w].claim(t[1]), "the stopped worker cannot start it any more");
+    assert!(!h.pages[&w].claim(t[1].get()), "the stopped worker cannot start it any more");
     h.exit(w, ExitStatus::Signal(15));
     assert!(h.outcomes().is_empty(), "its exit is no loss: it was being stopped");
     let w2 = h.worker(11);
@@ -827,6 +827,42 @@ fn close_lets_queued_work_finish_then_retires_the_workers() {
     h.exit(w, ExitStatus::Code(0));
     assert!(h.core.is_finished());
     assert_eq!(h.outcomes().len(), 2);
+}
+
+#[test]
+fn a_requested_worker_counts_as_one_and_a_closing_pool_waits_for_it() {
+    // A fork server's first fork: asked for, its process comes later.
+    let mut h = H::new(Config { workers: 2, ..config() });
+    assert!(h.core.wants_worker());
+    h.core.worker_requested();
+    assert!(h.core.wants_worker(), "one more is wanted besides the requested one");
+    h.core.worker_requested();
+    assert!(!h.core.wants_worker());
+    let t = h.tasks(1);
+    h.handle(Event::Command(Command::Close));
+    h.turn();
+    assert!(!h.core.is_finished(), "a closing pool waits for its requested workers");
+    let w = h.worker(10);
+    h.turn();
+    assert_eq!(h.sent_to(w), t, "work submitted before the worker came runs on it");
+    h.claim(w, t[0]);
+    h.value(w, t[0]);
+    // The other one could not be started after all: nothing is awaited any more.
+    h.handle(Event::SpawnFailed("no second worker".into()));
+    h.turn();
+    h.exit(w, ExitStatus::Code(0));
+    assert!(h.core.is_finished());
+}
+
+#[test]
+fn a_terminating_pool_does_not_wait_for_a_requested_worker() {
+    let mut h = H::new(config());
+    h.core.worker_requested();
+    h.tasks(1);
+    h.handle(Event::Command(Command::Terminate));
+    assert!(h.core.is_finished());
+    assert!(!h.core.wants_worker());
+    assert!(matches!(h.outcomes()[..], [Got { outcome: Outcome::Failed(TaskError::Terminated(_)), .. }]));
 }
 
 #[test]
@@ -901,7 +937,7 @@ fn an_initializer_failure_and_a_start_up_timeout_count_as_start_up_failures() {
     let mut h = H::new(Config { max_startup_failures: 2, ..config() });
     let t = h.tasks(1)[0];
     let a = h.starting_worker(10);
-    let effects = h.frame(a, Kind::InitFailed, 0, b"ValueError".to_vec());
+    let effects = h.frame(a, Kind::InitFailed, TaskId::new(0), b"ValueError".to_vec());
     assert!(has(&effects, &Effect::SignalGroup(a, Signal::TERM)));
     h.exit(a, ExitStatus::Code(1));
     assert!(h.outcomes().is_empty());
@@ -934,7 +970,7 @@ fn stale_events_for_a_replaced_worker_are_ignored() {
     let w2 = h.worker(11);
     assert_eq!(w.slot(), w2.slot(), "the slot is reused");
     assert_ne!(w, w2, "with a new generation");
-    assert!(h.value(w, 1).is_empty());
+    assert!(h.value(w, TaskId::new(1)).is_empty());
     assert!(h.exit(w, ExitStatus::Code(0)).is_empty());
     let (id, kind) = WorkerId::from_token(w2.token(2));
     assert_eq!((id, kind), (w2, 2));

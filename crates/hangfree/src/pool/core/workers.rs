@@ -60,6 +60,7 @@ impl Core {
     }
 
     pub(super) fn on_spawn_failed(&mut self, why: String, now: Instant) {
+        self.requested = self.requested.saturating_sub(1);
         self.startup_failed(StartupFailure::Spawn(why), now);
         // A failed spawn leaves no process, channel or deadline behind to wake the loop,
         // so without a timer of its own the retry (and the failure of the waiting tasks
@@ -163,6 +164,7 @@ impl Core {
 
     pub(super) fn on_frame(&mut self, w: WorkerId, f: Frame, now: Instant) {
         let wk = self.worker_mut(w).expect("caller checked");
+        let task = TaskId::new(f.task_id);
         match (wk.phase, f.kind) {
             (Phase::Starting { .. }, Kind::Ready) => {
                 self.startup_failures = 0;
@@ -176,23 +178,23 @@ impl Core {
             }
             (Phase::Running | Phase::Retiring { .. }, Kind::Stack) => {
                 // Only the answer to our request counts; a late one is dropped.
-                if wk.dumping == Some(f.task_id) {
+                if wk.dumping == Some(task) {
                     let text = String::from_utf8_lossy(&f.payload).into_owned();
-                    self.finish_timeout(w, f.task_id, Some(text), true, now);
+                    self.finish_timeout(w, task, Some(text), true, now);
                 }
             }
             (Phase::Running | Phase::Retiring { .. }, Kind::Value | Kind::Raised | Kind::Items) => {
-                if wk.inflight.front().map(|h| h.id) != Some(f.task_id) {
-                    self.on_protocol_violation(w, format!("answer for task {} it was not running", f.task_id), now);
+                if wk.inflight.front().map(|h| h.id) != Some(task) {
+                    self.on_protocol_violation(w, format!("answer for task {task} it was not running"), now);
                     return;
                 }
-                let items = self.tasks.get(&f.task_id).map_or(0, |e| e.items);
+                let items = self.tasks.get(&task).map_or(0, |e| e.items);
                 if (items > 0) != (f.kind == Kind::Items) && f.kind != Kind::Raised {
                     let what = if items > 0 { "a single answer for a chunk" } else { "item answers for a single task" };
-                    self.on_protocol_violation(w, format!("{what} (task {})", f.task_id), now);
+                    self.on_protocol_violation(w, format!("{what} (task {task})"), now);
                     return;
                 }
-                let (kind, id) = (f.kind, f.task_id);
+                let (kind, id) = (f.kind, task);
                 let mut payload = Some(f.payload);
                 if kind == Kind::Items && !self.on_items(w, id, payload.take().unwrap_or_default(), now) {
                     return;
@@ -273,7 +275,7 @@ impl Core {
         if let Some(id) = self.pop_head(w) {
             let task = self.task_ref(id);
             let lost = self.loss(w, id, LossCause::Stopped);
-            self.fail_started(w, id, lost, TaskError::Protocol { task, pid, error });
+            self.fail_started(w, id, lost, TaskError::Protocol { task, pid: pid.get(), error });
         }
         self.stop_worker(w, now);
     }
