@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// One job, as a task's payload.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JobSpec {
-    /// The command, given to `sh -c`.
+    /// The command, given to `sh -c` (or started directly if it is a simple command).
     pub cmd: String,
     /// File that receives the job's standard output.
     pub stdout: String,
