@@ -58,4 +58,8 @@ pub struct JobResult {
     pub peak_rss: u64,
     /// Why the job ended (exit, signal or memory).
     pub reason: Reason,
+    /// Bytes in the job's stdout file when it ended (its whole tree gone), if known.
+    pub out_len: Option<u64>,
+    /// Bytes in the job's stderr file when it ended, if known.
+    pub err_len: Option<u64>,
 }

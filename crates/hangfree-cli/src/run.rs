@@ -238,6 +238,9 @@ struct Finished {
     entry: Entry,
     reason: Reason,
     peak_rss: u64,
+    /// The final sizes of the job's stdout and stderr files, where its worker said them:
+    /// an empty file is then neither opened nor emptied.
+    lens: (Option<u64>, Option<u64>),
 }
 
 /// Sends each outcome to the main loop with the key of its submission.
@@ -504,6 +507,11 @@ fn execute(plan: Plan) -> i32 {
     r.failed.min(101) as i32
 }
 
+/// Whether a job's output file of final size `len` (if known) holds bytes past `tail`.
+fn unread(len: Option<u64>, tail: &Tail) -> bool {
+    len.is_none_or(|l| l > tail.offset)
+}
+
 /// Truncates the file at `path` to nothing; false if it cannot.
 fn emptied(path: &std::path::Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
@@ -600,9 +608,13 @@ impl Runner {
             signal,
             command: run.cmd.clone(),
         };
+        let mut lens = (None, None);
         let (entry, reason, peak_rss, dying_pid) = match outcome {
             Outcome::Value(bytes) => match serde_json::from_slice::<JobResult>(&bytes) {
-                Ok(res) => (entry(res.exitval, res.signal, res.start, res.runtime), res.reason, res.peak_rss, None),
+                Ok(res) => {
+                    lens = (res.out_len, res.err_len);
+                    (entry(res.exitval, res.signal, res.start, res.runtime), res.reason, res.peak_rss, None)
+                }
                 Err(e) => {
                     self.say(&format!("job {}: unreadable answer from its worker: {e}", run.job.seq));
                     (entry(-1, 0, run.submitted_wall, elapsed), Reason::Error, 0, None)
@@ -648,7 +660,7 @@ impl Runner {
             self.retry.push_back((run.job, run.ord, run.attempt + 1));
             return;
         }
-        let fin = Finished { run, entry, reason, peak_rss };
+        let fin = Finished { run, entry, reason, peak_rss, lens };
         self.count(pool, &fin);
         match dying_pid {
             // The job is still being stopped (its worker had SIGTERM; SIGKILL may follow):
@@ -732,9 +744,15 @@ impl Runner {
         if printed {
             let (out, err) = (&f.run.out, &f.run.err);
             let (ot, et) = (&mut f.run.out_tail, &mut f.run.err_tail);
+            let (copy_out, copy_err) = (unread(f.lens.0, ot), unread(f.lens.1, et));
             let res = self.bar.suspend(|| {
-                output::copy(out, ot, Stream::Out, tag.as_deref(), false)?;
-                output::copy(err, et, Stream::Err, tag.as_deref(), false)
+                if copy_out {
+                    output::copy(out, ot, Stream::Out, tag.as_deref(), false)?;
+                }
+                if copy_err {
+                    output::copy(err, et, Stream::Err, tag.as_deref(), false)?;
+                }
+                Ok::<(), std::io::Error>(())
             });
             if let Err(e) = res {
                 if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -780,7 +798,8 @@ impl Runner {
         // here, not only by the next job's worker, so that `--line-buffer` never reads
         // this job's lines as the next one's before its worker has opened them.
         let reusable = matches!(f.reason, Reason::Exit | Reason::Signal | Reason::Memory);
-        if reusable && emptied(&f.run.out) && emptied(&f.run.err) {
+        let empty = |len: Option<u64>, path: &std::path::Path| len == Some(0) || emptied(path);
+        if reusable && empty(f.lens.0, &f.run.out) && empty(f.lens.1, &f.run.err) {
             self.spare_files.push((f.run.out, f.run.err));
         } else {
             let _ = std::fs::remove_file(&f.run.out);
