@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// One job, as a task's payload.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JobSpec {
-    /// The command, given to `sh -c`.
+    /// The command, given to `sh -c` (or started directly if it is a simple command).
     pub cmd: String,
     /// File that receives the job's standard output.
     pub stdout: String,
@@ -58,4 +58,8 @@ pub struct JobResult {
     pub peak_rss: u64,
     /// Why the job ended (exit, signal or memory).
     pub reason: Reason,
+    /// Bytes in the job's stdout file when it ended (its whole tree gone), if known.
+    pub out_len: Option<u64>,
+    /// Bytes in the job's stderr file when it ended, if known.
+    pub err_len: Option<u64>,
 }

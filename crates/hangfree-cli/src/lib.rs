@@ -5,6 +5,7 @@
 //! Python package's `hangfree` command (a console script calling into the extension)
 //! are one implementation: [`main_with`].
 
+mod direct;
 mod input;
 mod job;
 mod joblog;

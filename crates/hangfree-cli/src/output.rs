@@ -71,11 +71,39 @@ pub fn copy(path: &Path, tail: &mut Tail, stream: Stream, tag: Option<&str>, who
             wrote = true;
         }
     } else {
-        tail.offset += io::copy(&mut f, &mut out)?;
+        // Straight to the descriptor, in large blocks: through the line-buffered stdout,
+        // a 64 KiB output took 8 reads and 16 writes.
+        out.flush()?;
+        tail.offset += copy_raw(&mut f, stream)?;
         wrote = true;
     }
     out.flush()?;
     Ok(wrote)
+}
+
+/// Copies `f` to the descriptor of `stream` (whose lock the caller holds, with nothing
+/// buffered) in blocks of 64 KiB; returns the bytes copied.
+fn copy_raw(f: &mut File, stream: Stream) -> io::Result<u64> {
+    use std::os::fd::FromRawFd;
+    let fd = match stream {
+        Stream::Out => 1,
+        Stream::Err => 2,
+    };
+    // SAFETY: the process's own stdout or stderr, open for its whole life; ManuallyDrop
+    // keeps it from being closed here.
+    let raw = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        (&*raw).write_all(&buf[..n])?;
+        total += n as u64;
+    }
 }
 
 fn write_line(out: &mut dyn Write, tag: Option<&str>, line: &[u8]) -> io::Result<()> {

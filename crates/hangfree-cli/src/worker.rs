@@ -1,7 +1,8 @@
 //! `hangfree __worker`: the worker program of the command line's pool. Each task is one
-//! job: `sh -c CMD`, with its output in the files the job names, in this worker's process
-//! group, so that the engine's group kill (time limit, Ctrl-C, the pool's death) reaches
-//! the whole job.
+//! job: `sh -c CMD` (or CMD's program itself, when CMD is a simple command: see
+//! [`crate::direct`]), with its output in the files the job names, in this worker's
+//! process group, so that the engine's group kill (time limit, Ctrl-C, the pool's death)
+//! reaches the whole job.
 //!
 //! The worker is also a child subreaper: a job's background processes whose parent
 //! exited become its children, so it can find every process of a job, even one that left
@@ -18,7 +19,10 @@
 //!   SIGKILL, which would not reach processes outside the group.
 
 use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -89,17 +93,30 @@ fn run(spec: &JobSpec) -> Result<JobResult, String> {
     let (out, err) = (create(&spec.stdout)?, create(&spec.stderr)?);
     let start_wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     let started = Instant::now();
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(&spec.cmd)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .env("PARALLEL_SEQ", spec.seq.to_string())
-        .env("PARALLEL_JOBSLOT", spec.slot.to_string())
-        .env_remove("HANGFREE_PARENT_PID")
-        .env_remove("HANGFREE_MAX_FRAME");
-    let child = cmd.spawn().map_err(|e| format!("cannot start sh: {e}"))?;
+    let job_env = |cmd: &mut Command| {
+        cmd.stdin(Stdio::null())
+            .env("PARALLEL_SEQ", spec.seq.to_string())
+            .env("PARALLEL_JOBSLOT", spec.slot.to_string())
+            .env_remove("HANGFREE_PARENT_PID")
+            .env_remove("HANGFREE_MAX_FRAME");
+    };
+    // A simple command starts without the shell; if it cannot start, the shell runs it
+    // (and says why, or runs a script without `#!` as it would).
+    let direct = crate::direct::command(&spec.cmd).and_then(|(program, words)| {
+        let mut cmd = Command::new(program);
+        cmd.arg0(&words[0]).args(&words[1..]).stdout(out.try_clone().ok()?).stderr(err.try_clone().ok()?);
+        job_env(&mut cmd);
+        cmd.spawn().ok()
+    });
+    let child = match direct {
+        Some(child) => child,
+        None => {
+            let mut cmd = Command::new(shell());
+            cmd.arg0("sh").arg("-c").arg(&spec.cmd).stdout(out).stderr(err);
+            job_env(&mut cmd);
+            cmd.spawn().map_err(|e| format!("cannot start sh: {e}"))?
+        }
+    };
     let pid = child.id() as i32;
     // The child is reaped below with wait4 (for its resource usage), not through `child`.
     drop(child);
@@ -162,7 +179,17 @@ fn run(spec: &JobSpec) -> Result<JobResult, String> {
         Reason::Exit
     };
     let peak_rss = (usage.ru_maxrss.max(0) as u64 * 1024).max(peak_tree);
-    Ok(JobResult { exitval, signal, start: start_wall, runtime, peak_rss, reason })
+    // The tree is gone: nothing writes to the files any more.
+    let len = |path: &str| std::fs::metadata(path).ok().map(|m| m.len());
+    let (out_len, err_len) = (len(&spec.stdout), len(&spec.stderr));
+    Ok(JobResult { exitval, signal, start: start_wall, runtime, peak_rss, reason, out_len, err_len })
+}
+
+/// `sh`, found on `PATH` once per worker rather than by trying each directory of `PATH`
+/// at every job.
+fn shell() -> &'static PathBuf {
+    static SH: OnceLock<PathBuf> = OnceLock::new();
+    SH.get_or_init(|| crate::direct::find("sh").unwrap_or_else(|| PathBuf::from("sh")))
 }
 
 /// The engine sent SIGTERM to this worker's group: the job passed its time limit or the
@@ -208,6 +235,10 @@ pub fn killed_marker(stdout: &str) -> String {
 /// second (a process stuck in the kernel may take longer to die; the engine's group kill
 /// remains behind this).
 fn kill_tree() {
+    if !has_children() {
+        // The usual end of a job, in one system call instead of a walk of /proc.
+        return;
+    }
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
         let d = descendants();
@@ -222,6 +253,17 @@ fn kill_tree() {
         reap_all();
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Whether this worker has a child, live or not yet reaped. Without one it has no
+/// descendant at all: it is a subreaper, so a process whose parent died is re-parented to
+/// it (or to a live descendant of it) when that parent dies.
+fn has_children() -> bool {
+    // SAFETY: siginfo_t is plain data; WNOWAIT leaves any child as it is.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let r = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) };
+    !(r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD))
 }
 
 /// Reaps every child that has exited.

@@ -39,6 +39,32 @@ fn keep_order_prints_in_input_order() {
 }
 
 #[test]
+fn a_job_prints_only_its_own_output_when_files_are_reused() {
+    // Ended jobs' output files are truncated and reused: a short output after a long one
+    // must show nothing of the long one, on either stream.
+    let sizes = ["5", "1", "4", "0", "3", "1", "2", "6", "1"];
+    let mut args = vec!["run", "-k", "-j2", "seq {}; seq {} >&2", ":::"];
+    args.extend_from_slice(&sizes);
+    let r = run(&args);
+    let mut want = String::new();
+    for n in sizes {
+        for i in 1..=n.parse::<u32>().unwrap() {
+            want.push_str(&format!("{i}\n"));
+        }
+    }
+    assert_eq!(r.stdout, want);
+    assert_eq!(r.stderr, want);
+    let mut args = vec!["run", "-k", "-j2", "seq", ":::"];
+    args.extend_from_slice(&sizes);
+    assert_eq!(run(&args).stdout, want, "started without a shell");
+    // With --line-buffer the files are read while the next job starts: before its worker
+    // has opened them.
+    let r = run(&["run", "-k", "-j1", "--line-buffer", "seq {}; sleep 0.1", ":::", "300", "0", "300", "0"]);
+    let seq300: String = (1..=300).map(|i| format!("{i}\n")).collect();
+    assert_eq!(r.stdout, format!("{seq300}{seq300}"));
+}
+
+#[test]
 fn tag_prefixes_every_line_with_the_arguments() {
     let r = run(&["run", "-k", "--tag", "echo one; echo two; echo err >&2", ":::", "a", "b c"]);
     assert_eq!(r.stdout, "a\tone\na\ttwo\nb c\tone\nb c\ttwo\n");
