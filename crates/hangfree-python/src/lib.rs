@@ -20,7 +20,7 @@ use hangfree::{
 };
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyIterator, PySlice};
 
 /// How often blocking calls come back to check for signals.
 const SLICE: Duration = Duration::from_millis(50);
@@ -632,7 +632,7 @@ impl WorkerChannel {
         let end = items.len()?;
         Ok(ChunkItems {
             page: ch.page(),
-            items: items.unbind(),
+            items: items.get_item(PySlice::new(items.py(), start as isize, end as isize, 1))?.try_iter()?.unbind(),
             next: start,
             end,
             flushed_at: hangfree::page::coarse_ns(),
@@ -657,7 +657,11 @@ const FLUSH_EVERY_NS: u64 = 5_000_000;
 #[pyclass(module = "hangfree._core")]
 struct ChunkItems {
     page: Arc<hangfree::page::Page>,
-    items: Py<PyAny>,
+    /// The items from the first to start on, by the sequence's own iterator: a `range`
+    /// (what `map` over a range sends) or a list yields each item in a few nanoseconds,
+    /// where indexing (`__getitem__` with an int object, a range's bounds checked in
+    /// Python ints) cost as much as a cheap task.
+    items: Py<PyIterator>,
     next: usize,
     end: usize,
     flushed_at: u64,
@@ -675,17 +679,26 @@ impl ChunkItems {
         if self.next >= self.end || self.revoked {
             return Ok(None);
         }
-        if self.since_flush > 0 && hangfree::page::coarse_ns().saturating_sub(self.flushed_at) >= FLUSH_EVERY_NS {
+        let now = hangfree::page::coarse_ns();
+        if self.since_flush > 0 && now.saturating_sub(self.flushed_at) >= FLUSH_EVERY_NS {
             return Ok(None);
         }
         let i = self.next;
-        if !self.page.start_item(u32::try_from(i).unwrap_or(u32::MAX)) {
+        if !self.page.start_item_at(u32::try_from(i).unwrap_or(u32::MAX), now) {
             self.revoked = true;
             return Ok(None);
         }
         self.next += 1;
         self.since_flush += 1;
-        Ok(Some(self.items.bind(py).get_item(i)?.unbind()))
+        match self.items.bind(py).clone().next() {
+            Some(item) => Ok(Some(item?.unbind())),
+            None => Err(PyRuntimeError::new_err(format!("the chunk's items ended at item {i}, before its end"))),
+        }
+    }
+
+    /// How many items are left: `list.extend(map(...))` sizes the list once from it.
+    fn __length_hint__(&self) -> usize {
+        if self.revoked { 0 } else { self.end.saturating_sub(self.next) }
     }
 
     /// The index of the next item to start.

@@ -172,8 +172,15 @@ impl Page {
     /// Worker side: item `index` of the claimed chunk starts now (items start in order).
     /// False if the pool revoked the page: the worker must not start it.
     pub fn start_item(&self, index: u32) -> bool {
+        self.start_item_at(index, coarse_ns())
+    }
+
+    /// [`Page::start_item`] with the time already read ([`coarse_ns`]), for a loop that
+    /// reads the clock for its own reasons too: a clock read a cheap item's loop need
+    /// not pay twice.
+    pub fn start_item_at(&self, index: u32, now_ns: u64) -> bool {
         let l = self.layout();
-        l.item_started.store(coarse_ns(), Ordering::Relaxed);
+        l.item_started.store(now_ns, Ordering::Relaxed);
         let task = self.claimed.load(Ordering::Relaxed);
         swap_unless_revoked(&l.item, |_| item_word(task, index.saturating_add(1)))
     }
