@@ -145,17 +145,27 @@ def _library_threads() -> int:
     return max(0, len(tids) - engines - threading.active_count())
 
 
+# When a pool's result thread last ended (time.monotonic()), and how many library
+# threads the last pool made here counted (see `_library_threads_settled`).
+_result_thread_ended = float("-inf")
+_library_threads_seen = 0
+
+
 def _library_threads_settled() -> int:
-    """`_library_threads`, looked at again for a few milliseconds while it counts any: a
-    Python thread that has just ended (an ended pool's result thread) is out of
-    ``threading`` before its OS thread is gone, and would count as a library's for that
-    moment (then the next pool would not take the kept fork server: its command differs)."""
+    """`_library_threads`, looked at again for a few milliseconds while it counts any,
+    when a pool's result thread ended a moment ago: a Python thread that has just ended is
+    out of ``threading`` before its OS thread is gone, and would count as a library's for
+    that moment (then the next pool would not take the kept fork server: its command
+    differs)."""
+    global _library_threads_seen
     n = _library_threads()
     for _ in range(5):
-        if n <= _openblas_threads():
+        # More than the last pool saw, a moment after a result thread ended: it may be that.
+        if n <= max(_openblas_threads(), _library_threads_seen) or time.monotonic() - _result_thread_ended > 0.1:
             break
         time.sleep(0.002)
         n = _library_threads()
+    _library_threads_seen = n
     return n
 
 
@@ -597,6 +607,13 @@ class EngineClient:
         return ValueError(message)
 
     def _deliver(self) -> None:
+        global _result_thread_ended
+        try:
+            self._deliver_until_finished()
+        finally:
+            _result_thread_ended = time.monotonic()
+
+    def _deliver_until_finished(self) -> None:
         engine = self.engine
         while not self._stopping:
             try:
