@@ -212,32 +212,8 @@ def count_output(path):
 # ----- one measurement ---------------------------------------------------------------------
 
 
-def session_members(sid):
-    pids = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(name))
-    return pids
-
-
-def kill_session(sid):
-    """SIGKILL to the measurement's group and every process in its session, by pid."""
-    try:
-        os.killpg(sid, signal.SIGKILL)
-    except OSError:
-        pass
-    for pid in session_members(sid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+# The measurement's session, killed by pid, never by name: the same as bench/run.py's.
+from run import kill_session, session_members  # noqa: E402
 
 
 def measure(argv, stdin_path, tmp, limit, env):
