@@ -336,6 +336,9 @@ class Run:
 
 def check_leaks(tag: str, grandchildren: Set[int], base_fds: Dict[int, str], base_threads: int) -> List[str]:
     leaks = []
+    # The fork server an ended pool keeps for the next one is the process's, not the
+    # pool's (README, guarantee 7): stopped here, it must leave nothing either.
+    hangfree.release_fork_servers()
     left = wait_gone(tagged_pids(tag) | grandchildren, 3.0)
     if left:
         leaks.append(f"processes left: {sorted(left)}")
