@@ -68,15 +68,8 @@ XARGS_REF = "xargs -P sh -c"
 # ----- environment ------------------------------------------------------------------
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+# The machine's description and the git revision, as bench/run.py gives them.
+from run import cpu_model, git_rev  # noqa: E402
 
 
 def loadavg():
@@ -84,15 +77,6 @@ def loadavg():
         return tuple(round(x, 2) for x in os.getloadavg())
     except OSError:
         return None
-
-
-def git_rev():
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        return rev + (" (uncommitted changes)" if dirty else "")
-    except Exception:  # noqa: BLE001
-        return "unknown"
 
 
 def first_line(cmd):
