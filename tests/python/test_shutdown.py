@@ -382,8 +382,10 @@ CTRL_C_IN_CONSTRUCTOR = """
         for i in range(30):
             # Ctrl-C at a random moment of Pool() / ProcessPoolExecutor() or just after.
             t = threading.Timer(random.uniform(0, 0.08), os.kill, (os.getpid(), signal.SIGINT))
-            t.start()
+            # Inside the try: the signal may land while this thread still waits for the
+            # timer's thread to start (seen on a loaded 3.9: the script died there).
             try:
+                t.start()
                 if i % 2:
                     with hangfree.Pool(2, grace=0.5):
                         time.sleep(0.1)
@@ -392,7 +394,12 @@ CTRL_C_IN_CONSTRUCTOR = """
                         time.sleep(0.1)
             except KeyboardInterrupt:
                 pass
-            t.join()
+            while True:
+                try:
+                    t.join()
+                    break
+                except KeyboardInterrupt:  # it fired after the pool was done
+                    pass
         # The fork server kept for a later pool is the process's; it must go when released.
         hangfree.release_fork_servers()
         deadline = time.monotonic() + 10
