@@ -193,16 +193,14 @@ class _MapOutcomes:
             pass
 
 
-_END = object()
-
-
 def _handed_out(run: List[Any]) -> Iterator[Any]:
     """The values of ``run`` in order, each let go of once handed out (nothing here keeps
     a value the caller has dropped, as the stdlib promises), still without a Python call
-    per value: list.pop from the end of the reversed list, until the marker put first."""
-    run.append(_END)
+    per value: ``list.pop`` from the end of the reversed list, called by ``starmap`` a
+    known number of times (``iter(run.pop, marker)`` compared every value with the
+    marker, which for an int meant two refused ``__eq__`` calls: 2.5x slower)."""
     run.reverse()
-    return iter(run.pop, _END)
+    return itertools.starmap(run.pop, itertools.repeat((), len(run)))
 
 
 class _Results(itertools.chain):
