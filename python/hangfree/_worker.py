@@ -537,7 +537,9 @@ class _Part:
         try:
             values, sent = self.values, self.sent
             if len(values) > sent:
-                new = values[sent:]
+                # Out of the loop with nothing sent yet (most chunks), the list itself
+                # is what goes: a copy cost the worker ~10 % of a cheap map.
+                new = values if done and not sent else values[sent:]
                 failures = {j - sent: f for j, f in self.failures.items() if j >= sent}
                 self.ch.send(_core.KIND_ITEMS, self.task_id, _items_payload(new, failures, self.first + sent))
                 self.sent = len(values)
