@@ -9,6 +9,8 @@
 mod cli;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::time::{Duration, Instant};
 
 use hangfree::fork_server::ForkHooks;
@@ -633,11 +635,11 @@ impl WorkerChannel {
         Ok(ChunkItems {
             page: ch.page(),
             items: items.get_item(PySlice::new(items.py(), start as isize, end as isize, 1))?.try_iter()?.unbind(),
-            next: start,
+            next: AtomicUsize::new(start),
             end,
-            flushed_at: hangfree::page::coarse_ns(),
-            since_flush: 0,
-            revoked: false,
+            flushed_at: AtomicU64::new(hangfree::page::coarse_ns()),
+            since_flush: AtomicUsize::new(0),
+            revoked: AtomicBool::new(false),
         })
     }
 }
@@ -654,7 +656,11 @@ const FLUSH_EVERY_NS: u64 = 5_000_000;
 /// pinned on it and the items after it run elsewhere. It stops early — StopIteration, to
 /// be resumed — when finished items have waited `FLUSH_EVERY_NS`, and for good
 /// when the pool revoked the page (`revoked`: the worker must exit without starting more).
-#[pyclass(module = "hangfree._core")]
+///
+/// Frozen, its counters in relaxed atomics (plain loads and stores on x86): only the
+/// worker's main thread uses it, and a `&mut self` method would pay PyO3's borrow check
+/// on every item.
+#[pyclass(module = "hangfree._core", frozen)]
 struct ChunkItems {
     page: Arc<hangfree::page::Page>,
     /// The items from the first to start on, by the sequence's own iterator: a `range`
@@ -662,11 +668,11 @@ struct ChunkItems {
     /// where indexing (`__getitem__` with an int object, a range's bounds checked in
     /// Python ints) cost as much as a cheap task.
     items: Py<PyIterator>,
-    next: usize,
+    next: AtomicUsize,
     end: usize,
-    flushed_at: u64,
-    since_flush: usize,
-    revoked: bool,
+    flushed_at: AtomicU64,
+    since_flush: AtomicUsize,
+    revoked: AtomicBool,
 }
 
 #[pymethods]
@@ -675,54 +681,61 @@ impl ChunkItems {
         slf
     }
 
-    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        if self.next >= self.end || self.revoked {
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let i = self.next.load(Relaxed);
+        if i >= self.end || self.revoked.load(Relaxed) {
             return Ok(None);
         }
         let now = hangfree::page::coarse_ns();
-        if self.since_flush > 0 && now.saturating_sub(self.flushed_at) >= FLUSH_EVERY_NS {
+        let since_flush = self.since_flush.load(Relaxed);
+        if since_flush > 0 && now.saturating_sub(self.flushed_at.load(Relaxed)) >= FLUSH_EVERY_NS {
             return Ok(None);
         }
-        let i = self.next;
         if !self.page.start_item_at(u32::try_from(i).unwrap_or(u32::MAX), now) {
-            self.revoked = true;
+            self.revoked.store(true, Relaxed);
             return Ok(None);
         }
-        self.next += 1;
-        self.since_flush += 1;
-        match self.items.bind(py).clone().next() {
-            Some(item) => Ok(Some(item?.unbind())),
-            None => Err(PyRuntimeError::new_err(format!("the chunk's items ended at item {i}, before its end"))),
+        self.next.store(i + 1, Relaxed);
+        self.since_flush.store(since_flush + 1, Relaxed);
+        // SAFETY: `items` is an iterator object kept alive by `self`; PyIter_Next returns
+        // a new reference, or null at the end or on an error (which PyErr::take tells apart).
+        let item = unsafe { pyo3::ffi::PyIter_Next(self.items.as_ptr()) };
+        if item.is_null() {
+            return Err(PyErr::take(py).unwrap_or_else(|| {
+                PyRuntimeError::new_err(format!("the chunk's items ended at item {i}, before its end"))
+            }));
         }
+        // SAFETY: a new, non-null reference, owned from here on.
+        Ok(Some(unsafe { Bound::from_owned_ptr(py, item) }.unbind()))
     }
 
     /// How many items are left: `list.extend(map(...))` sizes the list once from it.
     fn __length_hint__(&self) -> usize {
-        if self.revoked { 0 } else { self.end.saturating_sub(self.next) }
+        if self.revoked.load(Relaxed) { 0 } else { self.end.saturating_sub(self.next.load(Relaxed)) }
     }
 
     /// The index of the next item to start.
     #[getter]
     fn next_index(&self) -> usize {
-        self.next
+        self.next.load(Relaxed)
     }
 
     /// Every item has started.
     #[getter]
     fn done(&self) -> bool {
-        self.next >= self.end
+        self.next.load(Relaxed) >= self.end
     }
 
     /// The pool revoked this worker: it must start nothing more.
     #[getter]
     fn revoked(&self) -> bool {
-        self.revoked
+        self.revoked.load(Relaxed)
     }
 
     /// The finished items' outcomes were sent: the next wait for a flush starts now.
-    fn flushed(&mut self) {
-        self.since_flush = 0;
-        self.flushed_at = hangfree::page::coarse_ns();
+    fn flushed(&self) {
+        self.since_flush.store(0, Relaxed);
+        self.flushed_at.store(hangfree::page::coarse_ns(), Relaxed);
     }
 }
 
