@@ -8,10 +8,12 @@
 //! workers dying with this process.
 //!
 //! Where nothing depends on which jobs run at the same time (see [`Plan::pipelined`]),
-//! the loop keeps twice as many jobs in the engine as there are workers: the engine then
-//! has the next job at hand when one ends, and sends one job ahead to each worker whose
-//! jobs are short, so that a worker starts its next job without waiting for the round
-//! trip through the engine and this loop. A job's slot is then its worker's own.
+//! the loop keeps more jobs in the engine than there are workers: the engine then has the
+//! next job at hand when one ends, and sends one job ahead to each worker whose jobs are
+//! short, so that a worker starts its next job without waiting for the round trip
+//! through the engine and this loop. A job's slot is then its worker's own. When the run
+//! stops (an input error, a closed stdout), the jobs still queued in the engine are
+//! cancelled; those already sent ahead run.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::io::{IsTerminal, Write};
@@ -40,6 +42,13 @@ const TICK: Duration = Duration::from_millis(20);
 
 /// Successful jobs needed before `--timeout N%` has a median to work from.
 const MEDIAN_MIN: usize = 3;
+
+/// Jobs kept waiting in the engine, beyond one running and one sent ahead per worker,
+/// when jobs may wait there. The run loop shares two cores with the workers and their
+/// jobs: it may not run for some milliseconds, and the workers must not run out of jobs
+/// meanwhile (with twice -j jobs in the engine, a quarter of the gaps between two jobs of
+/// 1 ms were over 1.4 ms, a tenth over 6 ms, on a 2-core machine at load 6).
+const QUEUED: usize = 32;
 
 /// A job is sent ahead to a busy worker only if that worker's recent jobs took less than
 /// this (and its current one has not yet). A job sent ahead cannot be taken back: behind
@@ -446,7 +455,7 @@ fn execute(plan: Plan) -> i32 {
     let mut r = Runner {
         plan_args: args,
         template,
-        in_engine: if pipelined { workers * 2 } else { workers },
+        in_engine: if pipelined { workers.saturating_mul(2).saturating_add(QUEUED) } else { workers },
         pipelined,
         timeout,
         mem_limit,
@@ -477,7 +486,7 @@ fn execute(plan: Plan) -> i32 {
     };
     // Input is read on a thread of its own: a pipe slow to deliver must not keep the loop
     // from outcomes, output and Ctrl-C.
-    let (job_tx, job_rx) = mpsc::sync_channel(workers.saturating_mul(2));
+    let (job_tx, job_rx) = mpsc::sync_channel(r.in_engine);
     let reader = std::thread::Builder::new().name("hangfree-input".into()).spawn(move || {
         for job in jobs {
             if job_tx.send(job).is_err() {
@@ -490,53 +499,35 @@ fn execute(plan: Plan) -> i32 {
         return EXIT_ERROR;
     }
     let (tx, rx) = mpsc::channel();
-    let mut ord = 0u64;
-    let mut input_done = false;
+    let mut feed = Feed { jobs: job_rx, tx, ord: 0, input_done: false };
     let mut terminated = false;
+    let mut unqueued = false;
     loop {
         if SIGNALLED.load(Ordering::SeqCst) != 0 && !terminated {
             terminated = true;
             r.stopping = true;
             pool.terminate();
         }
-        while !r.stopping && r.running.len() < r.in_engine && (r.pipelined || !r.free_slots.is_empty()) {
-            let (job, job_ord, attempt) = if let Some(x) = r.retry.pop_front() {
-                x
-            } else if input_done {
-                break;
-            } else {
-                match job_rx.try_recv() {
-                    Ok(Ok(j)) => {
-                        ord += 1;
-                        (j, ord - 1, 1)
-                    }
-                    Ok(Err(e)) => {
-                        r.say(&e);
-                        r.error = true;
-                        r.stopping = true;
-                        input_done = true;
-                        break;
-                    }
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => {
-                        input_done = true;
-                        break;
-                    }
-                }
-            };
-            if let Err(e) = r.submit(&pool, &tx, job, job_ord, attempt) {
-                r.say(&e);
-                r.error = true;
-                r.stopping = true;
+        if r.stopping && r.pipelined && !unqueued && !terminated {
+            unqueued = true;
+            for run in r.running.values() {
+                // Its outcome (cancelled) ends it as stopped by the halt: neither printed
+                // nor logged, as a job never started.
+                pool.cancel_if_queued(run.id);
             }
         }
-        if r.running.is_empty() && (r.stopping || input_done && r.retry.is_empty()) {
+        feed.top_up(&mut r, &pool);
+        if r.running.is_empty() && (r.stopping || feed.input_done && r.retry.is_empty()) {
             break;
         }
         match rx.recv_timeout(TICK) {
             Ok((key, outcome)) => {
                 r.outcome(&pool, key, outcome);
                 while let Ok((key, outcome)) = rx.try_recv() {
+                    // Each ended job's place is filled before the next outcome: copying
+                    // outputs can take this thread longer than the workers take to run the
+                    // jobs waiting in the engine.
+                    feed.top_up(&mut r, &pool);
                     r.outcome(&pool, key, outcome);
                 }
             }
@@ -564,6 +555,52 @@ fn execute(plan: Plan) -> i32 {
         return EXIT_ERROR;
     }
     r.failed.min(101) as i32
+}
+
+/// Where the loop takes jobs from: retries first, then the input thread's.
+struct Feed {
+    jobs: mpsc::Receiver<Result<Job, String>>,
+    tx: mpsc::Sender<(u64, Outcome)>,
+    /// The next job's position in the output order.
+    ord: u64,
+    input_done: bool,
+}
+
+impl Feed {
+    /// Submits jobs until the engine holds as many as it may (or input has none ready).
+    fn top_up(&mut self, r: &mut Runner, pool: &Pool) {
+        while !r.stopping && r.running.len() < r.in_engine && (r.pipelined || !r.free_slots.is_empty()) {
+            let (job, job_ord, attempt) = if let Some(x) = r.retry.pop_front() {
+                x
+            } else if self.input_done {
+                break;
+            } else {
+                match self.jobs.try_recv() {
+                    Ok(Ok(j)) => {
+                        self.ord += 1;
+                        (j, self.ord - 1, 1)
+                    }
+                    Ok(Err(e)) => {
+                        r.say(&e);
+                        r.error = true;
+                        r.stopping = true;
+                        self.input_done = true;
+                        break;
+                    }
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        self.input_done = true;
+                        break;
+                    }
+                }
+            };
+            if let Err(e) = r.submit(pool, &self.tx, job, job_ord, attempt) {
+                r.say(&e);
+                r.error = true;
+                r.stopping = true;
+            }
+        }
+    }
 }
 
 /// Whether a job's output file of final size `len` (if known) holds bytes past `tail`.
