@@ -409,6 +409,7 @@ fn execute(plan: Plan) -> i32 {
         }
     };
     let mut worker = WorkerCommand::new(exe).args(exe_args).arg("__worker");
+    let mut startup = hangfree::pool::defaults::STARTUP_TIMEOUT;
     if pipelined {
         for slot in 1..=workers {
             let path = crate::worker::slot_file(dir.path(), slot);
@@ -422,16 +423,21 @@ fn execute(plan: Plan) -> i32 {
         let wait = grace + hangfree::pool::defaults::KILL_WAIT + Duration::from_secs(2);
         let slots = format!("{workers} {} {}", wait.as_millis(), dir.path().display());
         worker = worker.env(crate::worker::ENV_SLOTS, slots);
+        // The wait is part of the worker's start-up, which must not time out first.
+        startup = startup.max(wait + Duration::from_secs(10));
     }
     let killed_pids: Arc<Mutex<HashSet<i32>>> = Arc::default();
     let seen = killed_pids.clone();
-    let mut builder = Pool::builder(worker).workers(workers).grace(grace).cgroup(args.cgroup).on_event(move |e| {
-        if e.kind == EventKind::Kill {
-            if let Some(pid) = e.pid {
-                seen.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
-            }
-        }
-    });
+    let mut builder =
+        Pool::builder(worker).workers(workers).startup_timeout(startup).grace(grace).cgroup(args.cgroup).on_event(
+            move |e| {
+                if e.kind == EventKind::Kill {
+                    if let Some(pid) = e.pid {
+                        seen.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
+                    }
+                }
+            },
+        );
     builder = if pipelined {
         builder.prefetch(2).prefetch_below(SEND_AHEAD_BELOW)
     } else {
