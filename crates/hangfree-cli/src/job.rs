@@ -15,7 +15,7 @@ pub struct JobSpec {
     pub stderr: String,
     /// `PARALLEL_SEQ` in the job's environment.
     pub seq: u64,
-    /// `PARALLEL_JOBSLOT` in the job's environment.
+    /// `PARALLEL_JOBSLOT` in the job's environment; 0: the worker's own slot.
     pub slot: usize,
     /// Largest resident memory of the job's whole process tree, in bytes.
     pub mem_limit: Option<u64>,

@@ -17,10 +17,15 @@
 //!   that the job gets the whole grace period (the engine kills what is left of the group
 //!   the moment the worker exits), then SIGKILLs the tree itself just before the engine's
 //!   SIGKILL, which would not reach processes outside the group.
+//!
+//! When the run sends jobs ahead (see `run.rs`), the job slot (`{%}`,
+//! `PARALLEL_JOBSLOT`) is the worker's own, not the job's: a job sent ahead waits behind
+//! another in some worker's channel, and which one is known only to the engine. The
+//! worker takes a slot at start-up (see [`take_slot`]) and keeps it for its life.
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +38,10 @@ use crate::job::{JobResult, JobSpec, Reason};
 
 /// How often the tree's memory is summed when a job has a memory limit.
 const MEMORY_POLL: Duration = Duration::from_millis(50);
+
+/// The variable that gives the worker its job slots to choose from: `J WAIT_MS DIR`, the
+/// slots 1..=J as the files [`slot_file`] in DIR, and how long to wait for one.
+pub const ENV_SLOTS: &str = "HANGFREE_RUN_SLOTS";
 
 static TERM_ASKED: AtomicBool = AtomicBool::new(false);
 
@@ -58,6 +67,8 @@ pub fn main() -> ! {
         // No SA_RESTART: the signal must interrupt the wait for the job.
         libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
     }
+    // The slot this worker took, and the locked file that holds it until the worker exits.
+    let mut own_slot: Option<(usize, File)> = None;
     loop {
         let frame = match ch.recv() {
             Ok(Some(f)) => f,
@@ -68,10 +79,23 @@ pub fn main() -> ! {
             }
         };
         let (kind, payload) = match frame.kind {
-            Kind::Init => (Kind::Ready, Vec::new()),
+            Kind::Init => {
+                if let Some(v) = std::env::var_os(ENV_SLOTS) {
+                    match take_slot(&v.to_string_lossy()) {
+                        Ok(s) => own_slot = Some(s),
+                        Err(e) => {
+                            // Never two running jobs with one slot: a worker without one
+                            // does not start (the pool counts a start-up failure).
+                            eprintln!("hangfree worker: {e}");
+                            std::process::exit(73);
+                        }
+                    }
+                }
+                (Kind::Ready, Vec::new())
+            }
             Kind::Shutdown => std::process::exit(0),
             Kind::Task => match serde_json::from_slice::<JobSpec>(&frame.payload) {
-                Ok(spec) => match run(&spec) {
+                Ok(spec) => match run(&spec, own_slot.as_ref().map_or(0, |s| s.0)) {
                     Ok(r) => (Kind::Value, serde_json::to_vec(&r).expect("a result serializes")),
                     Err(e) => (Kind::Raised, e.into_bytes()),
                 },
@@ -88,7 +112,49 @@ pub fn main() -> ! {
     }
 }
 
-fn run(spec: &JobSpec) -> Result<JobResult, String> {
+/// A job slot for this worker's life: the first of the slot files that no other live
+/// worker holds, locked (`flock`) until this worker exits. A worker being stopped still
+/// holds its slot while its job's tree gets the term sequence, so its replacement waits
+/// for it here, before it says it is ready, for at most WAIT_MS (the grace period and the
+/// engine's wait for a killed worker, and a margin); past that, an error.
+fn take_slot(var: &str) -> Result<(usize, File), String> {
+    let mut it = var.splitn(3, ' ');
+    let (Some(n), Some(wait), Some(dir)) = (it.next(), it.next(), it.next()) else {
+        return Err(format!("malformed {ENV_SLOTS}: {var:?}"));
+    };
+    let n: usize = n.parse().map_err(|_| format!("malformed {ENV_SLOTS}: {var:?}"))?;
+    let wait: u64 = wait.parse().map_err(|_| format!("malformed {ENV_SLOTS}: {var:?}"))?;
+    let deadline = Instant::now() + Duration::from_millis(wait);
+    loop {
+        for slot in 1..=n {
+            let path = slot_file(Path::new(dir), slot);
+            // Opened close-on-exec (std's default): no job inherits the lock.
+            let f = File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+                return Ok((slot, f));
+            }
+        }
+        if TERM_ASKED.load(Ordering::SeqCst) {
+            std::process::exit(143);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("no free job slot among {n} after {wait} ms"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The file whose lock is job slot `slot` (see [`take_slot`]).
+pub fn slot_file(dir: &Path, slot: usize) -> PathBuf {
+    dir.join(format!("slot-{slot}"))
+}
+
+/// Runs one job; `own_slot` is this worker's slot, for a job that names none (0).
+fn run(spec: &JobSpec, own_slot: usize) -> Result<JobResult, String> {
+    let slot = if spec.slot != 0 { spec.slot } else { own_slot };
+    if slot == 0 {
+        return Err("the job has no slot and the worker none of its own".into());
+    }
     let create = |path: &str| File::create(path).map_err(|e| format!("cannot create {path}: {e}"));
     let (out, err) = (create(&spec.stdout)?, create(&spec.stderr)?);
     let start_wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
@@ -96,7 +162,8 @@ fn run(spec: &JobSpec) -> Result<JobResult, String> {
     let job_env = |cmd: &mut Command| {
         cmd.stdin(Stdio::null())
             .env("PARALLEL_SEQ", spec.seq.to_string())
-            .env("PARALLEL_JOBSLOT", spec.slot.to_string())
+            .env("PARALLEL_JOBSLOT", slot.to_string())
+            .env_remove(ENV_SLOTS)
             .env_remove("HANGFREE_PARENT_PID")
             .env_remove("HANGFREE_MAX_FRAME");
     };

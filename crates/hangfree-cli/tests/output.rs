@@ -150,3 +150,27 @@ fn keep_order_with_line_buffer_streams_the_oldest_job() {
     let r = run(&["run", "-k", "--line-buffer", "-j", "3", "echo a{}; sleep {}; echo b{}", ":::", "0.6", "0.1", "0.3"]);
     assert_eq!(r.stdout, "a0.6\nb0.6\na0.1\nb0.1\na0.3\nb0.3\n", "{}", r.stderr);
 }
+
+#[test]
+fn when_stdout_closes_the_jobs_still_queued_do_not_run() {
+    let dir = common::tempdir();
+    let d = dir.path();
+    // Whoever reads the output stops after the first line; the jobs queued in the engine
+    // by then (-j 2 keeps 36 there) are cancelled, not run: only the running ones, those
+    // sent ahead and those that ended before the closed pipe was seen run.
+    let mut c = common::command(d, &["run", "-j", "2", "touch ran.{}; echo {}", ":::"]);
+    let seq: Vec<String> = (1..=400).map(|i| i.to_string()).collect();
+    c.args(&seq);
+    c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("start hangfree");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 2];
+    std::io::Read::read_exact(&mut out, &mut first).expect("a first line");
+    drop(out);
+    let r = common::wait_bounded(child, std::time::Duration::from_secs(60));
+    let ran = std::fs::read_dir(d)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("ran."))
+        .count();
+    assert!(ran < 30, "{ran} of 400 jobs ran after stdout closed: {}", String::from_utf8_lossy(&r.stderr));
+}

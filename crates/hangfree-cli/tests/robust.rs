@@ -336,3 +336,65 @@ fn on_a_timeout_background_processes_get_the_grace_period_too() {
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert_eq!(std::fs::read_to_string(at(d, "cleaned")).unwrap_or_default(), "cleaned\n");
 }
+
+#[test]
+fn no_two_running_jobs_share_a_slot_when_jobs_are_sent_ahead() {
+    let dir = tempdir();
+    let d = dir.path();
+    // Short jobs: the engine sends them ahead to busy workers, and each takes its
+    // worker's slot. A slot held by two jobs at once fails the second mkdir.
+    let job = "mkdir slot.$PARALLEL_JOBSLOT || exit 9; sleep 0.01; rmdir slot.$PARALLEL_JOBSLOT; echo $PARALLEL_JOBSLOT; : {}";
+    let seq: Vec<String> = (1..=60).map(|i| i.to_string()).collect();
+    let mut args = vec!["run", "-j", "3", job, ":::"];
+    args.extend(seq.iter().map(String::as_str));
+    let r = run_in(d, &args, b"", Duration::from_secs(60));
+    assert_eq!(r.code, Some(0), "a slot was in use twice: {}", r.stderr);
+    let slots: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(slots.len(), 60, "{}", r.stdout);
+    assert!(slots.iter().all(|l| ["1", "2", "3"].contains(l)), "slots are 1..=j: {}", r.stdout);
+}
+
+#[test]
+fn a_stopped_jobs_slot_is_not_reused_while_its_tree_still_runs() {
+    let dir = tempdir();
+    let d = dir.path();
+    let log = at(d, "log");
+    // The first job holds its slot's directory through its SIGTERM handler, half a second
+    // into the grace period; the next jobs, in the worker that replaces its stopped one,
+    // fail if they get the same slot before it is done.
+    std::fs::write(
+        at(d, "slow.sh"),
+        "mkdir slot.$PARALLEL_JOBSLOT || exit 9\n\
+         trap 'sleep 0.5; rmdir slot.$PARALLEL_JOBSLOT; exit 1' TERM\n\
+         sleep 30 & wait\n",
+    )
+    .unwrap();
+    std::fs::write(at(d, "quick.sh"), "mkdir slot.$PARALLEL_JOBSLOT || exit 9; rmdir slot.$PARALLEL_JOBSLOT\n")
+        .unwrap();
+    // Jobs may be sent ahead (their slot is their worker's), or not, with `{%}` (the run
+    // gives each its slot).
+    for cmd in ["sh {}", "sh {} {%}"] {
+        let args = [
+            "run",
+            "-j",
+            "1",
+            "-k",
+            "--timeout",
+            "0.5",
+            "--term-seq",
+            "TERM,3000,KILL,25",
+            "--joblog",
+            &s(&log),
+            cmd,
+            ":::",
+            "slow.sh",
+            "quick.sh",
+            "quick.sh",
+        ];
+        let r = run_in(d, &args, b"", Duration::from_secs(30));
+        assert_eq!(r.code, Some(1), "only the slow job fails: {}", r.stderr);
+        let f = joblog_fields(&log);
+        let exits: Vec<(&str, &str)> = f.iter().map(|l| (l[0].as_str(), l[6].as_str())).collect();
+        assert_eq!(exits, [("1", "-1"), ("2", "0"), ("3", "0")], "{cmd}: {}", r.stderr);
+    }
+}
