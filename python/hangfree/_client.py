@@ -174,12 +174,16 @@ def worker_command(preload: Sequence[str] = ()) -> List[str]:
     interpreter's flags (-O, -X dev, -W ...), as multiprocessing starts its children;
     ``preload``: modules it imports after the main script (in the fork server, once)."""
     import json
-    from multiprocessing import spawn, util
+    from multiprocessing import util
 
     data = preparation()
     if preload:
         data["preload"] = list(preload)
-    return [os.fsdecode(spawn.get_executable()), *util._args_from_interpreter_flags(), "-c",
+    # multiprocessing.spawn (a millisecond of imports) holds set_executable's choice; until
+    # it is imported (set_executable imports it) the executable is this interpreter.
+    spawn = sys.modules.get("multiprocessing.spawn")
+    executable = spawn.get_executable() if spawn is not None else sys.executable
+    return [os.fsdecode(executable), *util._args_from_interpreter_flags(), "-c",
             "import sys; from hangfree._worker import main; sys.exit(main())", json.dumps(data)]
 
 
@@ -282,11 +286,14 @@ class EngineClient:
         preload: Iterable[str] = (),
     ):
         """Every setting left at None takes the engine's default (``_core.defaults()``)."""
-        from multiprocessing.spawn import _check_not_importing_main
+        from multiprocessing import process
 
         # A worker importing a main script that makes a pool at its top level (no
         # `if __name__ == "__main__":` guard): multiprocessing's error, not a pool of pools.
-        _check_not_importing_main()
+        if getattr(process.current_process(), "_inheriting", False):
+            from multiprocessing.spawn import _check_not_importing_main
+
+            _check_not_importing_main()
         # Such a script run as the main program is one that works under fork: its
         # workers must not import it, and its objects go by value.
         made_by_unguarded_main_code()
@@ -330,8 +337,6 @@ class EngineClient:
             except BaseException:
                 release(self._inherited)
                 raise
-        from multiprocessing import process
-
         init = {
             # Sent on the worker's private channel, never in its environment or argv.
             "authkey": bytes(process.current_process().authkey),
