@@ -173,14 +173,48 @@ def worker_command(preload: Sequence[str] = ()) -> List[str]:
     """The worker's command line: this interpreter (or ``set_executable``'s) with this
     interpreter's flags (-O, -X dev, -W ...), as multiprocessing starts its children;
     ``preload``: modules it imports after the main script (in the fork server, once)."""
-    import json
-    from multiprocessing import spawn, util
+    from multiprocessing import util
 
     data = preparation()
     if preload:
         data["preload"] = list(preload)
-    return [os.fsdecode(spawn.get_executable()), *util._args_from_interpreter_flags(), "-c",
-            "import sys; from hangfree._worker import main; sys.exit(main())", json.dumps(data)]
+    # multiprocessing.spawn (a millisecond of imports) holds set_executable's choice; until
+    # it is imported (set_executable imports it) the executable is this interpreter.
+    spawn = sys.modules.get("multiprocessing.spawn")
+    executable = spawn.get_executable() if spawn is not None else sys.executable
+    return [os.fsdecode(executable), *util._args_from_interpreter_flags(), "-c",
+            "import sys; from hangfree._worker import main; sys.exit(main())", _json(data)]
+
+
+def _json(value: Any) -> str:
+    """``json.dumps(value)`` (ASCII) for what a worker's preparation holds: None, bools,
+    ints, strings, lists and dicts of them. Importing ``json`` took 1.4-8 ms of a pool's
+    creation in a script that had not."""
+    if value is None or value is True or value is False:
+        return "null" if value is None else "true" if value else "false"
+    if type(value) is int:
+        return str(value)
+    if isinstance(value, str):
+        if value.isascii() and value.isprintable():
+            return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return '"' + "".join(_json_char(c) for c in value) + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_json(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_json(str(k))}: {_json(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot put {type(value).__name__} in a worker's preparation")
+
+
+def _json_char(c: str) -> str:
+    if c == '"' or c == "\\":
+        return "\\" + c
+    n = ord(c)
+    if 0x20 <= n < 0x7F:
+        return c
+    if n > 0xFFFF:
+        n -= 0x10000
+        return f"\\u{0xD800 | (n >> 10):04x}\\u{0xDC00 | (n & 0x3FF):04x}"
+    return f"\\u{n:04x}"
 
 
 def as_items(iterable: Iterable[Any]) -> Sequence[Any]:
@@ -282,11 +316,14 @@ class EngineClient:
         preload: Iterable[str] = (),
     ):
         """Every setting left at None takes the engine's default (``_core.defaults()``)."""
-        from multiprocessing.spawn import _check_not_importing_main
+        from multiprocessing import process
 
         # A worker importing a main script that makes a pool at its top level (no
         # `if __name__ == "__main__":` guard): multiprocessing's error, not a pool of pools.
-        _check_not_importing_main()
+        if getattr(process.current_process(), "_inheriting", False):
+            from multiprocessing.spawn import _check_not_importing_main
+
+            _check_not_importing_main()
         # Such a script run as the main program is one that works under fork: its
         # workers must not import it, and its objects go by value.
         made_by_unguarded_main_code()
@@ -330,8 +367,6 @@ class EngineClient:
             except BaseException:
                 release(self._inherited)
                 raise
-        from multiprocessing import process
-
         init = {
             # Sent on the worker's private channel, never in its environment or argv.
             "authkey": bytes(process.current_process().authkey),
@@ -365,7 +400,10 @@ class EngineClient:
         self._lock = threading.Lock()
         self._keys = itertools.count(1)
         self._stopping = False
+        # Set once the result thread runs: start() does not wait for that (see _NoWaitStart).
+        self._delivering = threading.Event()
         self._thread = threading.Thread(target=self._deliver, name=f"hangfree-{owner}-results", daemon=True)
+        self._thread._started = _NoWaitStart()  # type: ignore[attr-defined]
         self._thread.start()
         _live.add(self)
 
@@ -608,6 +646,7 @@ class EngineClient:
 
     def _deliver(self) -> None:
         global _result_thread_ended
+        self._delivering.set()
         try:
             self._deliver_until_finished()
         finally:
@@ -725,12 +764,32 @@ class EngineClient:
         if self.engine.is_finished():
             release(self._inherited)
         if threading.current_thread() is not self._thread:
-            self._thread.join(1.0)
+            # join() refuses a thread that has not run yet.
+            if self._delivering.wait(1.0):
+                self._thread.join(1.0)
 
     def stats(self) -> Dict[str, int]:
         """The engine's counters, tasks counted as the caller's calls (the engine counts
         a chunk as its items)."""
         return self.engine.stats()
+
+
+class _NoWaitStart(threading.Event):
+    """A thread's ``_started`` event whose first ``wait`` (the one in ``Thread.start``,
+    3.9 to 3.13) returns at once: the result thread then starts while the caller goes on,
+    instead of the caller waiting for the new thread to be scheduled and take the GIL
+    (0.2 ms on an idle machine, 2-13 ms measured on a loaded one, in every pool's
+    creation). Nothing needs the thread to run before the first outcome, which it
+    delivers; until it runs it is in ``threading``'s list of threads being started, so
+    ``threading.active_count()`` counts it. Later waits wait."""
+
+    _first = True
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        if self._first:
+            self._first = False
+            return self.is_set()
+        return super().wait(timeout)
 
 
 def _spans(n: int, chunksize: int, workers: int) -> Iterator[range]:

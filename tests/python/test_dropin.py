@@ -296,6 +296,72 @@ def test_a_script_without_a_guard_works_as_under_fork(tmp_path):
     assert res.stdout.strip() == "[0, 1, 4, 9] [0, -1, -2]"
 
 
+GUARD_FORMS = """
+    import json, sys
+    import hangfree as mp
+
+    MARK = 1
+
+    def imported_main():
+        m = sys.modules.get("__mp_main__")
+        return m is not None and hasattr(m, "MARK")
+
+    def ask(where):
+        with mp.Pool(1) as p:
+            print(where, p.apply(imported_main))
+
+    if __name__ == "__main__":
+        ask("guard")
+        for _ in range(1):
+            ask("guard-loop")
+        try:
+            ask("guard-try")
+        finally:
+            pass
+    if "__main__" == __name__:
+        ask("reversed")
+    ask("ternary") if __name__ == "__main__" else None
+    # Not a main guard: from here on the script is one that works under fork.
+    if __name__ != "__mp_main__":
+        ask("other-test")
+    if __name__ == "__main__":
+        ask("guard-after-unguarded")
+"""
+
+
+def test_workers_import_the_script_exactly_when_the_pool_is_made_under_a_main_guard(tmp_path):
+    # Read from the running module's bytecode, not its source: the forms a guard takes.
+    res = run(tmp_path, GUARD_FORMS)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[:-1] == [
+        "guard True", "guard-loop True", "guard-try True", "reversed True", "ternary True",
+        "other-test False", "guard-after-unguarded False"]
+
+
+def test_a_workers_preparation_reaches_it_whatever_its_strings_hold(tmp_path):
+    # The worker's command line carries its preparation as JSON written without the json
+    # module: argv and paths with quotes, backslashes, controls, non-ASCII, surrogates.
+    import json
+
+    from hangfree._client import _json
+
+    for value in ["", 'q"uote\\', "tab\tnl\n\x00\x7f\x80", "é€𝄞\udcff", ["a", {"k": [None, True, 3]}]]:
+        assert json.loads(_json(value)) == value
+    res = run(tmp_path, """
+        import sys
+        import hangfree as mp
+
+        def argv():
+            return sys.argv
+
+        if __name__ == "__main__":
+            with mp.Pool(1) as p:
+                print(p.apply(argv) == sys.argv)
+    """, 'a "quoted" \\ arg', "tab\there", "\u00e9\u20ac\U0001d11e")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "True"
+
+
 POOL_ON_IMPORT = """
     import hangfree as mp
 

@@ -664,6 +664,54 @@ fn oversized_payloads_and_missing_programs_are_refused_up_front() {
     });
 }
 
+/// With `start_in_background` (a front's default), `build` returns before the first
+/// worker starts: a missing program is still refused up front, and one that exists but
+/// cannot run fails the pool's tasks as start-up failures, not `build` and not by hanging.
+#[test]
+fn a_background_start_refuses_missing_programs_and_fails_tasks_of_unrunnable_ones() {
+    wd(|| {
+        match Pool::builder(WorkerCommand::new("/nonexistent/hangfree-worker")).start_in_background(true).build() {
+            Err(BuildError::Spawn(e)) => assert!(e.to_string().contains("/nonexistent/hangfree-worker"), "{e}"),
+            r => panic!("expected BuildError::Spawn, got {:?}", r.map(|_| ())),
+        }
+        let dir = std::env::temp_dir().join(format!("hangfree-contract-{}", new_tag("noexec")));
+        std::fs::create_dir_all(&dir).unwrap();
+        match Pool::builder(WorkerCommand::new(&dir)).start_in_background(true).build() {
+            Err(BuildError::Spawn(_)) => {}
+            r => panic!("a directory as the program: expected BuildError::Spawn, got {:?}", r.map(|_| ())),
+        }
+        // Executable, but not a format the kernel runs (ENOEXEC at the exec).
+        let prog = dir.join("worker");
+        std::fs::write(&prog, b"\x7fELF not really").unwrap();
+        std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let t0 = Instant::now();
+        let pool = Pool::builder(WorkerCommand::new(&prog))
+            .workers(1)
+            .max_startup_failures(2)
+            .forward_stderr(false)
+            .start_in_background(true)
+            .build()
+            .unwrap();
+        match pool.submit(b"never".to_vec()) {
+            Err(SubmitError::Broken(f)) => assert!(matches!(f, StartupFailure::Spawn(_)), "{f:?}"),
+            Err(e) => panic!("{e:?}"),
+            Ok(h) => {
+                let o = h.wait_timeout(Duration::from_secs(10)).expect("the task must fail, not wait");
+                match failed(o) {
+                    TaskError::StartupFailed { failure: StartupFailure::Spawn(msg), .. } => {
+                        assert!(msg.contains("worker"), "{msg}")
+                    }
+                    e => panic!("expected StartupFailed(Spawn), got {e:?}"),
+                }
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        assert_eq!(pool.stats().startup_failures, 2);
+        shutdown(&pool);
+        std::fs::remove_dir_all(&dir).unwrap();
+    });
+}
+
 // ----- 17. many submitting threads ------------------------------------------------------
 
 #[test]

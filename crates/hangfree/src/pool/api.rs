@@ -93,6 +93,7 @@ pub struct PoolBuilder {
     cfg: Config,
     stack_dump: Option<(i32, Duration)>,
     cgroup: bool,
+    start_in_background: bool,
 }
 
 impl PoolBuilder {
@@ -280,6 +281,20 @@ impl PoolBuilder {
         self
     }
 
+    /// Whether [`PoolBuilder::build`] returns before the first worker (or the fork server)
+    /// is started, which the supervisor thread then does. `build` still refuses a worker
+    /// program given by an absolute path that is not an executable file; any other
+    /// failure to start is a start-up failure of the pool, as a later worker's is (after
+    /// `max_startup_failures`, every waiting and later task fails with
+    /// [`TaskError::StartupFailed`] or [`SubmitError::Broken`]). Saves the caller the
+    /// round trips to the supervisor thread and the exec: milliseconds on a loaded machine.
+    /// Default: [`defaults::START_IN_BACKGROUND`]; a front's:
+    /// [`defaults::FRONT_START_IN_BACKGROUND`].
+    pub fn start_in_background(mut self, on: bool) -> Self {
+        self.start_in_background = on;
+        self
+    }
+
     /// The defaults of a language front, on top of the builder's: workers forked from a
     /// fork server ([`defaults::FRONT_FORK_SERVER`]) kept for the next pool
     /// ([`defaults::FRONT_KEEP_FORK_SERVER`]), a late task's stack asked for
@@ -292,10 +307,12 @@ impl PoolBuilder {
             .keep_fork_server(defaults::FRONT_KEEP_FORK_SERVER)
             .stack_dump(defaults::STACK_DUMP_SIGNAL, defaults::STACK_DUMP_WAIT)
             .prefetch_below(defaults::FRONT_PREFETCH_BELOW)
+            .start_in_background(defaults::FRONT_START_IN_BACKGROUND)
     }
 
     /// Starts the supervisor thread and the first worker. Fails if the first worker cannot
-    /// be started at all; later start-up failures are handled by the pool.
+    /// be started at all (with [`PoolBuilder::start_in_background`], only if its program
+    /// is not an executable file); later start-up failures are handled by the pool.
     pub fn build(self) -> Result<Pool, BuildError> {
         let mut cfg = self.cfg;
         if cfg.workers == 0 {
@@ -336,32 +353,37 @@ impl PoolBuilder {
         let workers = cfg.workers;
         let grace = cfg.timing.grace.saturating_add(cfg.timing.kill_wait);
         let shared = Arc::new(Shared::new().map_err(BuildError::Resources)?);
+        let background = self.start_in_background;
+        if background {
+            check_program(&cfg.cmd).map_err(BuildError::Spawn)?;
+        }
+        let mut sup = Supervisor::new(shared.clone(), cfg).map_err(BuildError::Resources)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let sh = shared.clone();
         // The supervisor thread spawns every worker: PR_SET_PDEATHSIG follows the thread
         // that forked, and this thread lives exactly as long as the pool's workers.
         let thread = std::thread::Builder::new()
             .name("hangfree-supervisor".into())
             .spawn(move || {
-                let mut sup = match Supervisor::new(sh, cfg) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = tx.send(Err(BuildError::Resources(e)));
+                match sup.start_first() {
+                    Ok(()) if !background => {
+                        let _ = tx.send(Ok(()));
+                    }
+                    Ok(()) => {}
+                    Err(e) if !background => {
+                        let _ = tx.send(Err(BuildError::Spawn(e)));
                         return;
                     }
-                };
-                if let Err(e) = sup.start_first() {
-                    let _ = tx.send(Err(BuildError::Spawn(e)));
-                    return;
+                    Err(e) => sup.first_start_failed(e),
                 }
-                let _ = tx.send(Ok(()));
                 sup.run();
             })
             .map_err(BuildError::Resources)?;
-        let started = rx.recv().unwrap_or(Err(BuildError::Invalid("supervisor thread died")));
-        if let Err(e) = started {
-            let _ = thread.join();
-            return Err(e);
+        if !background {
+            let started = rx.recv().unwrap_or(Err(BuildError::Invalid("supervisor thread died")));
+            if let Err(e) = started {
+                let _ = thread.join();
+                return Err(e);
+            }
         }
         Ok(Pool {
             shared,
@@ -372,6 +394,24 @@ impl PoolBuilder {
             shutdown_bound: grace,
         })
     }
+}
+
+/// What the exec of `cmd`'s program would surely refuse, found without starting it: a
+/// program given by an absolute path that is missing, not a file, or not executable
+/// (errors worded as the spawn's). A name looked up in `PATH` or a relative path is left
+/// to the start itself.
+fn check_program(cmd: &WorkerCommand) -> std::io::Result<()> {
+    let program = cmd.program();
+    if !program.is_absolute() {
+        return Ok(());
+    }
+    let refused =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("cannot start `{}`: {e}", program.display()));
+    let meta = std::fs::metadata(program).map_err(refused)?;
+    if !meta.is_file() {
+        return Err(refused(std::io::Error::from_raw_os_error(libc::EACCES)));
+    }
+    rustix::fs::access(program, rustix::fs::Access::EXEC_OK).map_err(|e| refused(e.into()))
 }
 
 /// A pool of worker processes that cannot hang.
@@ -427,6 +467,7 @@ impl Pool {
             },
             stack_dump: None,
             cgroup: defaults::CGROUP,
+            start_in_background: defaults::START_IN_BACKGROUND,
         }
     }
 

@@ -56,6 +56,15 @@ pub const FORK_SERVER: bool = false;
 /// so a new worker is up in about a millisecond instead.
 pub const FRONT_FORK_SERVER: bool = true;
 
+/// Whether `build` returns before the first worker (or fork server) is started: no, so
+/// that any failure to start it is `build`'s error.
+pub const START_IN_BACKGROUND: bool = false;
+
+/// Whether a front's `build` returns before the fork server is started: yes. A front's
+/// worker is its own interpreter, checked to be an executable file; waiting for the
+/// exec costs `Pool()` round trips between threads, milliseconds on a loaded machine.
+pub const FRONT_START_IN_BACKGROUND: bool = true;
+
 /// How long a pool's idle fork server is kept for a later pool of the same process: not
 /// at all. After `join`, nothing of the pool is left.
 pub const KEEP_FORK_SERVER: Duration = Duration::ZERO;

@@ -163,6 +163,12 @@ impl Supervisor {
         self.spawn_worker(Instant::now())
     }
 
+    /// The first start failed when `build` did not wait for it: a start-up failure like a
+    /// later worker's, retried by the loop until `max_startup_failures`.
+    pub fn first_start_failed(&mut self, e: io::Error) {
+        self.handle(Event::SpawnFailed(e.to_string()), Instant::now());
+    }
+
     /// Runs the loop until the pool is closed or terminated and every worker is gone.
     /// Whatever happens — even a panic in here — every accepted task gets its outcome,
     /// and `join` is woken: a panic fails the pool ([`Supervisor::fail`]) and goes no
