@@ -597,16 +597,24 @@ impl WorkerChannel {
 
     /// The next frame as `(kind, task_id, payload)`, or None when the pool closed the
     /// channel. The GIL is released while waiting.
-    fn recv<'py>(&mut self, py: Python<'py>) -> PyResult<Option<(u8, u64, Bound<'py, PyBytes>)>> {
+    /// A task's payload with out-of-band buffers that came through the arena is given as
+    /// its parts (as `value_data` makes them): each buffer is copied once, out of the
+    /// arena, into the object the unpickler takes as it is.
+    fn recv<'py>(&mut self, py: Python<'py>) -> PyResult<Option<(u8, u64, Bound<'py, PyAny>)>> {
         let ch = self.inner.as_mut().ok_or_else(|| PyRuntimeError::new_err("channel closed"))?;
         let err = |e: hangfree::wire::ReadError| PyRuntimeError::new_err(e.to_string());
         let Some((kind, task_id, len)) = py.detach(|| ch.recv_header()).map_err(err)? else {
             return Ok(None);
         };
+        if kind == Kind::Task
+            && let Some(payload) = ch.arena_payload()
+        {
+            return Ok(Some((kind as u8, task_id, value_data(py, payload)?)));
+        }
         // The payload is read straight into the new bytes object (its bytes are already
         // on their way: the GIL is held only while they are copied in).
         let payload = PyBytes::new_with(py, len, |buf| ch.recv_payload(buf).map_err(err))?;
-        Ok(Some((kind as u8, task_id, payload)))
+        Ok(Some((kind as u8, task_id, payload.into_any())))
     }
 
     /// Sends one frame; `payload` is bytes, or a list of bytes objects sent one after

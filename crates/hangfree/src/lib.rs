@@ -148,6 +148,7 @@
 
 #![warn(missing_docs)]
 
+pub mod arena;
 pub mod cgroup;
 pub mod fork_server;
 pub mod mailbox;

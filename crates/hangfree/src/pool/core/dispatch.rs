@@ -120,7 +120,26 @@ impl Core {
         for (i, id) in chunk.into_iter().enumerate() {
             let e = self.tasks.get_mut(&id).expect("retained");
             e.worker = Some(id_w);
-            if e.items == 0 {
+            let kind = if e.items == 0 { Kind::Task } else { Kind::Chunk };
+            let trailer = [e.from.to_le_bytes(), e.items.to_le_bytes()].concat();
+            let trailer = if e.items == 0 { &[][..] } else { &trailer[..] };
+            let len = e.payload.len() + trailer.len();
+            // A large payload goes into the worker's arena when a region is free there,
+            // and stays until the worker has answered the task.
+            let placed = match w.arena.as_ref() {
+                Some(a) if len >= arena::THRESHOLD && len as u64 <= self.cfg.max_frame => {
+                    w.placements.place(id.get(), len).map(|at| {
+                        a.write(Area::ToWorker, at, &[&e.payload, trailer]);
+                        at
+                    })
+                }
+                _ => None,
+            };
+            if let Some(at) = placed {
+                let start = out.len();
+                wire::encode_into(out, kind, id.get(), &arena::descriptor(at, len));
+                out[start] |= wire::IN_ARENA;
+            } else if e.items == 0 {
                 wire::encode_into(out, Kind::Task, id.get(), &e.payload);
             } else {
                 wire::encode_chunk_into(out, id.get(), &e.payload, e.from, e.items);

@@ -210,7 +210,7 @@ impl H {
     }
 
     fn frame(&mut self, w: WorkerId, kind: Kind, task: TaskId, payload: Vec<u8>) -> Vec<Effect> {
-        self.handle(Event::Frame(w, Frame { kind, task_id: task.get(), payload }))
+        self.handle(Event::Frame(w, Frame { kind, task_id: task.get(), payload, arena: false }))
     }
 
     fn value(&mut self, w: WorkerId, task: TaskId) -> Vec<Effect> {
