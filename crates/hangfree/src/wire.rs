@@ -552,6 +552,26 @@ mod tests {
     }
 
     #[test]
+    fn an_arena_frame_is_a_descriptor_and_nothing_else() {
+        let mut h = header(Kind::Value, 7, crate::arena::DESCRIPTOR_LEN as u64);
+        h[0] |= IN_ARENA;
+        assert_eq!(parse_header(&h, u64::MAX), Ok((Kind::Value, 16, 7)));
+        let mut dec = Decoder::new(u64::MAX);
+        dec.feed(&h);
+        dec.feed(&[0; 16]);
+        let f = dec.next_frame().unwrap().unwrap();
+        assert!(f.arena && f.kind == Kind::Value && f.payload.len() == 16);
+        for len in [0, 15, 17, 1 << 40] {
+            let mut h = header(Kind::Value, 7, len);
+            h[0] |= IN_ARENA;
+            assert!(matches!(parse_header(&h, u64::MAX), Err(ProtocolError::Unexpected(_))), "{len}");
+        }
+        let mut h = header(Kind::Value, 7, 16);
+        h[0] = 0x80 | 0x7f;
+        assert_eq!(parse_header(&h, u64::MAX), Err(ProtocolError::UnknownKind(0xff)));
+    }
+
+    #[test]
     fn garbage_kind_and_high_length_bytes_are_errors() {
         let mut d = Decoder::new(1024);
         d.feed(&[0xff; 16]);
