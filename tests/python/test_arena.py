@@ -37,6 +37,12 @@ def test_bytes_and_bytearrays_of_every_size_come_back_as_they_went(pool, size):
     assert type(back) is bytearray and back == data
 
 
+def test_the_pool_maps_its_workers_arenas(pool):
+    pool.apply(tasks.identity, (bytes(MiB),))
+    with open("/proc/self/maps") as f:
+        assert "/memfd:hangfree-arena" in f.read()
+
+
 def test_the_executor_moves_large_payloads_too():
     data = os.urandom(3 * MiB)
     with hangfree.ProcessPoolExecutor(2) as ex:
