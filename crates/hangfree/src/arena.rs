@@ -42,7 +42,7 @@ pub const AREA: usize = 1 << 30;
 
 /// Bytes of each area kept resident between payloads; beyond, consumed payloads' pages
 /// are returned to the kernel.
-pub const KEEP: usize = 32 << 20;
+pub const KEEP: usize = 16 << 20;
 
 /// The size of a descriptor frame's payload.
 pub const DESCRIPTOR_LEN: usize = 16;
@@ -56,6 +56,9 @@ struct Head {
     magic: AtomicU64,
     /// How many answers the pool has copied out of the worker's area.
     consumed: AtomicU64,
+    /// Set by the pool when it maps the arena: a pool that predates arenas would take an
+    /// answer's descriptor for a frame of an unknown kind.
+    accepted: AtomicU64,
 }
 
 /// One of the two areas, named by who writes it.
@@ -173,6 +176,7 @@ impl Arena {
         if arena.head().magic.load(Ordering::Acquire) != MAGIC {
             return Err(bad("wrong magic"));
         }
+        arena.head().accepted.store(1, Ordering::Release);
         Ok(arena)
     }
 
@@ -233,6 +237,11 @@ impl Arena {
         let src = self.at(area, range.start, range.len());
         // SAFETY: in the mapping (checked by `at`); unchanged meanwhile per the contract.
         unsafe { std::slice::from_raw_parts(src, range.len()) }
+    }
+
+    /// Worker side: whether the pool mapped the arena (and so reads answers from it).
+    pub fn accepted(&self) -> bool {
+        self.head().accepted.load(Ordering::Acquire) == 1
     }
 
     /// How many answers the pool has copied out of the worker's area.
@@ -342,6 +351,7 @@ mod tests {
         b.write(Area::ToWorker, AREA - 3, &[b"xyz"]);
         assert_eq!(unsafe { a.slice(Area::ToWorker, AREA - 3..AREA) }, b"xyz");
         assert_eq!(a.consumed(), 0);
+        assert!(a.accepted(), "the pool side mapped it");
         b.mark_consumed();
         assert_eq!(a.consumed(), 1);
         // Trimming past KEEP zeroes those pages and leaves the rest.

@@ -237,7 +237,7 @@ impl WorkerChannel {
         let Some(arena) = self.arena.as_ref() else { return Ok(false) };
         let answer = matches!(kind, Kind::Value | Kind::Raised | Kind::Items);
         let fits = (arena::THRESHOLD..=arena::AREA).contains(&total) && total as u64 <= self.max_frame;
-        if !answer || !fits || arena.consumed() != self.placed {
+        if !answer || !fits || !arena.accepted() || arena.consumed() != self.placed {
             return Ok(false);
         }
         arena.write(Area::ToPool, 0, parts);
