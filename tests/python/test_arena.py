@@ -17,8 +17,10 @@ from hangfree._pickling import OOB_MIN
 MiB = 1 << 20
 # The engine's threshold (hangfree::arena::THRESHOLD): payloads from this size go through
 # the arena. A payload is a little larger than the buffer it carries, so the sizes below
-# straddle it from both sides.
+# straddle it from both sides. Up to hangfree::arena::MAX_PAYLOAD; larger payloads stay
+# on the channel.
 THRESHOLD = 64 * 1024
+MAX_PAYLOAD = 4 * MiB + 64 * 1024
 
 
 @pytest.fixture
@@ -28,7 +30,7 @@ def pool():
 
 
 @pytest.mark.parametrize("size", [0, 1, OOB_MIN - 1, THRESHOLD - 200, THRESHOLD - 1, THRESHOLD, THRESHOLD + 1,
-                                  MiB, 64 * MiB])
+                                  MiB, 4 * MiB, MAX_PAYLOAD - 200, MAX_PAYLOAD + 1, 64 * MiB])
 def test_bytes_and_bytearrays_of_every_size_come_back_as_they_went(pool, size):
     data = os.urandom(size)
     back = pool.apply(tasks.identity, (data,))
@@ -98,16 +100,17 @@ def test_arguments_the_caller_changes_after_submitting_arrive_as_submitted(pool)
 @pytest.mark.timeout(120)
 def test_a_worker_killed_while_it_writes_a_large_result_loses_only_that_task(tmp_path):
     log = tmp_path / "runs"
+    size = 4 * MiB  # through the arena; copying it in takes about a millisecond
     with hangfree.Pool(1) as p:
-        for i, delay in enumerate([0.0, 0.01, 0.03, 0.06, 0.1, 0.2]):
-            r = p.apply_async(tasks.big_result_then_killed, (str(log), 256 * MiB, delay))
+        for i, delay in enumerate([0.0, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02]):
+            r = p.apply_async(tasks.big_result_then_killed, (str(log), size, delay))
             try:
                 got = r.get(timeout=60)
             except hangfree.WorkerLostError:
                 pass
             else:
                 # The copy finished first: the whole result, never a torn one.
-                assert got == b"r" * 256 * MiB
+                assert got == b"r" * size
             # Run once, never again (no retries), and the next worker's arena works.
             assert len(log.read_text().split()) == i + 1
             data = os.urandom(5 * MiB)

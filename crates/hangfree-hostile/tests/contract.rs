@@ -836,7 +836,8 @@ fn large_payloads_round_trip_through_the_arena_at_every_size() {
         let t = hangfree::arena::THRESHOLD;
         // Filler never starts with '!' (a command for this worker): it is echoed back.
         let payload = |n: usize| (0..n).map(|i| b'a' + (i % 23) as u8).collect::<Vec<u8>>();
-        let sizes = [0, 1, t - 1, t, t + 1, 1 << 20, 64 << 20];
+        let m = hangfree::arena::MAX_PAYLOAD;
+        let sizes = [0, 1, t - 1, t, t + 1, 1 << 20, m, m + 1, 64 << 20];
         let hs: Vec<_> = sizes.iter().map(|&n| pool.submit(payload(n)).expect("submit")).collect();
         for (h, &n) in hs.iter().zip(&sizes) {
             assert!(value(h) == payload(n), "{n} bytes");

@@ -236,7 +236,7 @@ impl WorkerChannel {
     fn send_through_arena(&mut self, kind: Kind, task_id: u64, parts: &[&[u8]], total: usize) -> io::Result<bool> {
         let Some(arena) = self.arena.as_ref() else { return Ok(false) };
         let answer = matches!(kind, Kind::Value | Kind::Raised | Kind::Items);
-        let fits = (arena::THRESHOLD..=arena::AREA).contains(&total) && total as u64 <= self.max_frame;
+        let fits = arena::wanted(total) && total as u64 <= self.max_frame;
         if !answer || !fits || !arena.accepted() || arena.consumed() != self.placed {
             return Ok(false);
         }

@@ -312,10 +312,9 @@ impl Core {
             return Err("an arena frame, but the worker passed no arena".into());
         };
         let range = arena::parse_descriptor(&f.payload, max).map_err(|e| e.to_string())?;
-        f.payload = a.read(Area::ToPool, range.clone());
+        f.payload = a.read(Area::ToPool, range);
         f.arena = false;
         a.mark_consumed();
-        a.trim(Area::ToPool, range);
         Ok(f)
     }
 
@@ -327,12 +326,7 @@ impl Core {
             return;
         }
         let inflight = &wk.inflight;
-        let freed = wk.placements.release(|t| inflight.iter().any(|f| f.id.get() == t));
-        if let Some(a) = wk.arena.as_ref() {
-            for r in freed {
-                a.trim(Area::ToWorker, r);
-            }
-        }
+        wk.placements.release(|t| inflight.iter().any(|f| f.id.get() == t));
     }
 
     /// Keeps the last bytes a worker wrote to its stderr, for error reports.

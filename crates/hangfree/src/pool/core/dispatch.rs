@@ -127,7 +127,7 @@ impl Core {
             // A large payload goes into the worker's arena when a region is free there,
             // and stays until the worker has answered the task.
             let placed = match w.arena.as_ref() {
-                Some(a) if len >= arena::THRESHOLD && len as u64 <= self.cfg.max_frame => {
+                Some(a) if arena::wanted(len) && len as u64 <= self.cfg.max_frame => {
                     w.placements.place(id.get(), len).map(|at| {
                         a.write(Area::ToWorker, at, &[&e.payload, trailer]);
                         at
