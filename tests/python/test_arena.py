@@ -90,6 +90,19 @@ def test_results_kept_by_the_caller_do_not_change_while_more_arrive(pool):
         assert (arrays[i] == i).all() and arrays[i].dtype == np.int64
 
 
+def test_large_arguments_the_caller_drops_after_submitting_still_arrive(pool):
+    # The engine reads a large bytes argument where the object is: it must keep it alive.
+    import gc
+
+    rs = []
+    for i in range(8):
+        data = bytes([i]) * (3 * MiB)
+        rs.append(pool.apply_async(tasks.identity, (data,)))
+        del data
+        gc.collect()
+    assert [r.get(timeout=60) for r in rs] == [bytes([i]) * (3 * MiB) for i in range(8)]
+
+
 def test_arguments_the_caller_changes_after_submitting_arrive_as_submitted(pool):
     data = bytearray(b"a" * MiB)
     rs = [pool.apply_async(tasks.identity, (data,)) for _ in range(8)]

@@ -16,7 +16,8 @@ use hangfree::mailbox::{Delivery, Mailbox};
 use hangfree::wire::Kind;
 use hangfree::worker::WorkerChannel as RawChannel;
 use hangfree::{
-    ExitStatus, LossCause, Outcome, Pool, StartupFailure, SubmitError, Task, TaskError, TaskState, WorkerCommand,
+    ExitStatus, LossCause, Outcome, Pool, SharedPart, StartupFailure, SubmitError, Task, TaskError, TaskState,
+    WorkerCommand,
 };
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -192,14 +193,17 @@ impl Engine {
             .map_err(|e| SubmitRefused::new_err(("invalid", e.value(py).to_string(), py.None())))?;
         let mut labels = labels.map(|l| l.into_iter());
         let mut items = items.map(|l| l.into_iter());
-        let payloads: Vec<Vec<u8>> = payloads.iter().map(payload_vec).collect::<PyResult<_>>()?;
+        let payloads: Vec<(Vec<u8>, Vec<SharedPart>)> = payloads.iter().map(payload_task).collect::<PyResult<_>>()?;
         let tasks: Vec<Task> = payloads
             .into_iter()
-            .map(|p| {
+            .map(|(p, shared)| {
                 let mut t = match items.as_mut().and_then(|i| i.next()) {
                     Some(n) => Task::chunk(p, n),
                     None => Task::new(p),
                 };
+                if !shared.is_empty() {
+                    t = t.with_shared(shared);
+                }
                 if let Some(d) = timeout {
                     t = t.timeout(d);
                 }
@@ -559,17 +563,51 @@ fn payload_parts<'py>(payload: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, Py
         .collect()
 }
 
-/// A payload as one buffer: its parts copied once, end to end.
-fn payload_vec(payload: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+/// A payload for a task: its first small parts copied, end to end, and every part from
+/// the first large one on shared, not copied (see [`PyPart`]).
+fn payload_task(payload: &Bound<'_, PyAny>) -> PyResult<(Vec<u8>, Vec<SharedPart>)> {
     if let Ok(b) = payload.cast::<PyBytes>() {
-        return Ok(b.as_bytes().to_vec());
+        return Ok((b.as_bytes().to_vec(), Vec::new()));
     }
     let parts = payload_parts(payload)?;
-    let mut v = Vec::with_capacity(parts.iter().map(|p| p.as_bytes().len()).sum());
-    for p in &parts {
-        v.extend_from_slice(p.as_bytes());
+    let mut own = Vec::new();
+    let mut shared: Vec<SharedPart> = Vec::new();
+    for p in parts {
+        if shared.is_empty() && p.as_bytes().len() < SPLIT_MIN {
+            own.extend_from_slice(p.as_bytes());
+        } else {
+            shared.push(Arc::new(PyPart::new(p)));
+        }
     }
-    Ok(v)
+    Ok((own, shared))
+}
+
+/// A large part of a payload (a `bytes` buffer sent out of band), read by the engine
+/// where the object holds it: a copy of it would cost as much as sending it. A `bytes`
+/// object never changes, and the reference keeps it alive until the task is done (the
+/// engine may drop it without the GIL: pyo3 then defers the decref).
+struct PyPart {
+    _obj: Py<PyBytes>,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the bytes are immutable and live as long as `_obj`; nothing else is touched.
+unsafe impl Send for PyPart {}
+unsafe impl Sync for PyPart {}
+
+impl PyPart {
+    fn new(b: Bound<'_, PyBytes>) -> PyPart {
+        let s = b.as_bytes();
+        PyPart { ptr: s.as_ptr(), len: s.len(), _obj: b.unbind() }
+    }
+}
+
+impl AsRef<[u8]> for PyPart {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: see the type's comment.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
 }
 
 /// The worker's end of its channel (used by `hangfree._worker`).

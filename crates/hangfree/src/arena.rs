@@ -173,7 +173,8 @@ impl Arena {
 
     /// Maps an arena received from a worker (the pool side). It must be a memfd sealed
     /// against shrinking (a worker that could truncate it would crash the pool with
-    /// SIGBUS), at least as large as an arena, made by [`Arena::create`].
+    /// SIGBUS), at least as large as an arena, of plain shared memory, made by
+    /// [`Arena::create`].
     pub fn from_worker(fd: OwnedFd) -> io::Result<Arena> {
         let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("not a hangfree arena: {what}"));
         let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| bad("no seals"))?;
@@ -182,6 +183,12 @@ impl Arena {
         }
         if (rustix::fs::fstat(&fd)?.st_size as u64) < TOTAL as u64 {
             return Err(bad("too small"));
+        }
+        // Plain shared memory: a hugetlbfs file (sealable too) could fault with SIGBUS
+        // when the huge pages run out.
+        const TMPFS_MAGIC: u64 = 0x0102_1994;
+        if rustix::fs::fstatfs(&fd)?.f_type as u64 != TMPFS_MAGIC {
+            return Err(bad("not plain shared memory"));
         }
         let arena = Arena::map(fd)?;
         if arena.head().magic.load(Ordering::Acquire) != MAGIC {

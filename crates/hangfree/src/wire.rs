@@ -173,6 +173,20 @@ pub fn encode_into(out: &mut Vec<u8>, kind: Kind, task_id: u64, payload: &[u8]) 
     out.extend_from_slice(payload);
 }
 
+/// Appends one encoded frame whose payload is `parts` end to end.
+///
+/// # Panics
+///
+/// As [`encode_into`].
+pub fn encode_parts_into(out: &mut Vec<u8>, kind: Kind, task_id: u64, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    out.reserve(HEADER_LEN + len);
+    out.extend_from_slice(&header(kind, task_id, len as u64));
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+}
+
 /// Appends a [`Kind::Chunk`] frame: items `start..count` of a chunk whose payload is
 /// `payload`.
 ///

@@ -29,7 +29,7 @@ use super::ids::{TaskId, WorkerId};
 use super::lifecycle::{self, Action, Phase};
 use super::shared::{Command, Gate, Shared, lock};
 use super::stats::{bump, bump_by};
-use super::task::{Sink, TaskState};
+use super::task::{Payload, Sink, TaskState};
 use crate::arena::{self, Area, Arena, Placements};
 use crate::outcome::{Attempt, ExitStatus, LossCause, Outcome, StartupFailure, TaskError, TaskRef, WorkerLost};
 use crate::page::{Page, Revoked};

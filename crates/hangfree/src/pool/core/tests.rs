@@ -1098,3 +1098,28 @@ fn an_arena_frame_from_a_worker_without_an_arena_is_a_protocol_error() {
     let got = h.outcomes();
     assert!(matches!(&got[..], [g] if matches!(g.outcome, Outcome::Failed(TaskError::Protocol { .. }))));
 }
+
+#[test]
+fn shared_parts_are_sent_after_the_own_bytes_through_the_arena_or_the_channel() {
+    let n = arena::THRESHOLD;
+    let shared: Vec<crate::SharedPart> = vec![Arc::new(vec![2u8; n]), Arc::new(b"tail".to_vec())];
+    let mut want = b"own".to_vec();
+    want.extend_from_slice(&vec![2u8; n]);
+    want.extend_from_slice(b"tail");
+    // Through the arena of a worker that has one.
+    let mut h = H::new(config());
+    let (_, a) = arena_worker(&mut h, 10);
+    h.submit(vec![Task::new(b"own".to_vec()).with_shared(shared.clone())], 1);
+    let frames = raw_frames(&h.turn());
+    assert_eq!(frames[0].0, Kind::Task as u8 | wire::IN_ARENA);
+    assert_eq!(a.read(Area::ToWorker, arena::parse_descriptor(&frames[0].2, u64::MAX).unwrap()), want);
+    // On the channel to a worker without one, and as a chunk with its trailer.
+    let mut h = H::new(config());
+    h.worker(11);
+    h.submit(vec![Task::chunk(b"own".to_vec(), 3).with_shared(shared)], 1);
+    let frames = raw_frames(&h.turn());
+    assert_eq!(frames[0].0, Kind::Chunk as u8);
+    let (payload, trailer) = frames[0].2.split_at(frames[0].2.len() - wire::CHUNK_TRAILER);
+    assert_eq!(payload, &want[..]);
+    assert_eq!(trailer, [0, 0, 0, 0, 3, 0, 0, 0]);
+}
