@@ -324,7 +324,7 @@ mod tests {
         assert!(parse_descriptor(&descriptor(AREA - 5, 6), u64::MAX).is_err());
         assert!(parse_descriptor(&descriptor(0, 100), 99).is_err());
         assert!(wanted(THRESHOLD) && wanted(MAX_PAYLOAD) && !wanted(THRESHOLD - 1) && !wanted(MAX_PAYLOAD + 1));
-        assert!(3 * MAX_PAYLOAD <= AREA, "room for a running task and two sent ahead");
+        const { assert!(3 * MAX_PAYLOAD <= AREA, "room for a running task and two sent ahead") };
         assert!(parse_descriptor(&[0u8; 15], u64::MAX).is_err());
         assert!(parse_descriptor(&[0u8; 17], u64::MAX).is_err());
         // Past 4 GiB and at the edge of u64: refused, never wrapped or truncated.

@@ -140,10 +140,7 @@ impl Core {
                 // there, and stays until the worker has answered the task.
                 let placed = match w.arena.as_ref() {
                     Some(a) if arena::wanted(len) && len as u64 <= self.cfg.max_frame => {
-                        w.placements.place(id.get(), len).map(|at| {
-                            a.write(Area::ToWorker, at, &parts);
-                            at
-                        })
+                        w.placements.place(id.get(), len).inspect(|&at| a.write(Area::ToWorker, at, &parts))
                     }
                     _ => None,
                 };
