@@ -218,3 +218,30 @@ def nbytes(data: bytes) -> int:
 
 def zeros(n: int) -> bytes:
     return bytes(n)
+
+
+def big_result_then_killed(path, size, delay):
+    """Appends a line to ``path`` (one per run), then returns ``size`` bytes while a
+    thread SIGKILLs this worker ``delay`` seconds from now: mid-copy of the result into
+    the arena, or around it."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
+    data = b"r" * size
+    return data
+
+
+def pattern(seed, size):
+    """``size`` bytes that depend on ``seed`` (a result to keep while others arrive)."""
+    return bytes([seed % 256]) * size
+
+
+def pattern_array(seed, n):
+    import numpy
+
+    return numpy.full(n, seed, dtype=numpy.int64)
+
+
+def nested_buffers(x):
+    """A structure with large buffers at several depths, of several kinds."""
+    return {"list": [x, bytearray(x)], "tuple": (memoryview(x).tobytes(),), "deep": {"b": [[bytes(x)]]}}

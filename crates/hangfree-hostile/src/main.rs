@@ -236,6 +236,17 @@ fn run(ch: &mut WorkerChannel, id: u64, payload: &[u8]) {
             std::thread::sleep(Duration::from_secs(3600));
         }
         "wrong-id" => send(ch, Kind::Value, id.wrapping_add(1_000_000), b"stray"),
+        "arena-garbage" => {
+            // An answer "in the arena" one byte long at the offset given: past the
+            // area's end, or anywhere with a length the pool cannot accept.
+            let mut frame = hangfree::wire::header(Kind::Value, id, 16).to_vec();
+            frame[0] |= hangfree::wire::IN_ARENA;
+            let offset = arg.trim().parse::<u64>().unwrap_or(u64::MAX);
+            frame.extend_from_slice(&offset.to_le_bytes());
+            frame.extend_from_slice(&1u64.to_le_bytes());
+            let _ = ch.send_raw(&frame);
+            std::thread::sleep(Duration::from_secs(3600));
+        }
         "alloc" => {
             let mib = num() as usize;
             let mut v: Vec<u8> = Vec::with_capacity(mib << 20);

@@ -875,3 +875,52 @@ fn cancelled_queued_tasks_neither_block_the_ones_behind_nor_close() {
         assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     });
 }
+
+#[test]
+fn large_payloads_round_trip_through_the_arena_at_every_size() {
+    wd(|| {
+        let tag = new_tag("arena-sizes");
+        let pool = builder(&tag).workers(2).prefetch(3).build().unwrap();
+        let t = hangfree::arena::THRESHOLD;
+        // Filler never starts with '!' (a command for this worker): it is echoed back.
+        let payload = |n: usize| (0..n).map(|i| b'a' + (i % 23) as u8).collect::<Vec<u8>>();
+        let m = hangfree::arena::MAX_PAYLOAD;
+        let sizes = [0, 1, t - 1, t, t + 1, 1 << 20, m, m + 1, 64 << 20];
+        let hs: Vec<_> = sizes.iter().map(|&n| pool.submit(payload(n)).expect("submit")).collect();
+        for (h, &n) in hs.iter().zip(&sizes) {
+            assert!(value(h) == payload(n), "{n} bytes");
+        }
+        // Kept values are the caller's own: more answers through the same arenas leave
+        // them as they were.
+        let kept = value(&pool.submit(payload(1 << 20)).unwrap());
+        let more: Vec<_> = (0..30).map(|i| pool.submit(vec![b'a' + i as u8; 2 << 20]).unwrap()).collect();
+        for (i, h) in more.iter().enumerate() {
+            assert!(value(h) == vec![b'a' + i as u8; 2 << 20], "answer {i}");
+        }
+        assert!(kept == payload(1 << 20));
+        // The pool mapped its workers' arenas (they are what the answers came through).
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        assert!(maps.contains("/memfd:hangfree-arena"), "no arena mapped");
+    });
+}
+
+#[test]
+fn an_answer_naming_bytes_outside_the_arena_is_a_protocol_error() {
+    wd(|| {
+        let tag = new_tag("arena-garbage");
+        let pool = builder(&tag).workers(1).grace(Duration::from_millis(200)).build().unwrap();
+        for offset in [u64::MAX, hangfree::arena::AREA as u64, 1 << 32] {
+            let g = submit(&pool, &format!("!arena-garbage {offset}"));
+            match failed(wait(&g)) {
+                TaskError::Protocol { error: hangfree::wire::ProtocolError::Unexpected(why), pid, .. } => {
+                    assert!(why.starts_with("invalid arena descriptor"), "{why}");
+                    wait_until(Duration::from_secs(3), "garbage worker stopped", || is_dead(pid));
+                }
+                e => panic!("expected a protocol error, got {e:?}"),
+            }
+            // The pool goes on, with a new worker and its arena.
+            let big = vec![b'z'; 3 << 20];
+            assert!(value(&pool.submit(big.clone()).unwrap()) == big);
+        }
+    });
+}

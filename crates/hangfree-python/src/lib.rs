@@ -18,7 +18,8 @@ use hangfree::mailbox::{Delivery, Mailbox};
 use hangfree::wire::Kind;
 use hangfree::worker::WorkerChannel as RawChannel;
 use hangfree::{
-    ExitStatus, LossCause, Outcome, Pool, StartupFailure, SubmitError, Task, TaskError, TaskState, WorkerCommand,
+    ExitStatus, LossCause, Outcome, Pool, SharedPart, StartupFailure, SubmitError, Task, TaskError, TaskState,
+    WorkerCommand,
 };
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -194,14 +195,17 @@ impl Engine {
             .map_err(|e| SubmitRefused::new_err(("invalid", e.value(py).to_string(), py.None())))?;
         let mut labels = labels.map(|l| l.into_iter());
         let mut items = items.map(|l| l.into_iter());
-        let payloads: Vec<Vec<u8>> = payloads.iter().map(payload_vec).collect::<PyResult<_>>()?;
+        let payloads: Vec<(Vec<u8>, Vec<SharedPart>)> = payloads.iter().map(payload_task).collect::<PyResult<_>>()?;
         let tasks: Vec<Task> = payloads
             .into_iter()
-            .map(|p| {
+            .map(|(p, shared)| {
                 let mut t = match items.as_mut().and_then(|i| i.next()) {
                     Some(n) => Task::chunk(p, n),
                     None => Task::new(p),
                 };
+                if !shared.is_empty() {
+                    t = t.with_shared(shared);
+                }
                 if let Some(d) = timeout {
                     t = t.timeout(d);
                 }
@@ -561,17 +565,51 @@ fn payload_parts<'py>(payload: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, Py
         .collect()
 }
 
-/// A payload as one buffer: its parts copied once, end to end.
-fn payload_vec(payload: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+/// A payload for a task: its first small parts copied, end to end, and every part from
+/// the first large one on shared, not copied (see [`PyPart`]).
+fn payload_task(payload: &Bound<'_, PyAny>) -> PyResult<(Vec<u8>, Vec<SharedPart>)> {
     if let Ok(b) = payload.cast::<PyBytes>() {
-        return Ok(b.as_bytes().to_vec());
+        return Ok((b.as_bytes().to_vec(), Vec::new()));
     }
     let parts = payload_parts(payload)?;
-    let mut v = Vec::with_capacity(parts.iter().map(|p| p.as_bytes().len()).sum());
-    for p in &parts {
-        v.extend_from_slice(p.as_bytes());
+    let mut own = Vec::new();
+    let mut shared: Vec<SharedPart> = Vec::new();
+    for p in parts {
+        if shared.is_empty() && p.as_bytes().len() < SPLIT_MIN {
+            own.extend_from_slice(p.as_bytes());
+        } else {
+            shared.push(Arc::new(PyPart::new(p)));
+        }
     }
-    Ok(v)
+    Ok((own, shared))
+}
+
+/// A large part of a payload (a `bytes` buffer sent out of band), read by the engine
+/// where the object holds it: a copy of it would cost as much as sending it. A `bytes`
+/// object never changes, and the reference keeps it alive until the task is done (the
+/// engine may drop it without the GIL: pyo3 then defers the decref).
+struct PyPart {
+    _obj: Py<PyBytes>,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the bytes are immutable and live as long as `_obj`; nothing else is touched.
+unsafe impl Send for PyPart {}
+unsafe impl Sync for PyPart {}
+
+impl PyPart {
+    fn new(b: Bound<'_, PyBytes>) -> PyPart {
+        let s = b.as_bytes();
+        PyPart { ptr: s.as_ptr(), len: s.len(), _obj: b.unbind() }
+    }
+}
+
+impl AsRef<[u8]> for PyPart {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: see the type's comment.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
 }
 
 /// The worker's end of its channel (used by `hangfree._worker`).
@@ -599,16 +637,24 @@ impl WorkerChannel {
 
     /// The next frame as `(kind, task_id, payload)`, or None when the pool closed the
     /// channel. The GIL is released while waiting.
-    fn recv<'py>(&mut self, py: Python<'py>) -> PyResult<Option<(u8, u64, Bound<'py, PyBytes>)>> {
+    /// A task's payload with out-of-band buffers that came through the arena is given as
+    /// its parts (as `value_data` makes them): each buffer is copied once, out of the
+    /// arena, into the object the unpickler takes as it is.
+    fn recv<'py>(&mut self, py: Python<'py>) -> PyResult<Option<(u8, u64, Bound<'py, PyAny>)>> {
         let ch = self.inner.as_mut().ok_or_else(|| PyRuntimeError::new_err("channel closed"))?;
         let err = |e: hangfree::wire::ReadError| PyRuntimeError::new_err(e.to_string());
         let Some((kind, task_id, len)) = py.detach(|| ch.recv_header()).map_err(err)? else {
             return Ok(None);
         };
+        if kind == Kind::Task
+            && let Some(payload) = ch.arena_payload()
+        {
+            return Ok(Some((kind as u8, task_id, value_data(py, payload)?)));
+        }
         // The payload is read straight into the new bytes object (its bytes are already
         // on their way: the GIL is held only while they are copied in).
         let payload = PyBytes::new_with(py, len, |buf| ch.recv_payload(buf).map_err(err))?;
-        Ok(Some((kind as u8, task_id, payload)))
+        Ok(Some((kind as u8, task_id, payload.into_any())))
     }
 
     /// Sends one frame; `payload` is bytes, or a list of bytes objects sent one after

@@ -148,6 +148,7 @@
 
 #![warn(missing_docs)]
 
+pub mod arena;
 pub mod cgroup;
 pub mod fork_server;
 pub mod mailbox;
@@ -165,7 +166,7 @@ pub use outcome::{
     Attempt, ExitStatus, LossCause, Outcome, OutcomeError, StartupFailure, TaskError, TaskRef, WorkerLost,
 };
 pub use pool::{
-    BatchHandle, BuildError, EventKind, JoinError, MAX_DURATION, Pool, PoolBuilder, PoolEvent, Sink, Stats,
+    BatchHandle, BuildError, EventKind, JoinError, MAX_DURATION, Pool, PoolBuilder, PoolEvent, SharedPart, Sink, Stats,
     SubmitError, Task, TaskHandle, TaskState,
 };
 pub use process::WorkerCommand;

@@ -82,6 +82,10 @@ impl Kind {
     }
 }
 
+/// The bit of a header's kind byte that says the payload is in the arena: the frame's
+/// payload is then a descriptor of where (see [`crate::arena`]).
+pub const IN_ARENA: u8 = 0x80;
+
 /// One decoded frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
@@ -91,6 +95,8 @@ pub struct Frame {
     pub task_id: u64,
     /// The opaque payload.
     pub payload: Vec<u8>,
+    /// The payload is an arena descriptor ([`IN_ARENA`]), not the payload itself.
+    pub arena: bool,
 }
 
 /// A frame that breaks the protocol. The peer that sent it cannot be trusted further.
@@ -122,11 +128,17 @@ pub enum ProtocolError {
 }
 
 /// Parses the fixed header; returns (kind, payload length, task id).
+///
+/// A kind byte may carry [`IN_ARENA`] (read it from `h[0]`); such a frame's payload must
+/// be an arena descriptor, so it is never mistaken for a large frame.
 pub fn parse_header(h: &[u8; HEADER_LEN], max: u64) -> Result<(Kind, u64, u64), ProtocolError> {
-    let kind = Kind::from_u8(h[0]).ok_or(ProtocolError::UnknownKind(h[0]))?;
+    let kind = Kind::from_u8(h[0] & !IN_ARENA).ok_or(ProtocolError::UnknownKind(h[0]))?;
     let len = u64::from_le_bytes([h[4], h[5], h[6], h[7], h[1], h[2], h[3], 0]);
     if len > max {
         return Err(ProtocolError::TooLarge { len, max });
+    }
+    if h[0] & IN_ARENA != 0 && len != crate::arena::DESCRIPTOR_LEN as u64 {
+        return Err(ProtocolError::Unexpected(format!("an arena frame of {len} bytes instead of a descriptor")));
     }
     let id = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
     Ok((kind, len, id))
@@ -159,6 +171,20 @@ pub fn encode_into(out: &mut Vec<u8>, kind: Kind, task_id: u64, payload: &[u8]) 
     out.reserve(HEADER_LEN + payload.len());
     out.extend_from_slice(&header(kind, task_id, len));
     out.extend_from_slice(payload);
+}
+
+/// Appends one encoded frame whose payload is `parts` end to end.
+///
+/// # Panics
+///
+/// As [`encode_into`].
+pub fn encode_parts_into(out: &mut Vec<u8>, kind: Kind, task_id: u64, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    out.reserve(HEADER_LEN + len);
+    out.extend_from_slice(&header(kind, task_id, len as u64));
+    for p in parts {
+        out.extend_from_slice(p);
+    }
 }
 
 /// Appends a [`Kind::Chunk`] frame: items `start..count` of a chunk whose payload is
@@ -353,7 +379,7 @@ impl Decoder {
                 return Ok(None);
             }
             let b = self.big.take().expect("checked");
-            return Ok(Some(Frame { kind: b.kind, task_id: b.task_id, payload: b.payload }));
+            return Ok(Some(Frame { kind: b.kind, task_id: b.task_id, payload: b.payload, arena: false }));
         }
         let avail = &self.buf[self.start..];
         if avail.len() < HEADER_LEN {
@@ -361,6 +387,7 @@ impl Decoder {
         }
         let h: &[u8; HEADER_LEN] = avail[..HEADER_LEN].try_into().expect("16 bytes");
         let (kind, len, task_id) = parse_header(h, self.max)?;
+        let arena = h[0] & IN_ARENA != 0;
         let total = usize::try_from(len).map_or(usize::MAX, |l| l.saturating_add(HEADER_LEN));
         if avail.len() < total {
             return Ok(None);
@@ -371,7 +398,7 @@ impl Decoder {
             self.buf.clear();
             self.start = 0;
         }
-        Ok(Some(Frame { kind, task_id, payload }))
+        Ok(Some(Frame { kind, task_id, payload, arena }))
     }
 
     /// The error to report when the stream ended: `Some` if a partial frame was left.
@@ -394,7 +421,7 @@ impl Decoder {
 /// This is the worker side's reader: it allocates the payload only after the header has
 /// passed [`parse_header`], and fills it as bytes arrive.
 pub fn read_frame<R: Read>(r: &mut R, max: u64) -> Result<Option<Frame>, ReadError> {
-    let Some((kind, len, task_id)) = read_header(r, max)? else { return Ok(None) };
+    let Some((kind, arena, len, task_id)) = read_header_flagged(r, max)? else { return Ok(None) };
     let mut payload = Vec::new();
     let need = usize::try_from(len).map_err(|_| ProtocolError::TooLarge { len, max: usize::MAX as u64 })?;
     // Grow in steps so a lying length costs at most what the peer really sent.
@@ -404,12 +431,18 @@ pub fn read_frame<R: Read>(r: &mut R, max: u64) -> Result<Option<Frame>, ReadErr
         payload.resize(old + step, 0);
         fill(r, &mut payload[old..], old, need)?;
     }
-    Ok(Some(Frame { kind, task_id, payload }))
+    Ok(Some(Frame { kind, task_id, payload, arena }))
 }
 
 /// Reads and checks one frame header from a blocking stream: `(kind, payload length,
 /// task id)`, or `Ok(None)` on a clean end of stream (no byte of a new frame read).
 pub fn read_header<R: Read>(r: &mut R, max: u64) -> Result<Option<(Kind, u64, u64)>, ReadError> {
+    Ok(read_header_flagged(r, max)?.map(|(kind, _, len, id)| (kind, len, id)))
+}
+
+/// [`read_header`], and whether the payload is in the arena: `(kind, in arena, payload
+/// length, task id)`.
+pub fn read_header_flagged<R: Read>(r: &mut R, max: u64) -> Result<Option<(Kind, bool, u64, u64)>, ReadError> {
     let mut h = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -421,7 +454,8 @@ pub fn read_header<R: Read>(r: &mut R, max: u64) -> Result<Option<(Kind, u64, u6
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(Some(parse_header(&h, max)?))
+    let (kind, len, id) = parse_header(&h, max)?;
+    Ok(Some((kind, h[0] & IN_ARENA != 0, len, id)))
 }
 
 /// Fills `buf` from a blocking stream with payload bytes `done..done + buf.len()` of a
@@ -529,6 +563,26 @@ mod tests {
         assert_eq!(d.next_frame(), Err(ProtocolError::TooLarge { len: u64::from(u32::MAX), max: 1024 }));
         let mut r = &header(Kind::Value, 1, MAX_LEN)[..];
         assert!(matches!(read_frame(&mut r, 1024), Err(ReadError::Protocol(ProtocolError::TooLarge { .. }))));
+    }
+
+    #[test]
+    fn an_arena_frame_is_a_descriptor_and_nothing_else() {
+        let mut h = header(Kind::Value, 7, crate::arena::DESCRIPTOR_LEN as u64);
+        h[0] |= IN_ARENA;
+        assert_eq!(parse_header(&h, u64::MAX), Ok((Kind::Value, 16, 7)));
+        let mut dec = Decoder::new(u64::MAX);
+        dec.feed(&h);
+        dec.feed(&[0; 16]);
+        let f = dec.next_frame().unwrap().unwrap();
+        assert!(f.arena && f.kind == Kind::Value && f.payload.len() == 16);
+        for len in [0, 15, 17, 1 << 40] {
+            let mut h = header(Kind::Value, 7, len);
+            h[0] |= IN_ARENA;
+            assert!(matches!(parse_header(&h, u64::MAX), Err(ProtocolError::Unexpected(_))), "{len}");
+        }
+        let mut h = header(Kind::Value, 7, 16);
+        h[0] = 0x80 | 0x7f;
+        assert_eq!(parse_header(&h, u64::MAX), Err(ProtocolError::UnknownKind(0xff)));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use rustix::process::Signal;
 
+use crate::arena::{self, Area, Arena};
 use crate::fork_server::{self, ForkHooks, NoHooks};
 use crate::page::Page;
 use crate::process::{ENV_MAX_FRAME, ENV_PARENT_PID};
@@ -22,6 +23,12 @@ pub struct WorkerChannel {
     max_frame: u64,
     /// Shared with the pool, which learns through it what this worker started.
     page: Arc<Page>,
+    /// Shared with the pool, for large payloads (None if it could not be made).
+    arena: Option<Arena>,
+    /// Answers sent through the arena (compared with what the pool consumed).
+    placed: u64,
+    /// The region of the arena that holds the payload `recv_header` announced.
+    pending: Option<std::ops::Range<usize>>,
 }
 
 impl WorkerChannel {
@@ -80,7 +87,10 @@ impl WorkerChannel {
         let reader = File::from(fd);
         let writer = reader.try_clone()?;
         let page = Arc::new(Page::create()?);
-        Ok(WorkerChannel { reader: BufReader::with_capacity(64 * 1024, reader), writer, max_frame, page })
+        // Without an arena (no memfd sealing, say) everything travels on the channel.
+        let arena = Arena::create().ok();
+        let reader = BufReader::with_capacity(64 * 1024, reader);
+        Ok(WorkerChannel { reader, writer, max_frame, page, arena, placed: 0, pending: None })
     }
 
     /// The progress page this worker shares with its pool: a chunk's loop reports each
@@ -98,8 +108,23 @@ impl WorkerChannel {
     /// returns `Ok(None)` as if the channel had ended, and the worker must exit.
     pub fn recv(&mut self) -> Result<Option<Frame>, ReadError> {
         self.poll_briefly();
-        let f = wire::read_frame(&mut self.reader, self.max_frame)?;
-        Ok(f.filter(|f| self.claim(f.kind, f.task_id)))
+        let Some(mut f) = wire::read_frame(&mut self.reader, self.max_frame)? else { return Ok(None) };
+        if f.arena {
+            let range = self.arena_range(&f.payload)?;
+            let arena = self.arena.as_ref().expect("checked by arena_range");
+            f.payload = arena.read(Area::ToWorker, range);
+            f.arena = false;
+        }
+        Ok(Some(f).filter(|f| self.claim(f.kind, f.task_id)))
+    }
+
+    /// Where the payload an arena descriptor names is in the area the pool writes.
+    fn arena_range(&self, descriptor: &[u8]) -> Result<std::ops::Range<usize>, ReadError> {
+        let bad = |why: String| ReadError::Protocol(wire::ProtocolError::Unexpected(why));
+        if self.arena.is_none() {
+            return Err(bad("an arena frame, but this worker has no arena".into()));
+        }
+        arena::parse_descriptor(descriptor, self.max_frame).map_err(|e| bad(e.to_string()))
     }
 
     fn claim(&self, kind: Kind, task_id: u64) -> bool {
@@ -122,14 +147,41 @@ impl WorkerChannel {
     /// say), which saves a copy of large payloads.
     pub fn recv_header(&mut self) -> Result<Option<(Kind, u64, usize)>, ReadError> {
         self.poll_briefly();
-        let h = wire::read_header(&mut self.reader, self.max_frame)?;
-        Ok(h.filter(|&(kind, _, id)| self.claim(kind, id)).map(|(kind, len, id)| (kind, id, len as usize)))
+        self.pending = None;
+        let Some((kind, in_arena, len, id)) = wire::read_header_flagged(&mut self.reader, self.max_frame)? else {
+            return Ok(None);
+        };
+        let len = if in_arena {
+            let mut d = [0u8; arena::DESCRIPTOR_LEN];
+            wire::fill(&mut self.reader, &mut d, 0, arena::DESCRIPTOR_LEN)?;
+            let range = self.arena_range(&d)?;
+            let len = range.len();
+            self.pending = Some(range);
+            len
+        } else {
+            len as usize
+        };
+        Ok(Some((kind, id, len)).filter(|&(kind, id, _)| self.claim(kind, id)))
     }
 
     /// Fills `buf` with the payload announced by [`WorkerChannel::recv_header`].
     pub fn recv_payload(&mut self, buf: &mut [u8]) -> Result<(), ReadError> {
+        if let Some(payload) = self.arena_payload() {
+            buf.copy_from_slice(payload);
+            return Ok(());
+        }
         let need = buf.len();
         wire::fill(&mut self.reader, buf, 0, need)
+    }
+
+    /// The payload announced by [`WorkerChannel::recv_header`], borrowed from the arena,
+    /// if it is there (instead of [`WorkerChannel::recv_payload`]); None if it is on the
+    /// channel. The pool leaves it unchanged until this worker answers the task.
+    pub fn arena_payload(&mut self) -> Option<&[u8]> {
+        let range = self.pending.take()?;
+        // SAFETY: the pool writes this region only after the task is answered (see
+        // `crate::arena`), and the answer needs `&mut self`, which this borrow holds.
+        self.arena.as_ref().map(|a| unsafe { a.slice(Area::ToWorker, range) })
     }
 
     /// Sends one frame.
@@ -145,6 +197,9 @@ impl WorkerChannel {
         if len > wire::MAX_LEN {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "payload longer than a frame can carry"));
         }
+        if self.send_through_arena(kind, task_id, parts, total)? {
+            return Ok(());
+        }
         let h = wire::header(kind, task_id, len);
         let mut slices: Vec<io::IoSlice<'_>> = Vec::with_capacity(parts.len() + 1);
         slices.push(io::IoSlice::new(&h));
@@ -152,9 +207,10 @@ impl WorkerChannel {
         let mut rest = &mut slices[..];
         if kind == Kind::Ready {
             // The page goes with the first bytes of the Ready frame.
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
             let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
-            let fds = [self.page.fd()];
+            let mut fds = vec![self.page.fd()];
+            fds.extend(self.arena.as_ref().map(|a| a.fd()));
             control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
             let n = loop {
                 match rustix::net::sendmsg(&self.writer, rest, &mut control, rustix::net::SendFlags::NOSIGNAL) {
@@ -173,6 +229,24 @@ impl WorkerChannel {
             }
         }
         Ok(())
+    }
+
+    /// Sends a large answer through the arena if it is free (the pool consumed every
+    /// answer sent through it before); says whether it did.
+    fn send_through_arena(&mut self, kind: Kind, task_id: u64, parts: &[&[u8]], total: usize) -> io::Result<bool> {
+        let Some(arena) = self.arena.as_ref() else { return Ok(false) };
+        let answer = matches!(kind, Kind::Value | Kind::Raised | Kind::Items);
+        let fits = arena::wanted(total) && total as u64 <= self.max_frame;
+        if !answer || !fits || !arena.accepted() || arena.consumed() != self.placed {
+            return Ok(false);
+        }
+        arena.write(Area::ToPool, 0, parts);
+        let mut frame = wire::header(kind, task_id, arena::DESCRIPTOR_LEN as u64).to_vec();
+        frame[0] |= wire::IN_ARENA;
+        frame.extend_from_slice(&arena::descriptor(0, total));
+        self.writer.write_all(&frame)?;
+        self.placed += 1;
+        Ok(true)
     }
 
     /// Writes raw bytes on the channel, bypassing framing. Only for tests of the pool's

@@ -29,7 +29,8 @@ use super::ids::{TaskId, WorkerId};
 use super::lifecycle::{self, Action, Phase};
 use super::shared::{Command, Gate, Shared, lock};
 use super::stats::{bump, bump_by};
-use super::task::{Sink, TaskState};
+use super::task::{Payload, Sink, TaskState};
+use crate::arena::{self, Area, Arena, Placements};
 use crate::outcome::{Attempt, ExitStatus, LossCause, Outcome, StartupFailure, TaskError, TaskRef, WorkerLost};
 use crate::page::{Page, Revoked};
 use crate::process::Pid;
@@ -41,6 +42,8 @@ pub(crate) enum Event {
     Command(Command),
     /// The progress page a starting worker passed along with its first bytes.
     Page(WorkerId, Page),
+    /// The arena a starting worker passed along with its page.
+    Arena(WorkerId, Arena),
     /// A whole frame read from a worker's channel.
     Frame(WorkerId, Frame),
     /// The worker's channel carried bytes that are not a frame.
@@ -195,9 +198,18 @@ impl Core {
                     }
                 }
             }
+            Event::Arena(w, arena) => {
+                if let Some(w) = self.worker_mut(w) {
+                    w.arena.get_or_insert(arena);
+                }
+            }
             Event::Frame(w, f) => {
                 if self.worker(w).is_some_and(|w| w.connected) {
-                    self.on_frame(w, f, now);
+                    match self.take_from_arena(w, f) {
+                        Ok(f) => self.on_frame(w, f, now),
+                        Err(why) => self.on_protocol_violation(w, why, now),
+                    }
+                    self.release_placed(w);
                 }
             }
             Event::BadFrame(w, e) => {
@@ -276,6 +288,8 @@ impl Core {
             dumping: None,
             page: None,
             last_claim: None,
+            arena: None,
+            placements: Placements::default(),
         });
         self.emit(EventKind::WorkerStarted, Some(pid), None, || format!("started worker {pid}"));
         let mut init = Vec::new();
@@ -283,6 +297,36 @@ impl Core {
         self.effects.push_back(Effect::Send(id, init));
         self.timers.push(Reverse((ready_by, Timer::Phase { worker: id, epoch: 0 })));
         id
+    }
+
+    /// The frame with its payload copied out of the worker's arena, if it was there: the
+    /// worker may reuse that memory at once, and nothing handed on refers to it. An error
+    /// (a protocol violation) for a descriptor naming bytes outside the arena, or an
+    /// arena frame from a worker without one.
+    fn take_from_arena(&mut self, w: WorkerId, mut f: Frame) -> Result<Frame, String> {
+        if !f.arena {
+            return Ok(f);
+        }
+        let max = self.cfg.max_frame;
+        let Some(a) = self.worker(w).and_then(|w| w.arena.as_ref()) else {
+            return Err("an arena frame, but the worker passed no arena".into());
+        };
+        let range = arena::parse_descriptor(&f.payload, max).map_err(|e| e.to_string())?;
+        f.payload = a.read(Area::ToPool, range);
+        f.arena = false;
+        a.mark_consumed();
+        Ok(f)
+    }
+
+    /// Frees the arena regions of a worker's tasks that are no longer in flight on it
+    /// (answered, or given to others): their payloads were read.
+    fn release_placed(&mut self, w: WorkerId) {
+        let Some(wk) = self.worker_mut(w) else { return };
+        if wk.placements.is_empty() {
+            return;
+        }
+        let inflight = &wk.inflight;
+        wk.placements.release(|t| inflight.iter().any(|f| f.id.get() == t));
     }
 
     /// Keeps the last bytes a worker wrote to its stderr, for error reports.

@@ -28,4 +28,4 @@ pub use duration::MAX_DURATION;
 pub use events::{EventHook, EventKind, PoolEvent};
 pub use handle::{BatchHandle, TaskHandle};
 pub use stats::Stats;
-pub use task::{Sink, Task, TaskState};
+pub use task::{SharedPart, Sink, Task, TaskState};

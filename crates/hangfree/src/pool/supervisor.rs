@@ -26,6 +26,7 @@ use super::events::{EventKind, PoolEvent};
 use super::ids::WorkerId;
 use super::shared::{Command, Gate, Shared, lock};
 use super::stats::bump;
+use crate::arena::Arena;
 use crate::cgroup::WorkerCgroup;
 use crate::fork_server::{self, ForkServer};
 use crate::memory;
@@ -62,17 +63,27 @@ fn forward_to_stderr(bytes: &[u8]) {
 
 /// Reads from a starting worker's channel, which passes its progress page (see
 /// [`crate::page`]) with its Ready frame; a descriptor that is not a page is closed.
-fn read_with_page(chan: &UnixStream, dec: &mut Decoder, page: &mut Option<Page>, buf: &mut [u8]) -> io::Result<usize> {
+fn read_with_page(
+    chan: &UnixStream,
+    dec: &mut Decoder,
+    page: &mut Option<Page>,
+    arena: &mut Option<Arena>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut iov = [io::IoSliceMut::new(buf)];
     let r = recvmsg(chan, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT)?;
     for msg in control.drain() {
         if let RecvAncillaryMessage::ScmRights(fds) = msg {
-            for fd in fds {
-                if page.is_none() {
-                    *page = Page::from_worker(fd).ok();
+            // The page, then (from workers that have one) the arena; one that does not
+            // pass the checks is left out, and the worker's arena frames are then refused.
+            for (i, fd) in fds.enumerate() {
+                match i {
+                    0 if page.is_none() => *page = Page::from_worker(fd).ok(),
+                    1 if arena.is_none() => *arena = Arena::from_worker(fd).ok(),
+                    _ => {}
                 }
             }
         }
@@ -680,12 +691,15 @@ impl Supervisor {
             };
             let Some(chan) = c.chan.as_mut() else { return ChannelEnd::Drained };
             let want = c.dec.wanted().clamp(64 * 1024, 4 << 20);
-            let mut page = None;
+            let (mut page, mut arena) = (None, None);
             let got = if awaits_page {
-                read_with_page(chan, &mut c.dec, &mut page, scratch)
+                read_with_page(chan, &mut c.dec, &mut page, &mut arena, scratch)
             } else {
                 c.dec.read_from_fd(&*chan, want)
             };
+            if let Some(arena) = arena {
+                self.handle(Event::Arena(id, arena), now);
+            }
             if let Some(page) = page {
                 self.handle(Event::Page(id, page), now);
             }

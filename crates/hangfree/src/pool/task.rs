@@ -7,11 +7,39 @@ use std::time::Duration;
 use super::duration::saturate;
 use crate::outcome::Outcome;
 
+/// A part of a task's payload that the pool reads where its owner keeps it instead of
+/// copying it (see [`Task::with_shared`]). It must not change while the task lives.
+pub type SharedPart = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// A task's payload: bytes of its own, then parts shared with their owner, end to end.
+#[derive(Clone, Default)]
+pub(crate) struct Payload {
+    pub(crate) own: Vec<u8>,
+    pub(crate) shared: Vec<SharedPart>,
+}
+
+impl Payload {
+    pub(crate) fn len(&self) -> usize {
+        self.own.len() + self.shared.iter().map(|p| (**p).as_ref().len()).sum::<usize>()
+    }
+
+    /// The payload's bytes, as the slices it is made of.
+    pub(crate) fn slices(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(&self.own[..]).chain(self.shared.iter().map(|p| (**p).as_ref()))
+    }
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Payload({} bytes, {} shared parts)", self.len(), self.shared.len())
+    }
+}
+
 /// One unit of work: an opaque payload for the worker, with an optional time limit and a
 /// label used in error messages.
 #[derive(Clone, Debug)]
 pub struct Task {
-    pub(crate) payload: Vec<u8>,
+    pub(crate) payload: Payload,
     pub(crate) timeout: Option<Duration>,
     pub(crate) label: Option<Arc<str>>,
     /// Items of a chunk (0: a single task).
@@ -21,7 +49,15 @@ pub struct Task {
 impl Task {
     /// A task carrying `payload`, with the pool's default time limit.
     pub fn new(payload: impl Into<Vec<u8>>) -> Task {
-        Task { payload: payload.into(), timeout: None, label: None, items: 0 }
+        Task { payload: Payload { own: payload.into(), shared: Vec::new() }, timeout: None, label: None, items: 0 }
+    }
+
+    /// Appends `parts` to the payload without copying them: the pool reads each where its
+    /// owner keeps it, when it sends the task (again, if the task is retried), and drops
+    /// it when the task is done. For large immutable buffers: a front's objects, say.
+    pub fn with_shared(mut self, parts: Vec<SharedPart>) -> Task {
+        self.payload.shared.extend(parts);
+        self
     }
 
     /// A chunk: one payload standing for `items` items (at least 1) that the worker runs

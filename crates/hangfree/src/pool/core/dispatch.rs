@@ -120,10 +120,37 @@ impl Core {
         for (i, id) in chunk.into_iter().enumerate() {
             let e = self.tasks.get_mut(&id).expect("retained");
             e.worker = Some(id_w);
-            if e.items == 0 {
-                wire::encode_into(out, Kind::Task, id.get(), &e.payload);
+            let kind = if e.items == 0 { Kind::Task } else { Kind::Chunk };
+            let len = e.payload.len() + if e.items == 0 { 0 } else { wire::CHUNK_TRAILER };
+            let small = len < arena::THRESHOLD && e.payload.shared.is_empty();
+            if small || w.arena.is_none() && e.payload.shared.is_empty() {
+                // The common case of small tasks, as one copy into the channel's buffer.
+                if e.items == 0 {
+                    wire::encode_into(out, Kind::Task, id.get(), &e.payload.own);
+                } else {
+                    wire::encode_chunk_into(out, id.get(), &e.payload.own, e.from, e.items);
+                }
             } else {
-                wire::encode_chunk_into(out, id.get(), &e.payload, e.from, e.items);
+                let trailer = [e.from.to_le_bytes(), e.items.to_le_bytes()].concat();
+                let mut parts: Vec<&[u8]> = e.payload.slices().collect();
+                if e.items > 0 {
+                    parts.push(&trailer);
+                }
+                // A large payload goes into the worker's arena when a region is free
+                // there, and stays until the worker has answered the task.
+                let placed = match w.arena.as_ref() {
+                    Some(a) if arena::wanted(len) && len as u64 <= self.cfg.max_frame => {
+                        w.placements.place(id.get(), len).inspect(|&at| a.write(Area::ToWorker, at, &parts))
+                    }
+                    _ => None,
+                };
+                if let Some(at) = placed {
+                    let start = out.len();
+                    wire::encode_into(out, kind, id.get(), &arena::descriptor(at, len));
+                    out[start] |= wire::IN_ARENA;
+                } else {
+                    wire::encode_parts_into(out, kind, id.get(), &parts);
+                }
             }
             w.inflight.push_back(InFlight { id, ends_chunk: i + 1 == n });
         }

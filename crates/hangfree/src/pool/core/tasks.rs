@@ -6,7 +6,7 @@ use super::*;
 pub(super) struct Entry {
     pub(super) sink: Arc<dyn Sink>,
     pub(super) index: usize,
-    pub(super) payload: Vec<u8>,
+    pub(super) payload: Payload,
     pub(super) timeout: Option<Duration>,
     pub(super) label: Option<Arc<str>>,
     /// The worker it was sent to, while it is there.

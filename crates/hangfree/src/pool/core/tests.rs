@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use rustix::process::Signal;
 
 use super::*;
+use crate::arena::{self, Area, Arena};
 use crate::outcome::{ExitStatus, LossCause, Outcome, TaskError};
 use crate::page::Page;
 use crate::pool::config::Config;
@@ -210,7 +211,7 @@ impl H {
     }
 
     fn frame(&mut self, w: WorkerId, kind: Kind, task: TaskId, payload: Vec<u8>) -> Vec<Effect> {
-        self.handle(Event::Frame(w, Frame { kind, task_id: task.get(), payload }))
+        self.handle(Event::Frame(w, Frame { kind, task_id: task.get(), payload, arena: false }))
     }
 
     fn value(&mut self, w: WorkerId, task: TaskId) -> Vec<Effect> {
@@ -995,4 +996,130 @@ fn a_pool_closed_before_its_first_workers_started_still_starts_them_once() {
     let asked: Vec<_> = h.sent.iter().filter(|s| s.kind == Kind::Shutdown).map(|s| s.worker).collect();
     assert_eq!(asked.len(), 2, "both asked to leave once ready: {asked:?} ({a:?}, {b:?})");
     assert!(!h.core.wants_worker(), "and none replaces them");
+}
+
+// ----- the arena ------------------------------------------------------------------------
+
+/// A ready worker that passed an arena; returns the worker's own mapping of it.
+fn arena_worker(h: &mut H, pid: i32) -> (WorkerId, Arena) {
+    let w = h.starting_worker(pid);
+    let a = Arena::create().unwrap();
+    let fd = rustix::io::fcntl_dupfd_cloexec(a.fd(), 3).unwrap();
+    h.handle(Event::Arena(w, Arena::from_worker(fd).unwrap()));
+    h.frame(w, Kind::Ready, TaskId::new(0), vec![]);
+    (w, a)
+}
+
+/// A frame whose payload is in the worker's area, `len` bytes at `offset`.
+fn arena_frame(h: &mut H, w: WorkerId, kind: Kind, task: TaskId, offset: usize, len: usize) -> Vec<Effect> {
+    let payload = arena::descriptor(offset, len).to_vec();
+    h.handle(Event::Frame(w, Frame { kind, task_id: task.get(), payload, arena: true }))
+}
+
+/// The frames in the effects, raw: (kind byte, task id, payload).
+fn raw_frames(effects: &[Effect]) -> Vec<(u8, u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in effects {
+        if let Effect::Send(_, bytes) = e {
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                let h: &[u8; wire::HEADER_LEN] = rest[..wire::HEADER_LEN].try_into().unwrap();
+                let (_, len, id) = wire::parse_header(h, u64::MAX).unwrap();
+                let end = wire::HEADER_LEN + len as usize;
+                out.push((rest[0], id, rest[wire::HEADER_LEN..end].to_vec()));
+                rest = &rest[end..];
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn large_payloads_travel_through_the_arena_both_ways_and_regions_are_reused() {
+    let mut h = H::new(Config { prefetch: 4, ..config() });
+    let (w, a) = arena_worker(&mut h, 10);
+    let n = arena::THRESHOLD;
+    let t = h.submit(vec![Task::new(vec![1; n]), Task::new(vec![2; n]), Task::new(vec![3; n - 1])], 1);
+    let frames = raw_frames(&h.turn());
+    assert_eq!(frames.len(), 3, "{:?}", frames.iter().map(|f| (f.0, f.1)).collect::<Vec<_>>());
+    for (i, (kind, id, payload)) in frames.iter().enumerate() {
+        assert_eq!(*id, t[i].get());
+        if i < 2 {
+            assert_eq!(*kind, Kind::Task as u8 | wire::IN_ARENA);
+            let r = arena::parse_descriptor(payload, u64::MAX).unwrap();
+            assert_eq!(r, i * n..(i + 1) * n, "lowest free regions, one per task sent ahead");
+            assert_eq!(a.read(Area::ToWorker, r), vec![i as u8 + 1; n]);
+        } else {
+            assert_eq!((*kind, payload.len()), (Kind::Task as u8, n - 1), "below the threshold: on the channel");
+        }
+    }
+    h.claim(w, t[0]);
+    a.write(Area::ToPool, 0, &[b"big ", &[7; 100]]);
+    arena_frame(&mut h, w, Kind::Value, t[0], 0, 104);
+    assert_eq!(a.consumed(), 1, "the pool copied the answer out");
+    a.write(Area::ToPool, 0, &[b"overwritten"]);
+    let got = h.outcomes();
+    let mut want = b"big ".to_vec();
+    want.extend_from_slice(&[7; 100]);
+    assert!(matches!(&got[..], [g] if g.outcome == Outcome::Value(want.clone())), "{got:?}");
+    // The first task's region is free again: the next large task takes it.
+    let t2 = h.submit(vec![Task::new(vec![9; n])], 1);
+    let frames = raw_frames(&h.turn());
+    let (_, id, payload) = frames.last().expect("sent");
+    assert_eq!((*id, arena::parse_descriptor(payload, u64::MAX).unwrap()), (t2[0].get(), 0..n));
+}
+
+#[test]
+fn a_descriptor_outside_the_arena_is_a_protocol_error() {
+    for (offset, len) in [(arena::AREA - 10, 11), (usize::MAX, 2), (0, (1 << 20) + 1)] {
+        let mut h = H::new(config());
+        let (w, a) = arena_worker(&mut h, 10);
+        let t = h.tasks(1);
+        h.turn();
+        h.claim(w, t[0]);
+        let effects = arena_frame(&mut h, w, Kind::Value, t[0], offset, len);
+        assert!(has(&effects, &Effect::CloseChannel(w)), "{offset} + {len}");
+        let got = h.outcomes();
+        assert!(matches!(&got[..], [g] if matches!(g.outcome, Outcome::Failed(TaskError::Protocol { .. }))));
+        assert_eq!(a.consumed(), 0);
+    }
+}
+
+#[test]
+fn an_arena_frame_from_a_worker_without_an_arena_is_a_protocol_error() {
+    let mut h = H::new(config());
+    let w = h.worker(10);
+    let t = h.tasks(1);
+    let frames = raw_frames(&h.turn());
+    assert_eq!(frames[0].0, Kind::Task as u8, "no arena, nothing placed");
+    h.claim(w, t[0]);
+    let effects = arena_frame(&mut h, w, Kind::Value, t[0], 0, 1);
+    assert!(has(&effects, &Effect::CloseChannel(w)));
+    let got = h.outcomes();
+    assert!(matches!(&got[..], [g] if matches!(g.outcome, Outcome::Failed(TaskError::Protocol { .. }))));
+}
+
+#[test]
+fn shared_parts_are_sent_after_the_own_bytes_through_the_arena_or_the_channel() {
+    let n = arena::THRESHOLD;
+    let shared: Vec<crate::SharedPart> = vec![Arc::new(vec![2u8; n]), Arc::new(b"tail".to_vec())];
+    let mut want = b"own".to_vec();
+    want.extend_from_slice(&vec![2u8; n]);
+    want.extend_from_slice(b"tail");
+    // Through the arena of a worker that has one.
+    let mut h = H::new(config());
+    let (_, a) = arena_worker(&mut h, 10);
+    h.submit(vec![Task::new(b"own".to_vec()).with_shared(shared.clone())], 1);
+    let frames = raw_frames(&h.turn());
+    assert_eq!(frames[0].0, Kind::Task as u8 | wire::IN_ARENA);
+    assert_eq!(a.read(Area::ToWorker, arena::parse_descriptor(&frames[0].2, u64::MAX).unwrap()), want);
+    // On the channel to a worker without one, and as a chunk with its trailer.
+    let mut h = H::new(config());
+    h.worker(11);
+    h.submit(vec![Task::chunk(b"own".to_vec(), 3).with_shared(shared)], 1);
+    let frames = raw_frames(&h.turn());
+    assert_eq!(frames[0].0, Kind::Chunk as u8);
+    let (payload, trailer) = frames[0].2.split_at(frames[0].2.len() - wire::CHUNK_TRAILER);
+    assert_eq!(payload, &want[..]);
+    assert_eq!(trailer, [0, 0, 0, 0, 3, 0, 0, 0]);
 }

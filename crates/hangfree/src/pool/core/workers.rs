@@ -38,6 +38,10 @@ pub(super) struct Worker {
     /// What revoking its page returned: the last task it started (cached, as a second
     /// revoke would not say).
     pub(super) last_claim: Option<Revoked>,
+    /// The arena it passed with its page, for large payloads (see [`crate::arena`]).
+    pub(super) arena: Option<Arena>,
+    /// The regions of its arena that hold payloads of tasks sent to it.
+    pub(super) placements: Placements,
 }
 
 impl Worker {
