@@ -106,8 +106,10 @@ fn swap_unless_revoked(word: &AtomicU64, new: impl Fn(u64) -> u64) -> bool {
 impl Page {
     /// Makes a new page (the worker side).
     pub fn create() -> io::Result<Page> {
-        let fd = rustix::fs::memfd_create("hangfree-progress", rustix::fs::MemfdFlags::CLOEXEC)?;
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let fd = rustix::fs::memfd_create("hangfree-progress", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
         rustix::fs::ftruncate(&fd, PAGE_LEN as u64)?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
         let page = Page::map(fd)?;
         page.layout().magic.store(MAGIC, Ordering::Release);
         Ok(page)
@@ -135,8 +137,20 @@ impl Page {
     }
 
     /// Maps a page received from a worker (the pool side), checking it was made by
-    /// [`Page::create`].
+    /// [`Page::create`]: a memfd of plain shared memory sealed against shrinking, since
+    /// a worker that could truncate it (or a hugetlbfs file short of pages) would crash
+    /// the pool with SIGBUS on its next read of the page.
     pub fn from_worker(fd: OwnedFd) -> io::Result<Page> {
+        let bad =
+            |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("not a hangfree progress page: {what}"));
+        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| bad("no seals"))?;
+        if !seals.contains(rustix::fs::SealFlags::SHRINK) {
+            return Err(bad("not sealed against shrinking"));
+        }
+        const TMPFS_MAGIC: u64 = 0x0102_1994;
+        if rustix::fs::fstatfs(&fd)?.f_type as u64 != TMPFS_MAGIC {
+            return Err(bad("not plain shared memory"));
+        }
         let page = Page::map(fd)?;
         if page.layout().magic.load(Ordering::Acquire) != MAGIC {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "not a hangfree progress page"));
@@ -283,5 +297,25 @@ mod tests {
         assert!(Page::from_worker(fd).is_err());
         let small = rustix::fs::memfd_create("y", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         assert!(Page::from_worker(small).is_err());
+    }
+
+    #[test]
+    fn only_a_page_sealed_against_shrinking_is_taken() {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let made = Page::create().unwrap();
+        let copy = rustix::io::dup(made.fd()).unwrap();
+        assert!(Page::from_worker(copy).is_ok(), "a page made by Page::create is taken");
+        // A page-sized memfd with the magic but no seal: its worker could truncate it
+        // under the pool's mapping.
+        let fd = rustix::fs::memfd_create("z", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&fd, PAGE_LEN as u64).unwrap();
+        let unsealed = Page::map(rustix::io::dup(&fd).unwrap()).unwrap();
+        unsealed.layout().magic.store(MAGIC, Ordering::Release);
+        let Err(err) = Page::from_worker(rustix::io::dup(&fd).unwrap()) else {
+            panic!("an unsealed page is refused");
+        };
+        assert!(err.to_string().contains("not sealed against shrinking"), "{err}");
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::GROW).unwrap();
+        assert!(Page::from_worker(fd).is_err(), "sealed, but not against shrinking");
     }
 }
