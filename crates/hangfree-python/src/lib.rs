@@ -4,7 +4,7 @@
 //! engine's [`Mailbox`], one per engine, which the package's result thread drains. The
 //! engine's supervisor thread never touches Python objects or the GIL: it only pushes
 //! plain Rust values into that mailbox. Every blocking call here releases the GIL (through
-//! [`gate::detach`], which keeps a thread from taking it back once the interpreter is
+//! `gate::detach`, which keeps a thread from taking it back once the interpreter is
 //! exiting) and wakes at least every 50 ms to let Python run its signal handlers (Ctrl-C).
 
 mod cli;
