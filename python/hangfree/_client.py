@@ -402,10 +402,15 @@ class EngineClient:
         self._stopping = False
         # Set once the result thread runs: start() does not wait for that (see _NoWaitStart).
         self._delivering = threading.Event()
+        # Set when _deliver returns: the exit handler waits for it.
+        self._finished = threading.Event()
         self._thread = threading.Thread(target=self._deliver, name=f"hangfree-{owner}-results", daemon=True)
         self._thread._started = _NoWaitStart()  # type: ignore[attr-defined]
-        self._thread.start()
+        # Known to the exit handler before the thread starts: Ctrl-C landing in start()
+        # leaves the thread running, and the exit handler must stop it before the
+        # interpreter finalizes (see _stop_threads_for_exit).
         _live.add(self)
+        self._thread.start()
 
     def forked_error(self) -> RuntimeError:
         return RuntimeError(
@@ -651,6 +656,7 @@ class EngineClient:
             self._deliver_until_finished()
         finally:
             _result_thread_ended = time.monotonic()
+            self._finished.set()
 
     def _deliver_until_finished(self) -> None:
         engine = self.engine
@@ -759,14 +765,14 @@ class EngineClient:
             self.stop_thread()
         return done
 
-    def stop_thread(self) -> None:
+    def stop_thread(self, timeout: float = 1.0) -> None:
         self._stopping = True
         if self.engine.is_finished():
             release(self._inherited)
         if threading.current_thread() is not self._thread:
             # join() refuses a thread that has not run yet.
-            if self._delivering.wait(1.0):
-                self._thread.join(1.0)
+            if self._delivering.wait(timeout):
+                self._thread.join(timeout)
 
     def stats(self) -> Dict[str, int]:
         """The engine's counters, tasks counted as the caller's calls (the engine counts
@@ -927,16 +933,56 @@ def _shutdown_all() -> None:
     """Interpreter exit, once the non-daemon threads have finished (they may still be
     using a pool): a ``ProcessPoolExecutor`` still open runs the calls it was given (each
     bounded by its time limit, if it has one), then every pool is terminated, bounded by
-    its grace period, and its result thread stopped (a thread waking in Rust during
-    finalization would crash)."""
+    its grace period, and the result threads are stopped (see _stop_threads_for_exit),
+    even when Ctrl-C cuts the rest short."""
 
     def finish(client: EngineClient) -> None:
         client.close()
         client.join()
 
-    _wait_at_exit(_executors_running(), finish)
-    _terminate_all()
-    release_fork_servers()
+    try:
+        _wait_at_exit(_executors_running(), finish)
+        _terminate_all()
+        release_fork_servers()
+    finally:
+        _stop_threads_for_exit()
+
+
+# How long, at most, the exit handler waits for the result threads to end or park.
+EXIT_THREAD_WAIT = 2.0
+
+
+def _stop_threads_for_exit() -> None:
+    """The exit handler's last step: no thread of this package may run Python code once
+    the interpreter finalizes. On CPython before 3.14 a thread that does is ended with
+    pthread_exit, and when that happens inside a call of the extension (a finalizer run
+    by a collection while the call builds its return value), the unwind through Rust
+    frames crashes the process at exit (seen as a segfault on 3.9).
+
+    The extension's gate is closed first: from then on any other thread that comes back
+    from a wait in the engine parks there for good, without the GIL. Then each result
+    thread, told to stop, is waited for until it has ended or parked; bounded by
+    ``EXIT_THREAD_WAIT`` (only a result callback that does not return can hold one up).
+    The threads of pools half-made by Ctrl-C are among them (see EngineClient)."""
+    clients = [c for c in list(_live) if c.pid == os.getpid()]
+    for client in clients:
+        client._stopping = True
+    _core.close_gate()
+    deadline = time.monotonic() + EXIT_THREAD_WAIT
+    while time.monotonic() < deadline:
+        try:
+            parked = set(_core.parked_threads())
+            # A thread in threading's _limbo was started and has not run yet (start() does
+            # not wait for it, see _NoWaitStart): not alive, yet it will run.
+            limbo = getattr(threading, "_limbo", {})
+            if all(c._finished.is_set() or c._thread.native_id in parked
+                   or (not c._thread.is_alive() and c._thread not in limbo)
+                   for c in clients):
+                return
+            time.sleep(0.002)
+        except KeyboardInterrupt:
+            # A second Ctrl-C at exit: the program ends anyway, and only once this is done.
+            pass
 
 
 def release_fork_servers() -> int:
@@ -959,7 +1005,8 @@ def _terminate_all() -> None:
             continue
         try:
             client.terminate()
-            client.stop_thread()
+            # Told to stop, not waited for: _stop_threads_for_exit waits for them all at once.
+            client.stop_thread(timeout=0)
         except Exception:
             pass
 

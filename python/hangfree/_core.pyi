@@ -20,6 +20,14 @@ class SubmitRefused(RuntimeError):
 def kill_own_group() -> None:
     """Ends this worker and its whole process group with SIGKILL (never returns)."""
 
+def close_gate() -> None:
+    """Called by the exit handler on the thread that will finalize the interpreter: from
+    then on any other thread that comes back from a wait in this module parks there for
+    good instead of taking the GIL back."""
+
+def parked_threads() -> List[int]:
+    """The native thread ids of the threads parked by ``close_gate``."""
+
 def release_fork_servers() -> int:
     """Stops the fork servers that ended pools of this process kept for later pools
     (``keep_fork_server`` in ``defaults()``), and keeps none from pools that end before

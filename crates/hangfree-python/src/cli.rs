@@ -10,5 +10,5 @@ use pyo3::prelude::*;
 /// released); the command line handles Ctrl-C and SIGTERM itself.
 #[pyfunction]
 pub fn cli_main(py: Python<'_>, args: Vec<OsString>, worker: Vec<OsString>) -> i32 {
-    py.detach(|| hangfree_cli::main_with(args, worker))
+    crate::gate::detach(py, || hangfree_cli::main_with(args, worker))
 }

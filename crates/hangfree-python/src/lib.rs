@@ -3,10 +3,12 @@
 //! Deliberately thin. Payloads are bytes (the Python package pickles); outcomes go to the
 //! engine's [`Mailbox`], one per engine, which the package's result thread drains. The
 //! engine's supervisor thread never touches Python objects or the GIL: it only pushes
-//! plain Rust values into that mailbox. Every blocking call here releases the GIL and
-//! wakes at least every 50 ms to let Python run its signal handlers (Ctrl-C).
+//! plain Rust values into that mailbox. Every blocking call here releases the GIL (through
+//! `gate::detach`, which keeps a thread from taking it back once the interpreter is
+//! exiting) and wakes at least every 50 ms to let Python run its signal handlers (Ctrl-C).
 
 mod cli;
+mod gate;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -62,7 +64,7 @@ fn retries_count(v: &Bound<'_, PyAny>) -> PyResult<u32> {
 /// raised as `hangfree.HangfreeError` naming it, never as pyo3's `PanicException`, a
 /// BaseException that `except Exception` lets through.
 fn engine_call<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> PyResult<T> {
-    py.detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))).map_err(|p| {
+    gate::detach(py, || std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))).map_err(|p| {
         let what = p
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
@@ -643,7 +645,7 @@ impl WorkerChannel {
     fn recv<'py>(&mut self, py: Python<'py>) -> PyResult<Option<(u8, u64, Bound<'py, PyAny>)>> {
         let ch = self.inner.as_mut().ok_or_else(|| PyRuntimeError::new_err("channel closed"))?;
         let err = |e: hangfree::wire::ReadError| PyRuntimeError::new_err(e.to_string());
-        let Some((kind, task_id, len)) = py.detach(|| ch.recv_header()).map_err(err)? else {
+        let Some((kind, task_id, len)) = gate::detach(py, || ch.recv_header()).map_err(err)? else {
             return Ok(None);
         };
         if kind == Kind::Task
@@ -664,7 +666,7 @@ impl WorkerChannel {
         let ch = self.inner.as_mut().ok_or_else(|| PyRuntimeError::new_err("channel closed"))?;
         let parts = payload_parts(payload)?;
         let slices: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
-        py.detach(|| ch.send_parts(kind, task_id, &slices))?;
+        gate::detach(py, || ch.send_parts(kind, task_id, &slices))?;
         Ok(())
     }
 
@@ -816,7 +818,7 @@ fn kill_own_group() {
 /// keep none. Returns how many were stopped.
 #[pyfunction]
 fn release_fork_servers(py: Python<'_>) -> usize {
-    py.detach(hangfree::fork_server::release_kept)
+    gate::detach(py, hangfree::fork_server::release_kept)
 }
 
 /// The engine's default for every `Engine` setting left at None, as Python values
@@ -862,6 +864,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("STACK_DUMP_SIGNAL", hangfree::pool::defaults::STACK_DUMP_SIGNAL)?;
     m.add_function(wrap_pyfunction!(kill_own_group, m)?)?;
     m.add_function(wrap_pyfunction!(release_fork_servers, m)?)?;
+    m.add_function(wrap_pyfunction!(gate::close_gate, m)?)?;
+    m.add_function(wrap_pyfunction!(gate::parked_threads, m)?)?;
     m.add_function(wrap_pyfunction!(cli::cli_main, m)?)?;
     m.add_class::<Engine>()?;
     m.add_class::<WorkerChannel>()?;
