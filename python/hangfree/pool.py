@@ -478,8 +478,10 @@ class Pool:
         ``return_exceptions=True`` a failed item's exception stands in its place instead
         of the first error being raised; ``progress=True`` shows a tqdm bar, or pass a
         callable ``progress(done, failed, total)``."""
+        # No `iterable=`: the caller's list is not copied for the failures' labels, which
+        # are all made before this returns (as the stdlib's map reads the list it was given).
         return self._map_async(func, as_items(iterable), chunksize, None, None, task_timeout,
-                               return_exceptions, progress, star=False, iterable=iterable).get()
+                               return_exceptions, progress, star=False).get()
 
     def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None, *,
                   task_timeout=None, return_exceptions=False, progress=None) -> MapResult:
