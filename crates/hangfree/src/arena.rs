@@ -145,10 +145,7 @@ impl Arena {
     /// Makes a new arena (the worker side). Only address space and the head page are
     /// taken now; an area's pages are allocated as payloads first touch them.
     pub fn create() -> io::Result<Arena> {
-        use rustix::fs::{MemfdFlags, SealFlags};
-        let fd = rustix::fs::memfd_create("hangfree-arena", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-        rustix::fs::ftruncate(&fd, TOTAL as u64)?;
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+        let fd = crate::memfd::sealed("hangfree-arena", TOTAL as u64)?;
         let arena = Arena::map(fd)?;
         arena.head().magic.store(MAGIC, Ordering::Release);
         Ok(arena)
@@ -177,18 +174,9 @@ impl Arena {
     /// [`Arena::create`].
     pub fn from_worker(fd: OwnedFd) -> io::Result<Arena> {
         let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("not a hangfree arena: {what}"));
-        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| bad("no seals"))?;
-        if !seals.contains(rustix::fs::SealFlags::SHRINK) {
-            return Err(bad("not sealed against shrinking"));
-        }
+        crate::memfd::check_from_worker(&fd, bad)?;
         if (rustix::fs::fstat(&fd)?.st_size as u64) < TOTAL as u64 {
             return Err(bad("too small"));
-        }
-        // Plain shared memory: a hugetlbfs file (sealable too) could fault with SIGBUS
-        // when the huge pages run out.
-        const TMPFS_MAGIC: u64 = 0x0102_1994;
-        if rustix::fs::fstatfs(&fd)?.f_type as u64 != TMPFS_MAGIC {
-            return Err(bad("not plain shared memory"));
         }
         let arena = Arena::map(fd)?;
         if arena.head().magic.load(Ordering::Acquire) != MAGIC {

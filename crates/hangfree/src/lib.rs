@@ -152,6 +152,7 @@ pub mod arena;
 pub mod cgroup;
 pub mod fork_server;
 pub mod mailbox;
+mod memfd;
 pub mod memory;
 pub mod oob;
 pub mod outcome;

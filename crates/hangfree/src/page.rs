@@ -106,10 +106,7 @@ fn swap_unless_revoked(word: &AtomicU64, new: impl Fn(u64) -> u64) -> bool {
 impl Page {
     /// Makes a new page (the worker side).
     pub fn create() -> io::Result<Page> {
-        use rustix::fs::{MemfdFlags, SealFlags};
-        let fd = rustix::fs::memfd_create("hangfree-progress", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-        rustix::fs::ftruncate(&fd, PAGE_LEN as u64)?;
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+        let fd = crate::memfd::sealed("hangfree-progress", PAGE_LEN as u64)?;
         let page = Page::map(fd)?;
         page.layout().magic.store(MAGIC, Ordering::Release);
         Ok(page)
@@ -137,20 +134,11 @@ impl Page {
     }
 
     /// Maps a page received from a worker (the pool side), checking it was made by
-    /// [`Page::create`]: a memfd of plain shared memory sealed against shrinking, since
-    /// a worker that could truncate it (or a hugetlbfs file short of pages) would crash
-    /// the pool with SIGBUS on its next read of the page.
+    /// [`Page::create`]: a memfd of plain shared memory sealed against shrinking.
     pub fn from_worker(fd: OwnedFd) -> io::Result<Page> {
         let bad =
             |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("not a hangfree progress page: {what}"));
-        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| bad("no seals"))?;
-        if !seals.contains(rustix::fs::SealFlags::SHRINK) {
-            return Err(bad("not sealed against shrinking"));
-        }
-        const TMPFS_MAGIC: u64 = 0x0102_1994;
-        if rustix::fs::fstatfs(&fd)?.f_type as u64 != TMPFS_MAGIC {
-            return Err(bad("not plain shared memory"));
-        }
+        crate::memfd::check_from_worker(&fd, bad)?;
         let page = Page::map(fd)?;
         if page.layout().magic.load(Ordering::Acquire) != MAGIC {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "not a hangfree progress page"));

@@ -286,7 +286,7 @@ impl PoolBuilder {
     /// program given by an absolute path that is not an executable file; any other
     /// failure to start is a start-up failure of the pool, as a later worker's is (after
     /// `max_startup_failures`, every waiting and later task fails with
-    /// [`TaskError::StartupFailed`] or [`SubmitError::Broken`]). Saves the caller the
+    /// [`TaskError::StartupFailed`](crate::TaskError::StartupFailed) or [`SubmitError::Broken`]). Saves the caller the
     /// round trips to the supervisor thread and the exec: milliseconds on a loaded machine.
     /// Default: [`defaults::START_IN_BACKGROUND`]; a front's:
     /// [`defaults::FRONT_START_IN_BACKGROUND`].
