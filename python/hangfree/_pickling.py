@@ -10,6 +10,7 @@ session, a notebook).
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 import types
@@ -157,7 +158,11 @@ def made_by_unguarded_main_code() -> bool:
     frame = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name == "<module>" and frame.f_globals is getattr(main, "__dict__", None):
-            if _in_main_guard(frame.f_code, frame.f_lasti):
+            # The bytecode's answer holds only for a script workers can import: one that
+            # is a file (a script run from a zip has no source file to read either, and
+            # its workers import nothing: its functions go by value).
+            path = getattr(main, "__file__", None)
+            if path is not None and os.path.isfile(path) and _in_main_guard(frame.f_code, frame.f_lasti):
                 return False
             facts = _main_facts()
             if facts is None or not any(a <= frame.f_lineno <= b for a, b in facts[1]):
