@@ -84,13 +84,21 @@ EXIT_WITHOUT_CLEANUP = """
     if __name__ == "__main__":
         with mp.Pool(1) as p:
             p.map(pid, range(2))
-        kids = []
-        for tid in os.listdir("/proc/self/task"):
-            try:  # the ended pool's threads may still be ending
-                with open(f"/proc/self/task/{tid}/children") as f:
-                    kids += f.read().split()
-            except FileNotFoundError:
-                pass
+        # The ended pool's supervisor hands its server over as it ends, after the with
+        # block returned: look for a while.
+        import time
+        deadline = time.monotonic() + 5
+        while True:
+            kids = []
+            for tid in os.listdir("/proc/self/task"):
+                try:  # the ended pool's threads may still be ending
+                    with open(f"/proc/self/task/{tid}/children") as f:
+                        kids += f.read().split()
+                except FileNotFoundError:
+                    pass
+            if kids or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
         print(" ".join(kids), flush=True)
         os._exit(0)
 """
